@@ -1,0 +1,34 @@
+"""``census_workbooks``: the four Census workbooks of a revision, validated and checksummed."""
+
+import dagster as dg
+
+from naics_assets.partitions import revision_partitions
+from naics_assets.resources import ArtifactStore, CensusSource
+
+
+@dg.asset(partitions_def=revision_partitions, group_name="census", kinds={"excel"})
+def census_workbooks(
+    context: dg.AssetExecutionContext, census: CensusSource, store: ArtifactStore
+) -> dg.MaterializeResult:
+    """Copy or download the codes, descriptions, index and cross-reference workbooks.
+
+    All four are validated (xlsx bytes, sheet, columns) in a staging folder before any file of a
+    previous materialization is replaced.
+    """
+    revision = context.partition_key
+    files = census.fetch(revision, store.census_dir(revision))
+    rows = "\n".join(
+        f"| {f.role} | `{f.path.name}` | {f.bytes:,} | `{f.sha256[:16]}…` |" for f in files
+    )
+    metadata: dict[str, object] = {
+        "revision": revision,
+        "folder": dg.MetadataValue.path(str(store.census_dir(revision))),
+        "files": dg.MetadataValue.md(
+            "| role | file | bytes | sha256 |\n|---|---|---|---|\n" + rows
+        ),
+    }
+    for f in files:
+        metadata[f"{f.role}_source"] = f.source
+        metadata[f"{f.role}_bytes"] = f.bytes
+        metadata[f"{f.role}_sha256"] = f.sha256
+    return dg.MaterializeResult(metadata=metadata)

@@ -1,0 +1,54 @@
+"""Asset checks. They run inside each materialization (the data is at hand there, per partition),
+so every partition's checks are recorded against the run that produced it."""
+
+import dagster as dg
+
+from naics_ml import validation
+
+
+def spec(asset: str, name: str, description: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(name=name, asset=asset, description=description)
+
+
+def result(name: str, outcome: validation.Result) -> dg.AssetCheckResult:
+    passed, details = outcome
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=passed,
+        metadata={
+            key: dg.MetadataValue.json(value) if isinstance(value, dict | list) else value
+            for key, value in details.items()
+        },
+    )
+
+
+CODES_CHECKS = [
+    spec("naics_codes", "level_counts", "Codes per level match the published revision."),
+    spec(
+        "naics_codes", "parents_exist", "Every code below sector level has a parent one level up."
+    ),
+]
+INDEX_CHECKS = [
+    spec(
+        "naics_index_entries",
+        "no_split_leakage",
+        "No validation/test entry (normalized text) appears in any training text.",
+    ),
+]
+DISTANCE_CHECKS = [
+    spec("naics_distances", "pair_count", "One row per unordered pair: n(n-1)/2 rows, i < j."),
+    spec(
+        "naics_distances", "symmetric", "Stored distances are symmetric and match a recomputation."
+    ),
+    spec(
+        "naics_distances", "triangle_inequality", "Sampled triples satisfy the triangle inequality."
+    ),
+]
+TRIPLET_CHECKS = [
+    spec(
+        "naics_triplets",
+        "distance_order",
+        "No triplet with d(a,p) >= d(a,n) outside hardness 8 (exclusions).",
+    ),
+    spec("naics_triplets", "sector_coverage", "Shards cover every sector of the revision."),
+]

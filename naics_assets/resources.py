@@ -1,0 +1,75 @@
+"""Resources: where the workbooks come from, and where artifacts go under storage/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from naics_ml.census import validate_revision
+
+
+def project_root() -> Path:
+    """DAGSTER_HOME is the project root by convention (dagster.yaml lives there)."""
+    return Path(os.environ.get("DAGSTER_HOME") or Path.cwd()).resolve()
+
+
+class CensusSource(dg.ConfigurableResource):
+    """The Census workbooks: a local folder laid out like shared/census/<YEAR>/, else the web."""
+
+    local_dir: str | None = Field(
+        default=None, description="Folder with <YEAR>/ subfolders; NAICS_CENSUS_DIR by default."
+    )
+    timeout_s: float = 60.0
+    retries: int = 3
+    backoff_s: float = 2.0
+
+    def revision_dir(self, revision: str) -> Path | None:
+        if not self.local_dir:
+            return None
+        return Path(self.local_dir).expanduser().resolve() / validate_revision(revision)
+
+    def fetch(self, revision: str, dest_dir: Path) -> list:
+        from naics_ml.download import DownloadConfig, fetch_workbooks
+
+        config = DownloadConfig(self.timeout_s, self.retries, self.backoff_s)
+        return fetch_workbooks(revision, dest_dir, self.revision_dir(revision), config=config)
+
+    def available_revisions(self, known: list[str]) -> list[str]:
+        """Revisions on offer: local subfolders, or later five-yearly Census releases."""
+        from naics_ml.download import local_revisions, probe_revisions
+
+        if self.local_dir:
+            return local_revisions(Path(self.local_dir).expanduser())
+        return probe_revisions(known, self.timeout_s)
+
+
+class ArtifactStore(dg.ConfigurableResource):
+    """Every file an asset writes lives under ``root/<revision>/`` (storage/artifacts)."""
+
+    root: str = Field(default="", description="Artifact root; storage/artifacts when empty.")
+
+    def base(self) -> Path:
+        return Path(self.root) if self.root else project_root() / "storage" / "artifacts"
+
+    def revision_dir(self, revision: str) -> Path:
+        path = self.base() / validate_revision(revision)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def census_dir(self, revision: str) -> Path:
+        return self.revision_dir(revision) / "census"
+
+    def codes_path(self, revision: str) -> Path:
+        return self.revision_dir(revision) / "naics_codes.parquet"
+
+    def index_entries_path(self, revision: str) -> Path:
+        return self.revision_dir(revision) / "naics_index_entries.parquet"
+
+    def distances_path(self, revision: str) -> Path:
+        return self.revision_dir(revision) / "naics_distances.parquet"
+
+    def triplets_dir(self, revision: str) -> Path:
+        return self.revision_dir(revision) / "triplets"

@@ -1,0 +1,159 @@
+"""Reference points measured in the same run as the model: a frozen base encoder and TF-IDF.
+
+Both embed each code's ``title + ". " + description`` (title only when there is no description)
+and each query's text, compare by cosine distance and go through
+``naics_ml.evaluate.evaluate_distances``, so their numbers are directly comparable with the
+model's. Cosine vectors have no natural "distance from the origin"; ``radius_order`` uses the
+vector norm before normalisation (mean-pooled hidden state norm / raw TF-IDF norm), a weak but
+well-defined stand-in that says whether depth is readable from the norm at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+import torch
+from scipy import sparse
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from naics_ml.evaluate import evaluate_distances, six_digit_mask
+from naics_ml.model.base import DEFAULT_BASE_MODEL, load_base_model, load_tokenizer
+
+ZERO_SHOT_PREFIX = "baseline_zero_shot_"
+TFIDF_PREFIX = "baseline_tfidf_"
+
+
+def code_texts(codes: pl.DataFrame) -> list[str]:
+    """Title plus description per code (``index`` order); a null description leaves the title."""
+    codes = codes.sort("index")
+    return [
+        title if not desc else f"{title}. {desc}"
+        for title, desc in zip(
+            codes["title"].to_list(), codes["description"].to_list(), strict=True
+        )
+    ]
+
+
+def _unit_rows(x: np.ndarray | sparse.spmatrix) -> tuple[np.ndarray | sparse.spmatrix, np.ndarray]:
+    """Rows scaled to unit length (zero rows stay zero) and the original row norms."""
+    if sparse.issparse(x):
+        x = sparse.csr_matrix(x, dtype=np.float64)
+        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1))).ravel()
+        scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        return sparse.diags(scale) @ x, norms
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1)
+    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    return x * scale[:, None], norms
+
+
+def _cosine_distance(a, b) -> np.ndarray:
+    """1 - cosine similarity for unit rows (dense result; a zero row is at distance 1 from all)."""
+    sim = a @ b.T
+    sim = sim.toarray() if sparse.issparse(sim) else np.asarray(sim)
+    return 1.0 - sim
+
+
+def cosine_metrics(
+    code_vectors: np.ndarray | sparse.spmatrix,
+    query_vectors: np.ndarray | sparse.spmatrix,
+    codes: pl.DataFrame,
+    tree_distance: np.ndarray,
+    query_true_codes: Sequence[str],
+    prefix: str,
+) -> dict[str, float]:
+    """The full metric dict for vectors compared by cosine distance (the shared baseline path).
+
+    ``code_vectors`` has one row per code in ``index`` order; radius = row norm before
+    normalising.
+    """
+    code_unit, code_norms = _unit_rows(code_vectors)
+    query_unit, _ = _unit_rows(query_vectors)
+    six = np.flatnonzero(six_digit_mask(codes))
+    return evaluate_distances(
+        _cosine_distance(code_unit, code_unit),
+        codes,
+        tree_distance,
+        _cosine_distance(query_unit, code_unit[six]),
+        query_true_codes,
+        radius=code_norms,
+        prefix=prefix,
+    )
+
+
+@torch.inference_mode()
+def mean_pooled_embeddings(
+    texts: Sequence[str], model, tokenizer, batch_size: int = 64, max_length: int = 256
+) -> np.ndarray:
+    """Mask-aware mean of the last hidden state per text, (len(texts), hidden) float32.
+
+    Each distinct text is encoded once (only-child codes often repeat their parent's text), in
+    order of token length so that padding stays small on a CPU.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    hidden = model.config.hidden_size
+    if len(texts) == 0:
+        return np.zeros((0, hidden), dtype=np.float32)
+    unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    encoded = tokenizer(unique.tolist(), truncation=True, max_length=max_length)
+    lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+    order = np.argsort(lengths, kind="stable")
+    out = np.empty((len(unique), hidden), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        features = [{k: encoded[k][i] for k in encoded} for i in idx]
+        batch = tokenizer.pad(features, return_tensors="pt")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        states = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+        out[idx] = pooled.float().cpu().numpy()
+    return out[inverse.ravel()]
+
+
+def zero_shot_metrics(
+    codes: pl.DataFrame,
+    tree_distance: np.ndarray,
+    queries: Sequence[str],
+    query_true_codes: Sequence[str],
+    base_model: str = DEFAULT_BASE_MODEL,
+    batch_size: int = 64,
+    *,
+    model=None,
+    tokenizer=None,
+    max_length: int = 256,
+) -> dict[str, float]:
+    """Frozen base encoder, mean-pooled, cosine: every metric with prefix ``baseline_zero_shot_``.
+
+    ``model``/``tokenizer`` objects, when given, are used instead of loading ``base_model``
+    (tests pass a tiny random BERT).
+    """
+    model = model if model is not None else load_base_model(base_model)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(base_model)
+    code_vectors = mean_pooled_embeddings(
+        code_texts(codes), model, tokenizer, batch_size, max_length
+    )
+    query_vectors = mean_pooled_embeddings(list(queries), model, tokenizer, batch_size, max_length)
+    return cosine_metrics(
+        code_vectors, query_vectors, codes, tree_distance, query_true_codes, ZERO_SHOT_PREFIX
+    )
+
+
+def tfidf_metrics(
+    codes: pl.DataFrame,
+    tree_distance: np.ndarray,
+    queries: Sequence[str],
+    query_true_codes: Sequence[str],
+) -> dict[str, float]:
+    """TF-IDF (word 1-2-grams, sublinear tf) fitted on the code texts, cosine: prefix
+    ``baseline_tfidf_``. Normalisation is done by the shared cosine path so that the raw norm can
+    serve as radius."""
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, norm=None)
+    code_vectors = vectorizer.fit_transform(code_texts(codes))
+    query_vectors = vectorizer.transform(list(queries))
+    return cosine_metrics(
+        code_vectors, query_vectors, codes, tree_distance, query_true_codes, TFIDF_PREFIX
+    )

@@ -1,0 +1,136 @@
+"""Stage checkpoints: one file per stage folder, written atomically, loadable without pickle.
+
+Layout of a stage folder (``out_dir``)::
+
+    checkpoint.pt   dict, see CheckpointKeys below; rewritten every ``checkpoint_every`` steps
+    codes.parquet   the code table the stage was trained on (so a Classifier needs nothing else)
+    stage.json      human-readable summary, written when the stage completed
+
+A checkpoint holds only plain containers, numbers, strings and tensors, so it loads with
+``torch.load(weights_only=True)``: opening a checkpoint never executes code.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from naics_ml.io import atomic_path, atomic_save_torch
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "CODES_NAME",
+    "SUMMARY_NAME",
+    "capture_rng_state",
+    "is_complete",
+    "load_checkpoint",
+    "load_stage_codes",
+    "resolve_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+    "save_stage_bundle",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CODES_NAME = "codes.parquet"
+SUMMARY_NAME = "stage.json"
+
+# Keys of a checkpoint dict (documentation; the dict is a plain dict):
+#   model_config: dict     ModelConfig.to_dict()
+#   train_config: dict     TrainConfig.to_dict()
+#   model_state:  dict     NaicsModel.trainable_state_dict() (the frozen base is not stored)
+#   optimizer, scheduler:  state dicts
+#   step: int              optimizer iterations done (skipped ones included)
+#   skipped_steps: int     iterations skipped for a non-finite loss or gradient
+#   rng: dict              python / numpy / torch generator states (rank 0)
+#   complete: bool         True once the stage ran all its steps
+#   extra: dict            caller's data (curriculum, revision, ...); part of the resume identity
+#   metrics: dict          last logged metrics
+
+
+def resolve_checkpoint(path: Path | str) -> Path:
+    """A stage folder or a checkpoint file -> the checkpoint file (which must exist)."""
+    path = Path(path)
+    file = path / CHECKPOINT_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no checkpoint at {file}")
+    return file
+
+
+def save_checkpoint(state: dict[str, Any], path: Path | str) -> Path:
+    """Atomically write a checkpoint dict (temp file in the same folder + os.replace)."""
+    return atomic_save_torch(state, path)
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """Load a checkpoint dict from a stage folder or file, on CPU, without unpickling code."""
+    return torch.load(resolve_checkpoint(path), map_location="cpu", weights_only=True)
+
+
+def is_complete(path: Path | str) -> bool:
+    """Whether the stage folder / file holds a checkpoint of a finished stage."""
+    try:
+        return bool(load_checkpoint(path).get("complete", False))
+    except FileNotFoundError:
+        return False
+
+
+def save_stage_bundle(out_dir: Path | str, codes: pl.DataFrame) -> Path:
+    """Write the code table snapshot next to the checkpoint (``codes.parquet``), atomically."""
+    target = Path(out_dir) / CODES_NAME
+    with atomic_path(target) as tmp:
+        codes.write_parquet(tmp)
+    return target
+
+
+def load_stage_codes(path: Path | str) -> pl.DataFrame:
+    """The code table saved with a stage (``path`` is the stage folder or its checkpoint file)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    file = folder / CODES_NAME
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"no {CODES_NAME} in {folder}; write it with save_stage_bundle(out_dir, codes)"
+        )
+    return pl.read_parquet(file)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy (global) and torch CPU generator states as weights_only-safe values."""
+    np_state = np.random.get_state(legacy=True)
+    return {
+        "python": _to_lists(random.getstate()),
+        "numpy": {
+            "key": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["key"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+
+
+def _to_lists(value: Any) -> Any:
+    return [_to_lists(v) for v in value] if isinstance(value, tuple | list) else value

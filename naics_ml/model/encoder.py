@@ -1,0 +1,251 @@
+"""One frozen transformer shared by several channels, each with its own LoRA adapter.
+
+Speed comes from three exact (not approximate) tricks:
+
+* LoRA only on the top ``lora_layers`` layers, so the hidden states entering the first LoRA
+  layer depend on frozen weights only. :class:`PrefixCache` computes them once per distinct
+  text (fp16 by default, real tokens only) and training steps run just the top layers.
+* Length-bucketed micro-batches: sequences are sorted by length and padded only to the
+  longest in their micro-batch.
+* Channels share one base and switch adapters, so the base weights exist once in memory.
+
+The base's own dropout is switched off (it is frozen and its prefix is cached, so the top
+layers must behave as in the cached forward); LoRA dropout is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.masking_utils import create_bidirectional_mask
+
+
+def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
+    """Mean over real tokens, then L2-normalised (as sentence-transformers' MiniLM does)."""
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    return F.normalize(pooled, dim=-1)
+
+
+def length_buckets(lengths: Tensor, max_tokens: int, max_rows: int) -> list[Tensor]:
+    """Positions grouped into micro-batches of similar length (each padded to its own max)."""
+    order = torch.argsort(lengths, stable=True)
+    buckets: list[Tensor] = []
+    start = 0
+    n = len(order)
+    while start < n:
+        end = start + 1
+        while end < n and end - start < max_rows:
+            longest = int(lengths[order[end]])
+            if longest * (end - start + 1) > max_tokens:
+                break
+            end += 1
+        buckets.append(order[start:end])
+        start = end
+    return buckets
+
+
+@dataclass
+class PrefixCache:
+    """Hidden states entering the first LoRA layer for a list of texts, real tokens only."""
+
+    flat: Tensor  # (total_tokens, H), cache dtype
+    offsets: Tensor  # (n,) start row of each text in ``flat``
+    lengths: Tensor  # (n,) tokens per text
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def gather(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Padded (n, L, H) float32 hidden states and (n, L) mask for texts ``ids``."""
+        lengths = self.lengths[ids]
+        width = int(lengths.max())
+        pos = torch.arange(width)
+        mask = pos.unsqueeze(0) < lengths.unsqueeze(1)
+        rows = self.offsets[ids].unsqueeze(1) + torch.minimum(
+            pos.unsqueeze(0), lengths.unsqueeze(1) - 1
+        )
+        return self.flat[rows].float(), mask.long()
+
+    def nbytes(self) -> int:
+        return self.flat.numel() * self.flat.element_size()
+
+
+class ChannelEncoder(nn.Module):
+    """Frozen base + one LoRA adapter per channel (peft), with a cacheable frozen prefix."""
+
+    def __init__(
+        self,
+        base: PreTrainedModel,
+        tokenizer,
+        channels: Sequence[str],
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        target_modules: Sequence[str] = ("query", "value"),
+        lora_layers: int = 2,
+        max_length: int = 128,
+        max_tokens: int = 8192,
+        max_rows: int = 256,
+    ) -> None:
+        super().__init__()
+        num_layers = base.config.num_hidden_layers
+        if not 1 <= lora_layers <= num_layers:
+            raise ValueError(f"lora_layers must be in 1..{num_layers}, got {lora_layers}")
+        self.channels = tuple(channels)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.max_tokens = max_tokens
+        self.max_rows = max_rows
+        self.first_lora_layer = num_layers - lora_layers
+        for name, module in base.named_modules():  # frozen base: no dropout (see module doc)
+            if isinstance(module, nn.Dropout) and "lora" not in name:
+                module.p = 0.0
+        lora_config = LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=list(target_modules),
+            layers_to_transform=list(range(self.first_lora_layer, num_layers)),
+            layers_pattern="layer",
+        )
+        peft_model = get_peft_model(base, lora_config, adapter_name=self.channels[0])
+        for channel in self.channels[1:]:
+            peft_model.add_adapter(channel, lora_config)
+        # LoRA layers are injected in place; keep the plain transformer, not the peft wrapper,
+        # so parameter names stay short and stable.
+        self.base = peft_model.base_model.model
+        self._lora_modules = [m for m in self.base.modules() if isinstance(m, LoraLayer)]
+        if not self._lora_modules:
+            raise ValueError(f"no LoRA target {tuple(target_modules)} found in the base model")
+        self._lora_params = [p for n, p in self.base.named_parameters() if "lora_" in n]
+        for name, param in self.base.named_parameters():
+            param.requires_grad_("lora_" in name)
+        self.active_channel: str | None = None
+        self.activate(self.channels[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.base.config.hidden_size)
+
+    def activate(self, channel: str) -> None:
+        """Route the LoRA layers through ``channel``'s adapter.
+
+        peft's ``set_adapter`` also turns off ``requires_grad`` of the other adapters, which
+        would silently drop the gradients of channels already run in this step; restore it.
+        """
+        if channel == self.active_channel:
+            return
+        for module in self._lora_modules:
+            module.set_adapter(channel)
+        for param in self._lora_params:
+            param.requires_grad_(True)
+        self.active_channel = channel
+
+    # --- tokenisation -------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, truncated to ``max_length``, unpadded."""
+        out = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return out["input_ids"]
+
+    def _pad(self, ids: Sequence[Sequence[int]], width: int | None = None) -> tuple[Tensor, Tensor]:
+        width = width or max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        return input_ids, mask
+
+    # --- frozen prefix --------------------------------------------------------------------
+    def _run_layers(self, hidden: Tensor, mask: Tensor, start: int, stop: int) -> Tensor:
+        mask4d = create_bidirectional_mask(
+            config=self.base.config, inputs_embeds=hidden, attention_mask=mask
+        )
+        for layer in self.base.encoder.layer[start:stop]:
+            hidden = layer(hidden, mask4d)
+        return hidden
+
+    @torch.no_grad()
+    def prefix(self, ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+        """Hidden states entering the first LoRA layer for one padded batch (frozen weights)."""
+        input_ids, mask = self._pad(ids)
+        hidden = self.base.embeddings(input_ids=input_ids)
+        return self._run_layers(hidden, mask, 0, self.first_lora_layer), mask
+
+    @torch.no_grad()
+    def build_cache(self, texts: Sequence[str], dtype: torch.dtype = torch.float16) -> PrefixCache:
+        """Compute the frozen prefix once for every text (call with distinct texts)."""
+        token_ids = self.tokenize(texts)
+        lengths = torch.tensor([len(x) for x in token_ids], dtype=torch.long)
+        offsets = torch.zeros(len(token_ids), dtype=torch.long)
+        if len(token_ids):
+            offsets[1:] = torch.cumsum(lengths, 0)[:-1]
+        flat = torch.empty((int(lengths.sum()), self.hidden_size), dtype=dtype)
+        for bucket in length_buckets(lengths, self.max_tokens, self.max_rows):
+            hidden, _ = self.prefix([token_ids[i] for i in bucket.tolist()])
+            for row, i in enumerate(bucket.tolist()):
+                n = int(lengths[i])
+                flat[offsets[i] : offsets[i] + n] = hidden[row, :n].to(dtype)
+        return PrefixCache(flat=flat, offsets=offsets, lengths=lengths)
+
+    # --- trainable top ----------------------------------------------------------------------
+    def encode_cached(self, cache: PrefixCache, ids: Tensor, channel: str) -> Tensor:
+        """Pooled (n, H) embeddings of cached texts ``ids`` through ``channel``'s adapter."""
+        self.activate(channel)
+        parts, order = [], []
+        for bucket in length_buckets(cache.lengths[ids], self.max_tokens, self.max_rows):
+            hidden, mask = cache.gather(ids[bucket])
+            top = self._run_layers(
+                hidden, mask, self.first_lora_layer, len(self.base.encoder.layer)
+            )
+            parts.append(mean_pool(top, mask))
+            order.append(bucket)
+        pooled = torch.cat(parts)
+        return pooled[torch.argsort(torch.cat(order))]
+
+    def encode_full(
+        self, texts: Sequence[str], channel: str, pad_to_max_length: bool = False
+    ) -> Tensor:
+        """Pooled (n, H) embeddings through the whole transformer, no cache (reference path).
+
+        ``pad_to_max_length`` pads every sequence to ``max_length`` in one batch, as the naive
+        design did; otherwise the same length buckets as the cached path are used.
+        """
+        self.activate(channel)
+        token_ids = self.tokenize(texts)
+        if pad_to_max_length:
+            input_ids, mask = self._pad(token_ids, self.max_length)
+            out = self.base(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            return mean_pool(out, mask)
+        lengths = torch.tensor([len(x) for x in token_ids], dtype=torch.long)
+        parts, order = [], []
+        for bucket in length_buckets(lengths, self.max_tokens, self.max_rows):
+            input_ids, mask = self._pad([token_ids[i] for i in bucket.tolist()])
+            out = self.base(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            parts.append(mean_pool(out, mask))
+            order.append(bucket)
+        return torch.cat(parts)[torch.argsort(torch.cat(order))]
+
+    def encode_uncached(self, texts: Sequence[str], channel: str) -> Tensor:
+        """Frozen prefix on the fly, then the top layers: for texts that were never prepared."""
+        token_ids = self.tokenize(texts)
+        lengths = torch.tensor([len(x) for x in token_ids], dtype=torch.long)
+        self.activate(channel)
+        parts, order = [], []
+        for bucket in length_buckets(lengths, self.max_tokens, self.max_rows):
+            hidden, mask = self.prefix([token_ids[i] for i in bucket.tolist()])
+            top = self._run_layers(
+                hidden, mask, self.first_lora_layer, len(self.base.encoder.layer)
+            )
+            parts.append(mean_pool(top, mask))
+            order.append(bucket)
+        return torch.cat(parts)[torch.argsort(torch.cat(order))]

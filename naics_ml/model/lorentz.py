@@ -1,0 +1,86 @@
+"""Lorentz (hyperboloid) model helpers backed by geoopt.
+
+Convention (geoopt's): a curvature parameter ``k > 0`` is the hyperboloid
+``-x0^2 + |x_s|^2 = -k`` with sectional curvature ``-1/k``; ``k = 1`` is the standard
+hyperbolic space. The origin is ``(sqrt(k), 0, ..., 0)``. Distances are computed in float64
+because points far from the origin have large coordinates and the Minkowski inner product
+of two such points loses precision in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+from geoopt.manifolds.lorentz import math as lmath
+from torch import Tensor
+
+
+def _k(curvature: float | Tensor, like: Tensor) -> Tensor:
+    return torch.as_tensor(curvature, dtype=like.dtype, device=like.device)
+
+
+def expmap0(v: Tensor, curvature: float = 1.0) -> Tensor:
+    """Map tangent vectors at the origin, ``v`` of shape (..., D), to points (..., D + 1).
+
+    ``v`` holds the space-like part only; the time component of a tangent vector at the
+    origin is zero. The result is projected back onto the hyperboloid.
+    """
+    u = torch.cat([torch.zeros_like(v[..., :1]), v], dim=-1)
+    k = _k(curvature, u)
+    return lmath.project(lmath.expmap0(u, k=k), k=k)
+
+
+def project(x: Tensor, curvature: float = 1.0) -> Tensor:
+    """Recompute the time coordinate so that ``x`` lies exactly on the hyperboloid."""
+    return lmath.project(x, k=_k(curvature, x))
+
+
+def minkowski_inner(x: Tensor, y: Tensor) -> Tensor:
+    """``-x0 y0 + <x_s, y_s>`` over the last dimension (broadcasting)."""
+    return -x[..., 0] * y[..., 0] + (x[..., 1:] * y[..., 1:]).sum(-1)
+
+
+def _arcosh_distance(neg_inner: Tensor, curvature: float) -> Tensor:
+    k = float(curvature)
+    # clamping z >= 1 + 1e-9 bounds the arcosh gradient for (near-)identical points
+    z = (neg_inner / k).clamp_min(1.0 + 1e-9)
+    return (k**0.5) * torch.log(z + torch.sqrt(z * z - 1.0))
+
+
+def distance(x: Tensor, y: Tensor, curvature: float = 1.0) -> Tensor:
+    """Geodesic distance between ``x`` and ``y`` (broadcast over leading dimensions)."""
+    d = _arcosh_distance(-minkowski_inner(x.double(), y.double()), curvature)
+    return d.to(x.dtype)
+
+
+def pairwise_distance(x: Tensor, y: Tensor, curvature: float = 1.0) -> Tensor:
+    """All distances between rows of ``x`` (n, D+1) and ``y`` (m, D+1) -> (n, m)."""
+    xd, yd = x.double(), y.double()
+    inner = -torch.outer(xd[:, 0], yd[:, 0]) + xd[:, 1:] @ yd[:, 1:].T
+    return _arcosh_distance(-inner, curvature).to(x.dtype)
+
+
+def radius(x: Tensor, curvature: float = 1.0) -> Tensor:
+    """Distance from the origin, ``sqrt(k) arcosh(x0 / sqrt(k))``: the depth signal."""
+    k = float(curvature)
+    return _arcosh_distance(x[..., 0].double() * k**0.5, k).to(x.dtype)
+
+
+def manifold_violation(x: Tensor, curvature: float = 1.0) -> Tensor:
+    """Per point ``|<x, x>_L + k| / (k + x0^2)``: a relative error, since x0^2 grows as e^(2r)."""
+    xd = x.double()
+    k = float(curvature)
+    return (minkowski_inner(xd, xd) + k).abs() / (k + xd[..., 0] ** 2)
+
+
+def check_on_manifold(x: Tensor, curvature: float = 1.0, atol: float = 1e-3) -> None:
+    """Raise ``ValueError`` unless every point is finite, has x0 > 0 and lies on the hyperboloid.
+
+    The tolerance applies to the relative violation of :func:`manifold_violation`.
+    """
+    if not torch.isfinite(x).all():
+        raise ValueError("points contain non-finite values")
+    if (x[..., 0] <= 0).any():
+        raise ValueError("points lie on the lower sheet (x0 <= 0)")
+    worst = float(manifold_violation(x, curvature).max()) if x.numel() else 0.0
+    if worst > atol:
+        raise ValueError(f"points are off the hyperboloid: max relative violation {worst:.3g}")

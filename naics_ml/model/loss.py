@@ -1,0 +1,53 @@
+"""Training losses: hyperbolic InfoNCE and the Switch-style load-balancing loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from naics_ml.model.lorentz import distance
+
+
+def hyperbolic_info_nce(
+    anchor: Tensor,
+    positive: Tensor,
+    negatives: Tensor,
+    curvature: float = 1.0,
+    temperature: float = 0.1,
+    negative_mask: Tensor | None = None,
+) -> Tensor:
+    """Mean cross-entropy of picking the positive among ``1 + k`` candidates.
+
+    ``anchor``/``positive`` are (B, D+1) points, ``negatives`` (B, k, D+1); logits are
+    ``-distance / temperature`` with the positive as class 0. ``negative_mask`` (B, k), True =
+    a real negative, drops padded negatives (rows with fewer than k negatives).
+    """
+    d_pos = distance(anchor, positive, curvature).unsqueeze(1)
+    d_neg = distance(anchor.unsqueeze(1), negatives, curvature)
+    logits = -torch.cat([d_pos, d_neg], dim=1) / temperature
+    if negative_mask is not None:
+        keep = torch.cat([torch.ones_like(negative_mask[:, :1]), negative_mask], 1).bool()
+        logits = logits.masked_fill(~keep, float("-inf"))
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits, target)
+
+
+def load_balance_loss(gate_probs: Tensor, dispatch_mask: Tensor) -> Tensor:
+    """Switch Transformer balance loss ``E * sum_e f_e * P_e`` over the whole batch.
+
+    ``gate_probs`` (N, E) are router probabilities, ``dispatch_mask`` (N, E) is 1 where a token
+    was routed to an expert (top-k: k ones per row). ``f_e`` is the share of routed slots going
+    to expert e, ``P_e`` the mean router probability of e. Equals 1 when routing is uniform and
+    grows to E when one expert takes everything. Under torch.distributed, ``f`` is averaged
+    over ranks (no gradient flows through it anyway), so with DDP's gradient averaging the
+    gradient is that of the global batch.
+    """
+    dispatch = dispatch_mask.to(gate_probs.dtype)
+    counts = dispatch.sum(0)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        counts = counts.detach().clone()
+        torch.distributed.all_reduce(counts)
+    f = counts / counts.sum().clamp_min(1.0)
+    p = gate_probs.mean(0)
+    return gate_probs.shape[-1] * (f.detach() * p).sum()

@@ -1,0 +1,313 @@
+"""NaicsModel: four text channels -> LoRA encoders -> MoE fusion -> Lorentz hyperboloid."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from naics_ml.model.base import load_base_model, load_tokenizer
+from naics_ml.model.encoder import ChannelEncoder, PrefixCache
+from naics_ml.model.fusion import MoEFusion
+from naics_ml.model.lorentz import expmap0, project
+from naics_ml.model.loss import load_balance_loss
+
+CHANNELS = ("title", "description", "excluded", "examples")
+QUERY_CHANNEL = "examples"
+_CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def use_all_cores() -> None:
+    """``torch.set_num_threads(os.cpu_count())`` unless several processes share the machine."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        torch.set_num_threads(os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the model; the base weights come from ``base_model``."""
+
+    base_model: str = "all-MiniLM-L6-v2"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = ("query", "value")
+    lora_layers: int = 2  # LoRA only on the top N layers; the frozen lower layers are cached
+    max_length: int = 128
+    num_experts: int = 4
+    top_k: int = 2
+    embedding_dim: int = 384  # tangent dimension; points have embedding_dim + 1 coordinates
+    curvature: float = 1.0  # geoopt's k: hyperboloid -x0^2 + |x|^2 = -k, curvature -1/k
+    balance_weight: float = 0.01  # applied by the caller: loss + balance_weight * balance_loss
+    gate_noise: float = 0.5  # std of the router-logit noise in training mode
+    expert_hidden: int = 768
+    max_tangent_norm: float = 12.0  # numerical safety only; radii stay far below it
+    cache_dtype: str = "float16"  # dtype of the cached frozen prefix
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lora_target_modules"] = list(self.lora_target_modules)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        values = dict(d)
+        if "lora_target_modules" in values:
+            values["lora_target_modules"] = tuple(values["lora_target_modules"])
+        return cls(**values)
+
+
+@dataclass
+class Encoded:
+    points: Tensor  # (..., embedding_dim + 1) on the hyperboloid
+    balance_loss: Tensor  # scalar, unweighted Switch loss (1.0 = balanced); caller applies λ
+    expert_utilization: Tensor  # (num_experts,) share of routed slots per expert
+
+
+class NaicsModel(nn.Module):
+    """Codes and free-text queries embedded as points on the Lorentz hyperboloid.
+
+    A code is its four channel texts (title, description, excluded, examples; missing ones
+    masked). A query is free text routed through the examples channel's adapter with the other
+    channels masked, then the same fusion and exponential map: queries live in the space of
+    codes and the examples channel already holds query-like text (index entries).
+    """
+
+    def __init__(
+        self, config: ModelConfig, base: PreTrainedModel | None = None, tokenizer=None
+    ) -> None:
+        super().__init__()
+        use_all_cores()
+        if config.cache_dtype not in _CACHE_DTYPES:
+            raise ValueError(f"cache_dtype must be one of {sorted(_CACHE_DTYPES)}")
+        self.config = config
+        base = base if base is not None else load_base_model(config.base_model)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.base_model)
+        self.encoder = ChannelEncoder(
+            base.eval(),
+            tokenizer,
+            CHANNELS,
+            lora_r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules,
+            lora_layers=config.lora_layers,
+            max_length=config.max_length,
+        )
+        hidden = self.encoder.hidden_size
+        self.fusion = MoEFusion(
+            hidden=hidden,
+            num_channels=len(CHANNELS),
+            out_dim=config.embedding_dim,
+            num_experts=config.num_experts,
+            top_k=config.top_k,
+            expert_hidden=config.expert_hidden,
+            gate_noise=config.gate_noise,
+        )
+        self._cache: PrefixCache | None = None
+        self._texts: list[str] = []
+        self._code_text_ids: Tensor | None = None  # (n_codes, C), -1 = missing
+        self._query_text_ids: Tensor | None = None  # (n_queries,)
+
+    # --- preparation ------------------------------------------------------------------------
+    def prepare(
+        self, channel_texts: dict[str, list[str | None]], queries: Sequence[str] = ()
+    ) -> None:
+        """Cache the frozen prefix of every distinct code channel text and query text.
+
+        ``channel_texts[c][i]`` is code i's text for channel c (None = missing). Texts are
+        deduplicated across channels, codes and queries: the prefix does not depend on the
+        adapter. Call once before training or evaluation (again to change the texts).
+        """
+        missing = set(CHANNELS) - set(channel_texts)
+        if missing:
+            raise ValueError(f"channel_texts lacks channels {sorted(missing)}")
+        sizes = {len(channel_texts[c]) for c in CHANNELS}
+        if len(sizes) != 1:
+            raise ValueError(f"channel text lists differ in length: {sizes}")
+        n_codes = sizes.pop()
+        index: dict[str, int] = {}
+
+        def text_id(text: str | None) -> int:
+            if text is None:
+                return -1
+            return index.setdefault(text, len(index))
+
+        code_ids = [[text_id(channel_texts[c][i]) for c in CHANNELS] for i in range(n_codes)]
+        query_ids = [text_id(q) for q in queries]
+        if any(q < 0 for q in query_ids):
+            raise ValueError("queries must be strings")
+        self._texts = list(index)
+        self._code_text_ids = torch.tensor(code_ids, dtype=torch.long).reshape(
+            n_codes, len(CHANNELS)
+        )
+        self._query_text_ids = torch.tensor(query_ids, dtype=torch.long)
+        self._cache = self.encoder.build_cache(self._texts, _CACHE_DTYPES[self.config.cache_dtype])
+
+    @property
+    def num_codes(self) -> int:
+        return 0 if self._code_text_ids is None else len(self._code_text_ids)
+
+    @property
+    def num_queries(self) -> int:
+        return 0 if self._query_text_ids is None else len(self._query_text_ids)
+
+    def cache_nbytes(self) -> int:
+        return 0 if self._cache is None else self._cache.nbytes()
+
+    def _require_prepared(self) -> PrefixCache:
+        if self._cache is None:
+            raise RuntimeError("call NaicsModel.prepare(...) before encoding prepared ids")
+        return self._cache
+
+    # --- encoding -----------------------------------------------------------------------------
+    def _fuse(self, channels: Tensor, mask: Tensor) -> Encoded:
+        out = self.fusion(channels, mask)
+        tangent = out.tangent
+        cap = self.config.max_tangent_norm
+        norm = tangent.norm(dim=-1, keepdim=True)
+        tangent = tangent * (cap / norm.clamp_min(cap))  # binds only beyond the generous cap
+        points = project(expmap0(tangent, self.config.curvature), self.config.curvature)
+        util = out.dispatch.sum(0) / out.dispatch.sum().clamp_min(1.0)
+        return Encoded(
+            points=points,
+            balance_loss=load_balance_loss(out.gate_probs, out.dispatch),
+            expert_utilization=util.detach(),
+        )
+
+    def _encode_text_ids(self, text_ids: Tensor) -> Encoded:
+        """(U, C) distinct rows of text ids (-1 = missing) -> fused points (U, D+1)."""
+        cache = self._require_prepared()
+        n, hidden = len(text_ids), self.encoder.hidden_size
+        mask = text_ids >= 0
+        columns = []
+        for c, channel in enumerate(CHANNELS):
+            rows = mask[:, c].nonzero().squeeze(1)
+            column = torch.zeros(n, hidden)
+            if len(rows):
+                distinct, inverse = torch.unique(text_ids[rows, c], return_inverse=True)
+                pooled = self.encoder.encode_cached(cache, distinct, channel)
+                column = column.index_put((rows,), pooled[inverse])
+            columns.append(column)
+        return self._fuse(torch.stack(columns, 1), mask)
+
+    def _expand(self, enc: Encoded, inverse: Tensor, shape: torch.Size) -> Encoded:
+        points = enc.points[inverse].reshape(*shape, enc.points.shape[-1])
+        return Encoded(points, enc.balance_loss, enc.expert_utilization)
+
+    def encode_codes(self, code_ids: Tensor) -> Encoded:
+        """Points for code indices of any shape; each distinct code is encoded once.
+
+        The balance loss and utilisation are over the distinct codes of the call.
+        """
+        self._require_prepared()
+        distinct, inverse = torch.unique(code_ids.reshape(-1), return_inverse=True)
+        enc = self._encode_text_ids(self._code_text_ids[distinct])
+        return self._expand(enc, inverse, code_ids.shape)
+
+    def _query_rows(self, text_ids: Tensor) -> Tensor:
+        rows = torch.full((len(text_ids), len(CHANNELS)), -1, dtype=torch.long)
+        rows[:, CHANNELS.index(QUERY_CHANNEL)] = text_ids
+        return rows
+
+    def encode_queries(self, query_ids: Tensor) -> Encoded:
+        """Points for indices into the prepared ``queries`` (examples adapter, rest masked)."""
+        self._require_prepared()
+        distinct, inverse = torch.unique(query_ids.reshape(-1), return_inverse=True)
+        enc = self._encode_text_ids(self._query_rows(self._query_text_ids[distinct]))
+        return self._expand(enc, inverse, query_ids.shape)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> Tensor:
+        """Points (n, D+1) for arbitrary free text, no cache needed (inference, eval mode)."""
+        was_training = self.training
+        self.eval()
+        try:
+            q = CHANNELS.index(QUERY_CHANNEL)
+            out = []
+            for start in range(0, len(texts), batch_size):
+                chunk = list(texts[start : start + batch_size])
+                channels = torch.zeros(len(chunk), len(CHANNELS), self.encoder.hidden_size)
+                channels[:, q] = self.encoder.encode_uncached(chunk, QUERY_CHANNEL)
+                mask = torch.zeros(len(chunk), len(CHANNELS), dtype=torch.bool)
+                mask[:, q] = True
+                out.append(self._fuse(channels, mask).points)
+            dim = self.config.embedding_dim + 1
+            return torch.cat(out) if out else torch.zeros(0, dim)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def encode_all_codes(self, batch_size: int = 512) -> Tensor:
+        """Points (n_codes, D+1) of every prepared code, in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            ids = torch.arange(self.num_codes)
+            return torch.cat(
+                [
+                    self.encode_codes(ids[s : s + batch_size]).points
+                    for s in range(0, len(ids), batch_size)
+                ]
+            )
+        finally:
+            self.train(was_training)
+
+    def encode_codes_reference(
+        self, code_ids: Tensor, dedupe: bool = True, pad_to_max_length: bool = False
+    ) -> Encoded:
+        """The same function as :meth:`encode_codes` computed without any cache.
+
+        Runs every channel text through the whole transformer. With ``dedupe=False,
+        pad_to_max_length=True`` it is the naive design (every slot encoded separately, padded
+        to ``max_length``) used as the speed baseline; tests use it to prove the cache exact.
+        """
+        self._require_prepared()
+        flat = code_ids.reshape(-1)
+        if dedupe:
+            flat, inverse = torch.unique(flat, return_inverse=True)
+        else:
+            inverse = torch.arange(len(flat))
+        text_ids = self._code_text_ids[flat]
+        mask = text_ids >= 0
+        columns = []
+        for c, channel in enumerate(CHANNELS):
+            rows = mask[:, c].nonzero().squeeze(1)
+            column = torch.zeros(len(flat), self.encoder.hidden_size)
+            if len(rows):
+                texts = [self._texts[i] for i in text_ids[rows, c].tolist()]
+                pooled = self.encoder.encode_full(texts, channel, pad_to_max_length)
+                column = column.index_put((rows,), pooled)
+            columns.append(column)
+        enc = self._fuse(torch.stack(columns, 1), mask)
+        return self._expand(enc, inverse, code_ids.shape)
+
+    # --- persistence --------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """LoRA and fusion weights only (the frozen base comes from ``config.base_model``)."""
+        state = self.state_dict()
+        return {k: v.detach().clone() for k, v in state.items() if _is_trainable_key(k)}
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        expected = {k for k in self.state_dict() if _is_trainable_key(k)}
+        got = set(state)
+        if got != expected:
+            raise ValueError(
+                f"trainable state mismatch: missing {sorted(expected - got)[:5]}, "
+                f"unexpected {sorted(got - expected)[:5]}"
+            )
+        self.load_state_dict(state, strict=False)
+
+
+def _is_trainable_key(key: str) -> bool:
+    return key.startswith("fusion.") or "lora_" in key

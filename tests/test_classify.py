@@ -1,0 +1,241 @@
+"""Classifier on a stage folder trained here: tiny BERT saved to disk, synthetic code tree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from naics_ml.checkpoint import load_checkpoint
+from naics_ml.classify import Classifier, Prediction, code_channel_texts
+from naics_ml.model.base import load_tokenizer
+from naics_ml.model.lorentz import check_on_manifold, pairwise_distance
+from naics_ml.model.network import ModelConfig, NaicsModel
+from naics_ml.sampler import TripletBatch
+from naics_ml.train import TrainConfig, train_stage
+
+SECTORS = {"11": ["farm", "wheat", "cattle", "dairy"], "21": ["mine", "coal", "gold", "oil"]}
+
+
+def synthetic_codes() -> pl.DataFrame:
+    """Per sector: sector -> 3 -> 4 -> 5 digits -> three six-digit industries."""
+    rows: list[dict] = []
+    for sector, (head, *crops) in SECTORS.items():
+        chain = [sector, f"{sector}1", f"{sector}11", f"{sector}111"]
+        for level, code in enumerate(chain):
+            rows.append(
+                dict(
+                    code=code,
+                    level=len(code),
+                    parent=chain[level - 1] if level else None,
+                    sector=sector,
+                    title=f"{head} level {len(code)}",
+                    description=None if level else f"all {head} work",
+                    examples=None,
+                    excluded=None if level else "  ",
+                    excluded_codes=[],
+                )
+            )
+        for j, crop in enumerate(crops):
+            rows.append(
+                dict(
+                    code=f"{sector}111{j}",
+                    level=6,
+                    parent=chain[-1],
+                    sector=sector,
+                    title=f"{crop} {head}",
+                    description=f"growing {crop}",
+                    examples=f"{crop} {head}s",
+                    excluded=None,
+                    excluded_codes=[],
+                )
+            )
+    frame = pl.DataFrame(rows).with_row_index("index")
+    lookup = dict(zip(frame["code"], frame["index"], strict=True))
+    return frame.with_columns(
+        pl.col("index").cast(pl.Int32),
+        pl.col("level").cast(pl.Int8),
+        pl.Series("parent_index", [lookup.get(p) for p in frame["parent"]], dtype=pl.Int32),
+    ).drop("parent")
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory) -> tuple[Path, pl.DataFrame, NaicsModel]:
+    root = tmp_path_factory.mktemp("classify")
+    base_dir = root / "tiny-bert"
+    tokenizer = load_tokenizer("all-MiniLM-L6-v2")
+    torch.manual_seed(0)
+    BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    ).save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    config = ModelConfig(
+        base_model=str(base_dir),
+        lora_layers=1,
+        max_length=32,
+        embedding_dim=8,
+        expert_hidden=32,
+        lora_r=4,
+        lora_alpha=8,
+    )
+    model = NaicsModel(config)
+    torch.set_num_threads(1)
+    codes = synthetic_codes()
+    six = codes.filter(pl.col("level") == 6)
+    queries = [f"{t} company" for t in six["title"]]
+    query_codes = six["index"].to_numpy().astype(np.int64)
+    model.prepare(code_channel_texts(codes), queries=queries)
+    sector = codes["sector"].to_numpy()
+
+    def triplets(start: int):
+        step = start
+        while True:
+            rng = np.random.default_rng(step)
+            anchor = rng.choice(query_codes, 6)
+            positive = np.array(
+                [
+                    rng.choice(query_codes[(sector[query_codes] == sector[a]) & (query_codes != a)])
+                    for a in anchor
+                ]
+            )
+            negatives = np.stack(
+                [rng.choice(np.flatnonzero(sector != sector[a]), 3) for a in anchor]
+            )
+            yield TripletBatch(anchor, positive, negatives, np.ones_like(negatives))
+            step += 1
+
+    def query_batches(start: int):
+        step = start
+        while True:
+            yield np.random.default_rng([7, step]).choice(len(queries), 4, replace=False)
+            step += 1
+
+    cfg = TrainConfig(
+        steps=25,
+        learning_rate=5e-3,
+        warmup_steps=2,
+        checkpoint_every=10,
+        log_every=5,
+        validation_every=25,
+        temperature=0.2,
+    )
+    train_stage(
+        model,
+        triplets,
+        query_batches,
+        cfg,
+        root / "stage",
+        progress=False,
+        query_codes=query_codes,
+        codes=codes,
+    )
+    return root / "stage", codes, model
+
+
+@pytest.fixture(scope="module")
+def classifier(stage) -> Classifier:
+    return Classifier.from_checkpoint(stage[0])  # nothing but the stage folder
+
+
+def test_code_channel_texts_masks_missing_and_blank():
+    texts = code_channel_texts(synthetic_codes())
+    assert texts["title"][0] == "farm level 2"
+    assert texts["description"][1] is None and texts["excluded"][0] is None  # blank -> None
+    assert texts["examples"][4] == "wheat farms"
+
+
+def test_predict_returns_nearest_six_digit_codes(classifier, stage):
+    _, codes, _ = stage
+    six = set(codes.filter(pl.col("level") == 6)["code"])
+    texts = ["wheat farm company", "gold mine company", "something else entirely"]
+    predictions = classifier.predict(texts, top_k=4)
+    assert len(predictions) == 3
+    table = classifier.code_embeddings()
+    coordinates = torch.tensor(table["coordinates"].to_list(), dtype=torch.float64)
+    position = {c: i for i, c in enumerate(table["code"])}
+    queries = classifier.embed(texts).double()
+    for row, preds in enumerate(predictions):
+        assert len(preds) == 4 and all(isinstance(p, Prediction) for p in preds)
+        assert {p.code for p in preds} <= six and len({p.code for p in preds}) == 4
+        distances = [p.distance for p in preds]
+        assert distances == sorted(distances)
+        scores = [p.score for p in preds]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-9
+        for p in preds:
+            assert p.title == table["title"][position[p.code]]
+            expected = pairwise_distance(
+                queries[row : row + 1], coordinates[[position[p.code]]], 1.0
+            )
+            assert p.distance == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
+    # the remaining six-digit codes are all farther than the k-th prediction
+    others = [position[c] for c in six - {p.code for p in predictions[0]}]
+    rest = pairwise_distance(queries[:1], coordinates[others], 1.0)
+    assert float(rest.min()) >= predictions[0][-1].distance - 1e-6
+    assert classifier.predict(["x"], top_k=100)[0].__len__() == len(six)
+    assert classifier.predict([]) == []
+    with pytest.raises(TypeError):
+        classifier.predict("a single string")
+
+
+def test_trained_classifier_finds_training_queries(classifier, stage):
+    _, codes, _ = stage
+    six = codes.filter(pl.col("level") == 6)
+    predictions = classifier.predict([f"{t} company" for t in six["title"]], top_k=3)
+    top1 = np.mean([p[0].code == c for p, c in zip(predictions, six["code"], strict=True)])
+    sector = np.mean(
+        [p[0].code[:2] == c[:2] for p, c in zip(predictions, six["code"], strict=True)]
+    )
+    assert sector == 1.0 and top1 >= 0.5, (top1, sector)
+
+
+def test_code_embeddings_cover_all_codes_on_the_manifold(classifier, stage):
+    _, codes, model = stage
+    table = classifier.code_embeddings()
+    assert table["code"].to_list() == codes.sort("index")["code"].to_list()
+    assert {"index", "code", "level", "sector", "title", "coordinates", "radius"} <= set(
+        table.columns
+    )
+    points = torch.tensor(table["coordinates"].to_list(), dtype=torch.float64)
+    assert points.shape == (codes.height, model.config.embedding_dim + 1)
+    check_on_manifold(points, 1.0)
+    origin = torch.zeros(1, points.shape[1], dtype=torch.float64)
+    origin[0, 0] = 1.0
+    radius = pairwise_distance(points, origin, 1.0)[:, 0].numpy()
+    np.testing.assert_allclose(table["radius"].to_numpy(), radius, rtol=1e-5, atol=1e-6)
+    # the same weights as the model that was trained
+    np.testing.assert_allclose(
+        points.numpy(), model.encode_all_codes().double().numpy(), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_from_checkpoint_accepts_file_and_refuses_unfinished_stage(stage, tmp_path):
+    folder, codes, _ = stage
+    state = load_checkpoint(folder)
+    clf = Classifier.from_checkpoint(
+        folder / "checkpoint.pt", base_model=state["model_config"]["base_model"]
+    )
+    assert clf.code_embeddings().height == codes.height
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    torch.save({**state, "complete": False}, unfinished / "checkpoint.pt")
+    (unfinished / "codes.parquet").write_bytes((folder / "codes.parquet").read_bytes())
+    with pytest.raises(ValueError, match="unfinished"):
+        Classifier.from_checkpoint(unfinished)
+    assert Classifier.from_checkpoint(unfinished, allow_incomplete=True).temperature == 0.2
+    (unfinished / "codes.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match=r"codes\.parquet"):
+        Classifier.from_checkpoint(unfinished, allow_incomplete=True)

@@ -1,0 +1,359 @@
+"""train_stage on a tiny random BERT and a synthetic two-sector code tree: learning, checkpoints,
+resume, init_from and the NaN guard."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+import naics_ml.train as train_mod
+from naics_ml.checkpoint import load_checkpoint, save_stage_bundle
+from naics_ml.classify import code_channel_texts
+from naics_ml.io import atomic_path, atomic_save_torch
+from naics_ml.model.base import load_tokenizer
+from naics_ml.model.network import ModelConfig, NaicsModel
+from naics_ml.sampler import TripletBatch
+from naics_ml.train import NonFiniteLossError, TrainConfig, lr_factor, query_validator, train_stage
+
+WORDS = ["wheat", "corn", "cattle", "dairy", "coal", "gold", "oil", "gas", "water", "power"]
+
+
+def tiny_codes() -> pl.DataFrame:
+    """Two sectors, each 11 codes down to four six-digit industries."""
+    rows: list[dict] = []
+
+    def add(code: str, parent: str | None, sector: str, title: str, desc: str | None) -> None:
+        parent_index = next(r["index"] for r in rows if r["code"] == parent) if parent else None
+        rows.append(
+            dict(
+                index=len(rows),
+                code=code,
+                level=len(code),
+                parent_index=parent_index,
+                sector=sector,
+                title=title,
+                description=desc,
+                examples=None,
+                excluded=None,
+                excluded_codes=[],
+            )
+        )
+
+    for s, sector in enumerate(["11", "21"]):
+        w = WORDS[5 * s : 5 * s + 5]
+        add(sector, None, sector, f"{w[0]} sector", f"all {w[0]} activities")
+        for i in (1, 2):
+            c3 = f"{sector}{i}"
+            add(c3, sector, sector, f"{w[i]} {w[0]}", None)
+            add(c3 + "1", c3, sector, f"{w[i]} {w[0]} group", None)
+            add(c3 + "11", c3 + "1", sector, f"{w[i]} {w[0]} industry", f"making {w[i]}")
+            for j in (0, 1):
+                add(
+                    f"{c3}11{j}",
+                    c3 + "11",
+                    sector,
+                    f"{w[i]} {w[2 + j]} plant",
+                    f"{w[i]} from {w[2 + j]}; examples {w[3]}",
+                )
+    return pl.DataFrame(rows).with_columns(
+        pl.col("index").cast(pl.Int32),
+        pl.col("level").cast(pl.Int8),
+        pl.col("parent_index").cast(pl.Int32),
+    )
+
+
+def tiny_model(base_model: str = "tiny-bert", seed: int = 0) -> NaicsModel:
+    tokenizer = load_tokenizer("all-MiniLM-L6-v2")
+    torch.manual_seed(seed)
+    bert = BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    )
+    config = ModelConfig(
+        base_model=base_model,
+        lora_layers=1,
+        max_length=32,
+        embedding_dim=8,
+        expert_hidden=32,
+        lora_r=4,
+        lora_alpha=8,
+    )
+    model = NaicsModel(config, base=bert, tokenizer=tokenizer)
+    torch.set_num_threads(1)  # tiny matrices: threads only add contention
+    return model
+
+
+def query_table(codes: pl.DataFrame) -> tuple[list[str], np.ndarray]:
+    six = codes.filter(pl.col("level") == 6)
+    texts = [f"we run a {t}" for t in six["title"]] + [f"{t} business" for t in six["title"]]
+    return texts, np.concatenate([six["index"].to_numpy()] * 2).astype(np.int64)
+
+
+def prepared(codes: pl.DataFrame, seed: int = 0) -> tuple[NaicsModel, np.ndarray]:
+    model = tiny_model(seed=seed)
+    texts, query_codes = query_table(codes)
+    model.prepare(code_channel_texts(codes), queries=texts)
+    return model, query_codes
+
+
+def triplet_source(codes: pl.DataFrame, batch_size: int = 8, k: int = 4, seed: int = 0):
+    """Factory start_step -> endless deterministic batches (batch s depends on (seed, s) only):
+    anchor a six-digit code, positive its sibling, negatives codes of the other sector."""
+    six = codes.filter(pl.col("level") == 6).sort("index")
+    idx, parent, sector = (six[c].to_numpy() for c in ("index", "parent_index", "sector"))
+    all_idx, all_sector = codes["index"].to_numpy(), codes["sector"].to_numpy()
+
+    def factory(start: int):
+        step = start
+        while True:
+            rng = np.random.default_rng([seed, step])
+            pick = rng.integers(0, len(idx), batch_size)
+            anchor = idx[pick]
+            positive = np.array([idx[(parent == parent[p]) & (idx != idx[p])][0] for p in pick])
+            negatives = np.stack(
+                [rng.choice(all_idx[all_sector != sector[p]], k) for p in pick]
+            ).astype(np.int64)
+            yield TripletBatch(
+                anchor.astype(np.int64),
+                positive.astype(np.int64),
+                negatives,
+                np.ones_like(negatives),
+            )
+            step += 1
+
+    return factory
+
+
+def query_source(n_queries: int, batch_size: int = 6, seed: int = 0):
+    def factory(start: int):
+        step = start
+        while True:
+            yield np.random.default_rng([seed, 99, step]).choice(n_queries, batch_size, False)
+            step += 1
+
+    return factory
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(
+        steps=12,
+        batch_size=8,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        checkpoint_every=4,
+        log_every=1,
+        validation_every=6,
+        query_batch_size=6,
+        seed=0,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def run(tmp: Path, codes: pl.DataFrame, cfg: TrainConfig, model=None, query_codes=None, **kw):
+    if model is None:
+        model, query_codes = prepared(codes)
+    metrics: list[tuple[int, dict]] = []
+    kw.setdefault("on_metrics", lambda s, m: metrics.append((s, m)))
+    result = train_stage(
+        model,
+        triplet_source(codes),
+        query_source(len(query_codes)),
+        cfg,
+        tmp,
+        progress=False,
+        query_codes=query_codes,
+        codes=codes,
+        **kw,
+    )
+    return model, result, metrics
+
+
+@pytest.fixture(scope="module")
+def codes() -> pl.DataFrame:
+    return tiny_codes()
+
+
+def test_config_roundtrip_and_validation():
+    cfg = config()
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_dict({**cfg.to_dict(), "stepz": 3})
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+    assert lr_factor(0, 4, 20, 0.1) == pytest.approx(0.25)
+    assert lr_factor(3, 4, 20, 0.1) == pytest.approx(1.0)
+    assert lr_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
+
+
+def test_loss_decreases_and_checkpoint_contents(tmp_path, codes):
+    model, query_codes = prepared(codes)
+    val_ids = np.arange(len(query_codes))
+    six = codes.filter(pl.col("level") == 6)["index"].to_numpy()
+    validate = query_validator(val_ids, query_codes, six, temperature=0.1)
+    cfg = config(steps=30, checkpoint_every=10, validation_every=15)
+    _, result, metrics = run(
+        tmp_path,
+        codes,
+        cfg,
+        model,
+        query_codes,
+        validate=validate,
+        extra={"curriculum": "01_easy", "revision": "2022"},
+    )
+    losses = [m["loss"] for _, m in metrics if "loss" in m]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    first = metrics[0][1]
+    for key in (
+        "triplet_loss",
+        "query_loss",
+        "balance_loss",
+        "lr",
+        "skipped_steps",
+        "grad_norm",
+        "expert_utilization_0",
+        "expert_utilization_3",
+    ):
+        assert np.isfinite(first[key]), key
+    assert sum(first[f"expert_utilization_{i}"] for i in range(4)) == pytest.approx(1.0)
+    val_steps = [s for s, m in metrics if "val_loss" in m]
+    assert val_steps == [15, 30]
+    assert result.steps == 30 and result.skipped_steps == 0
+    assert "val_loss" in result.metrics
+
+    state = load_checkpoint(tmp_path)
+    assert result.checkpoint == tmp_path / "checkpoint.pt"
+    assert state["complete"] is True and state["step"] == 30 and state["skipped_steps"] == 0
+    assert state["train_config"] == cfg.to_dict()
+    assert ModelConfig.from_dict(state["model_config"]) == model.config
+    assert state["extra"] == {"curriculum": "01_easy", "revision": "2022"}
+    assert set(state["model_state"]) == set(model.trainable_state_dict())
+    for key, value in model.trainable_state_dict().items():
+        assert torch.equal(state["model_state"][key], value)
+    assert state["optimizer"]["state"] and state["scheduler"]["last_epoch"] == 30
+    assert {"python", "numpy", "torch"} <= set(state["rng"])
+    assert pl.read_parquet(tmp_path / "codes.parquet").equals(codes)
+    assert (tmp_path / "stage.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path, codes):
+    cfg = config(steps=12, checkpoint_every=4)
+    reference, _, _ = run(tmp_path / "ref", codes, cfg)
+
+    def crash(step, metrics):
+        if step == 7:
+            raise KeyboardInterrupt("simulated crash")
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "stage", codes, cfg, on_metrics=crash)
+    partial = load_checkpoint(tmp_path / "stage")
+    assert partial["step"] == 4 and partial["complete"] is False
+
+    resumed_steps: list[int] = []
+    model, result, _ = run(
+        tmp_path / "stage", codes, cfg, on_metrics=lambda s, m: resumed_steps.append(s)
+    )
+    assert result.resumed_from == 4 and result.steps == 12
+    assert resumed_steps[0] == 5
+    for key, value in reference.trainable_state_dict().items():
+        torch.testing.assert_close(model.trainable_state_dict()[key], value, rtol=0, atol=1e-6)
+
+    # a complete stage is retrained from scratch; another config does not resume either
+    _, again, _ = run(tmp_path / "stage", codes, cfg)
+    assert again.resumed_from == 0
+
+
+def test_init_from_loads_previous_stage_weights(tmp_path, codes):
+    previous, _, _ = run(tmp_path / "s1", codes, config(steps=3))
+    start = load_checkpoint(tmp_path / "s1")["model_state"]
+    model, query_codes = prepared(codes, seed=1)  # another random init
+    assert any(not torch.equal(model.trainable_state_dict()[k], v) for k, v in start.items())
+    loaded: list[dict[str, torch.Tensor]] = []
+    original_load = model.load_trainable_state_dict
+
+    def load_spy(state):  # the weights the stage starts from, before its first step
+        original_load(state)
+        loaded.append(model.trainable_state_dict())
+
+    model.load_trainable_state_dict = load_spy
+    run(tmp_path / "s2", codes, config(steps=2), model, query_codes, init_from=tmp_path / "s1")
+    assert len(loaded) == 1
+    for key, value in previous.trainable_state_dict().items():
+        assert torch.equal(start[key], value)
+        assert torch.equal(loaded[0][key], value), key
+
+
+def test_nan_loss_is_skipped_then_stops_the_stage(tmp_path, codes, monkeypatch):
+    original = train_mod.hyperbolic_info_nce
+    calls = {"n": 0}
+    nan_calls = {3}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if calls["n"] in nan_calls else loss
+
+    monkeypatch.setattr(train_mod, "hyperbolic_info_nce", flaky)
+    model, query_codes = prepared(codes)
+    before: dict[str, torch.Tensor] = {}
+    after: dict[str, torch.Tensor] = {}
+
+    def watch(step, metrics):
+        if step == 2:
+            before.update(model.trainable_state_dict())
+        if step == 3:
+            after.update(model.trainable_state_dict())
+
+    _, result, _ = run(tmp_path / "a", codes, config(steps=6), model, query_codes, on_metrics=watch)
+    assert result.skipped_steps == 1 and load_checkpoint(tmp_path / "a")["skipped_steps"] == 1
+    for key, value in before.items():  # the skipped step changed nothing
+        assert torch.equal(after[key], value), key
+
+    calls["n"] = 0
+    nan_calls.clear()
+    nan_calls.update({3, *range(5, 100)})  # one isolated bad step, then a run of them
+    with pytest.raises(NonFiniteLossError, match=r"step 7: 3 consecutive") as info:
+        run(tmp_path / "b", codes, config(steps=20, max_consecutive_bad_steps=3))
+    assert info.value.step == 7 and info.value.consecutive == 3 and info.value.total == 4
+
+    calls["n"] = 0
+    nan_calls.clear()
+    nan_calls.update({2, 4, 6})
+    with pytest.raises(NonFiniteLossError, match="3 total"):
+        run(tmp_path / "c", codes, config(steps=20, max_bad_steps=3))
+
+
+def test_stage_bundle_written_on_request(tmp_path, codes):
+    path = save_stage_bundle(tmp_path, codes)
+    assert pl.read_parquet(path).equals(codes)
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    target = tmp_path / "deep" / "file.txt"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.suffix == ".txt" and tmp != target
+        tmp.write_text("one")
+    assert target.read_text() == "one"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("writer crashed")
+    assert target.read_text() == "one"
+    atomic_save_torch({"x": torch.ones(2)}, tmp_path / "t.pt")
+    assert torch.equal(torch.load(tmp_path / "t.pt")["x"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "file.txt", "t.pt"]
