@@ -20,7 +20,13 @@ from pathlib import Path
 
 import psutil
 
-STAGES = ("census_workbooks", "naics_index_entries", "naics_codes", "naics_distances", "naics_triplets")
+STAGES = (
+    "census_workbooks",
+    "naics_index_entries",
+    "naics_codes",
+    "naics_distances",
+    "naics_triplets",
+)
 
 
 def run_stage(stage: str, census_dir: Path, revision: str, work: Path) -> int:

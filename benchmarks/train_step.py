@@ -7,8 +7,11 @@ real 2022 NAICS code texts and the default all-MiniLM-L6-v2 base.
   encoded once, length-bucketed padding).
 * naive: LoRA on every layer, every anchor/positive/negative slot encoded separately through
   all four channels, padded to max_length 128, no cache, no dedupe. Its cost is linear in the
-  number of triplets (nothing is shared), so it is measured on a few triplets with gradient
-  accumulation and reported per triplet; this keeps the benchmark within a few minutes.
+  number of triplets (nothing is shared), so it is measured on a few triplets per round with
+  gradient accumulation and reported per triplet; this keeps the benchmark within minutes.
+  Missing channel texts are encoded as empty strings, as that design did.
+
+Rounds interleave a fast step and a naive step so that both see the same machine load.
 
 Prints one JSON object. Usage: .venv/bin/python benchmarks/train_step.py [--steps 5]
 """
@@ -69,7 +72,7 @@ def sample_batches(codes: pl.DataFrame, n: int, batch: int, k: int, seed: int) -
     return out
 
 
-def step(model: NaicsModel, opt: torch.optim.Optimizer, ids: torch.Tensor, naive: bool) -> float:
+def step(model: NaicsModel, ids: torch.Tensor, naive: bool) -> None:
     if naive:
         enc = model.encode_codes_reference(ids, dedupe=False, pad_to_max_length=True)
     else:
@@ -78,7 +81,6 @@ def step(model: NaicsModel, opt: torch.optim.Optimizer, ids: torch.Tensor, naive
     loss = hyperbolic_info_nce(pts[:, 0], pts[:, 1], pts[:, 2:], model.config.curvature, 0.1)
     loss = loss + model.config.balance_weight * enc.balance_loss
     loss.backward()
-    return float(loss)
 
 
 def make(
@@ -94,67 +96,75 @@ def make(
     return model, torch.optim.AdamW(params, lr=1e-4), prepare_s
 
 
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--naive-triplets", type=int, default=4, help="triplets timed (naive)")
-    parser.add_argument("--naive-micro", type=int, default=2, help="triplets per micro-batch")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--naive-per-step", type=int, default=1, help="naive triplets per round")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
     codes = load_codes()
     channel_texts = {c: codes[c].to_list() for c in CHANNELS}
+    # the naive design encodes every channel, an empty string where a text is missing
+    naive_texts = {c: ["" if t is None else t for t in texts] for c, texts in channel_texts.items()}
     batches = sample_batches(codes, args.warmup + args.steps, args.batch, args.k, seed=0)
     distinct = [len(np.unique(b)) for b in batches]
+    fast, fast_opt, prepare_s = make(ModelConfig(), channel_texts)
+    naive, naive_opt, _ = make(ModelConfig(lora_layers=6), naive_texts)
 
-    model, opt, prepare_s = make(ModelConfig(), channel_texts)
-    times = []
-    for i, b in enumerate(batches):
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        step(model, opt, torch.from_numpy(b), naive=False)
-        opt.step()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    fast_step_s = float(np.median(times))
-    cache_mb = model.cache_nbytes() / 2**20
-    del model, opt
+    def fast_step(ids: np.ndarray) -> None:
+        fast_opt.zero_grad(set_to_none=True)
+        step(fast, torch.from_numpy(ids), naive=False)
+        fast_opt.step()
 
-    naive_cfg = ModelConfig(lora_layers=6)
-    naive, nopt, _ = make(naive_cfg, channel_texts)
-    rows = np.concatenate(batches)[: args.naive_micro + args.naive_triplets]
-    warm, timed = rows[: args.naive_micro], rows[args.naive_micro :]
-    nopt.zero_grad(set_to_none=True)
-    step(naive, nopt, torch.from_numpy(warm), naive=True)
-    t0 = time.perf_counter()
-    nopt.zero_grad(set_to_none=True)
-    for s in range(0, len(timed), args.naive_micro):
-        step(naive, nopt, torch.from_numpy(timed[s : s + args.naive_micro]), naive=True)
-    nopt.step()
-    naive_s = time.perf_counter() - t0
+    def naive_step(ids: np.ndarray) -> None:
+        # gradient accumulation over single-triplet micro-batches: the naive cost is linear
+        naive_opt.zero_grad(set_to_none=True)
+        for row in ids:
+            step(naive, torch.from_numpy(row[None]), naive=True)
+        naive_opt.step()
 
-    triplets_per_s = args.batch / fast_step_s
-    naive_triplets_per_s = len(timed) / naive_s
+    # warm-up, then interleave the two designs so both see the same machine load
+    rng = np.random.default_rng(1)
+    for b in batches[: args.warmup]:
+        fast_step(b)
+        naive_step(b[: args.naive_per_step])
+    fast_times, naive_times = [], []
+    for b in batches[args.warmup :]:
+        fast_times.append(timed(lambda b=b: fast_step(b)))
+        rows = b[rng.choice(len(b), args.naive_per_step, replace=False)]
+        naive_times.append(timed(lambda rows=rows: naive_step(rows)))
+
+    triplets_per_s = args.batch * len(fast_times) / sum(fast_times)
+    naive_triplets = args.naive_per_step * len(naive_times)
+    naive_triplets_per_s = naive_triplets / sum(naive_times)
     print(
         json.dumps(
             {
-                "triplets_per_s": round(triplets_per_s, 2),
-                "naive_triplets_per_s": round(naive_triplets_per_s, 3),
+                "triplets_per_s": round(triplets_per_s, 3),
+                "naive_triplets_per_s": round(naive_triplets_per_s, 4),
                 "speedup": round(triplets_per_s / naive_triplets_per_s, 1),
-                "fast_step_s": round(fast_step_s, 3),
-                "fast_step_s_all": [round(t, 3) for t in times],
+                "fast_step_s": [round(t, 2) for t in fast_times],
+                "naive_s_per_triplet": [round(t / args.naive_per_step, 2) for t in naive_times],
                 "naive_step_s_equivalent": round(args.batch / naive_triplets_per_s, 1),
-                "naive_triplets_timed": len(timed),
+                "naive_triplets_timed": naive_triplets,
                 "batch": args.batch,
                 "k": args.k,
                 "distinct_codes_per_step": float(np.mean(distinct)),
                 "slots_per_step": args.batch * (args.k + 2),
                 "prepare_s": round(prepare_s, 1),
-                "prefix_cache_mb": round(cache_mb, 1),
+                "prefix_cache_mb": round(fast.cache_nbytes() / 2**20, 1),
                 "threads": torch.get_num_threads(),
+                "load_avg_1m": round(os.getloadavg()[0], 2),
                 "base_model": ModelConfig().base_model,
             }
         )

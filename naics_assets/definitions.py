@@ -7,16 +7,30 @@ import dagster as dg
 from naics_assets.assets.census import census_workbooks
 from naics_assets.assets.codes import naics_codes, naics_index_entries
 from naics_assets.assets.distances import naics_distances
+from naics_assets.assets.embeddings import naics_embeddings
+from naics_assets.assets.stages import stage_01_easy, stage_02_medium, stage_03_hard
 from naics_assets.assets.triplets import naics_triplets
 from naics_assets.resources import ArtifactStore, CensusSource
 from naics_assets.sensors import new_revision_sensor, revision_job
+from naics_assets.tracking import MlflowTracker
 
 defs = dg.Definitions(
-    assets=[census_workbooks, naics_index_entries, naics_codes, naics_distances, naics_triplets],
+    assets=[
+        census_workbooks,
+        naics_index_entries,
+        naics_codes,
+        naics_distances,
+        naics_triplets,
+        stage_01_easy,
+        stage_02_medium,
+        stage_03_hard,
+        naics_embeddings,
+    ],
     jobs=[revision_job],
     sensors=[new_revision_sensor],
     resources={
         "census": CensusSource(local_dir=os.environ.get("NAICS_CENSUS_DIR") or None),
         "store": ArtifactStore(root=os.environ.get("NAICS_ARTIFACTS_DIR", "")),
+        "mlflow": MlflowTracker(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
     },
 )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from naics_ml.census import validate_revision
+
+_STAGE = re.compile(r"^stage_\d\d_[a-z]+$")
 
 
 def project_root() -> Path:
@@ -73,3 +76,11 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def triplets_dir(self, revision: str) -> Path:
         return self.revision_dir(revision) / "triplets"
+
+    def model_dir(self, revision: str, stage: str) -> Path:
+        if not _STAGE.fullmatch(stage):
+            raise ValueError(f"stage name must look like 'stage_01_easy', got {stage!r}")
+        return self.revision_dir(revision) / "models" / stage
+
+    def embeddings_path(self, revision: str) -> Path:
+        return self.revision_dir(revision) / "naics_embeddings.parquet"

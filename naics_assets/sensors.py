@@ -8,7 +8,6 @@ from naics_assets.resources import CensusSource
 revision_job = dg.define_asset_job(
     "naics_revision_job",
     selection=dg.AssetSelection.all(),
-    partitions_def=revision_partitions,
     description="Every revision-partitioned asset, census workbooks to embeddings.",
 )
 

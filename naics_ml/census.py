@@ -39,7 +39,7 @@ class WorkbookSpec:
 
 def validate_revision(revision: str) -> str:
     """Revisions become path components and URL parts, so accept four-digit years only."""
-    if not isinstance(revision, str) or not _REVISION.match(revision):
+    if not isinstance(revision, str) or not _REVISION.fullmatch(revision):
         raise ValueError(f"NAICS revision must be a four-digit year like '2022', got {revision!r}")
     return revision
 

@@ -75,6 +75,14 @@ def referenced_codes(text: str) -> list[str]:
     return [normalize_code(m) for m in _CODE_REFERENCE.findall(text)]
 
 
+def _unique_lines(lines: list[str]) -> list[str]:
+    """First occurrence of each line, compared without case."""
+    first: dict[str, str] = {}
+    for line in lines:
+        first.setdefault(line.casefold(), line)
+    return list(first.values())
+
+
 def _check_codes(frame: pl.DataFrame, tables: CensusTables) -> None:
     bad = frame.filter(~pl.col("code_range").str.contains(_CODE.pattern))
     if bad.height:
@@ -125,6 +133,8 @@ def build_code_table(
     if example_entries is not None:
         for code, text in example_entries.select("code", "text").iter_rows():
             examples[code].append(text)
+    for code in codes:  # an index entry often repeats an illustrative example
+        examples[code] = _unique_lines(examples[code])
 
     excluded_items: dict[str, list[str]] = {c: [] for c in codes}
     excluded_codes: dict[str, list[str]] = {c: [] for c in codes}

@@ -92,6 +92,8 @@ def download(
                 for chunk in response.iter_content(chunk_size=1 << 16):
                     handle.write(chunk)
             return
+        except (requests.ConnectionError, requests.Timeout) as exc:  # dropped mid-body
+            last_error = exc
         finally:
             response.close()
     raise OSError(f"{dest.name}: download failed after {config.retries} attempts ({last_error})")

@@ -42,7 +42,7 @@ class SplitConfig:
 def normalize_text(text: str) -> str:
     """Near-duplicate key: lower case, words only, simple plurals folded, order ignored."""
     words = set()
-    for word in _WORD.findall(text.casefold()):
+    for word in _WORD.findall(text.casefold().replace("&", " and ")):
         if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
             word = word[:-1]
         words.add(word)

@@ -12,8 +12,17 @@ sector at random with probability proportional to its unread rows (so sectors in
 evenly through the epoch) and shuffles pairs through the buffer. A pair split across two row
 groups is stashed and completed when its sector's epoch ends (a handful of pairs per sector).
 
-Small curricula (01_easy touches a few thousand pairs) would re-read all shards every few
-dozen batches; after the first epoch their filtered rows are therefore kept in memory when
+At the end of an epoch the buffer is drained (all but < batch_size pairs), so every pair is
+drawn once per epoch.
+
+Negatives per pair: ``CurriculumSpec.quotas`` (round(k * share), rounding difference to the
+largest share). Within a bucket they are drawn without replacement; a bucket with fewer rows
+than its quota is used in full and then cycled again in a new random order. A bucket the pair
+has no rows in gives its share to the spec's other buckets (in proportion to their shares); a
+pair with no row in any bucket never appears.
+
+Small curricula (2022: 01_easy has 739 pairs, 02_medium 8,250) would re-read all shards every
+few dozen batches; after the first epoch their filtered rows are therefore kept in memory when
 they fit in ``cache_max_rows`` (7 bytes a row), and later epochs re-draw negatives from there.
 """
 

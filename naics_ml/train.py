@@ -338,6 +338,7 @@ def train_stage(
             else:
                 consecutive = 0
                 optimizer.step()
+            step_lr = float(optimizer.param_groups[0]["lr"])  # the lr this step used
             with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
                 warnings.simplefilter("ignore", UserWarning)
                 scheduler.step()
@@ -352,7 +353,7 @@ def train_stage(
             if step % config.log_every == 0 or step == config.steps:
                 metrics = {k: float(np.mean(v)) for k, v in window.items()}
                 window.clear()
-                metrics["lr"] = float(optimizer.param_groups[0]["lr"])
+                metrics["lr"] = step_lr
                 metrics["skipped_steps"] = float(skipped)
                 metrics["steps_per_s"] = (step - clock_step) / max(
                     time.perf_counter() - clock, 1e-9

@@ -31,7 +31,7 @@ _WORKER: dict[str, np.ndarray] = {}
 
 def sector_dir(triplets_dir: Path, sector: str) -> Path:
     """``<triplets_dir>/sector=NN``, refusing anything but a two-digit sector."""
-    if not _SECTOR.match(sector):
+    if not _SECTOR.fullmatch(sector):
         raise ValueError(f"sector must be two digits like '31', got {sector!r}")
     return Path(triplets_dir) / f"sector={sector}"
 
@@ -51,9 +51,13 @@ class ShardReport:
 
 def _plan_units(
     sector: np.ndarray, excluded_counts: np.ndarray, sectors: list[str], k: int, units_per_cpu: int
-) -> list[tuple[str, np.ndarray]]:
+) -> list[tuple[str, int, np.ndarray]]:
+    """(sector, part number, anchors) slices of similar estimated size, largest first.
+
+    The size budget comes from the whole revision, so rebuilding one sector cuts it exactly as
+    a full build does (same part files)."""
     estimate = {}
-    for s in sectors:
+    for s in sorted(set(sector.tolist())):
         m = int((sector == s).sum())
         estimate[s] = m * m * m / 3 + m * m * k + m * int(excluded_counts[sector == s].sum())
     budget = sum(estimate.values()) / max(1, (os.cpu_count() or 1) * units_per_cpu)
@@ -61,8 +65,8 @@ def _plan_units(
     for s in sectors:
         anchors = np.flatnonzero(sector == s)
         pieces = max(1, min(anchors.size, math.ceil(estimate[s] / max(budget, 1.0))))
-        units.extend((s, chunk) for chunk in np.array_split(anchors, pieces))
-    return sorted(units, key=lambda u: -estimate[u[0]] * u[1].size)
+        units.extend((s, i, chunk) for i, chunk in enumerate(np.array_split(anchors, pieces)))
+    return sorted(units, key=lambda u: -estimate[u[0]] * u[2].size)
 
 
 def _init_worker(distance: np.ndarray, excluded: np.ndarray, sector: np.ndarray) -> None:
@@ -113,14 +117,14 @@ def build_triplet_shards(
     try:
         for s in sectors:
             sector_dir(staging, s).mkdir(parents=True)
-        paths = [sector_dir(staging, s) / f"part-{i:05d}.parquet" for i, (s, _) in enumerate(units)]
+        paths = [sector_dir(staging, s) / f"part-{i:05d}.parquet" for s, i, _ in units]
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
             workers, context, initializer=_init_worker, initargs=(distance, excluded, sector)
         ) as pool:
             futures = [
                 pool.submit(_run_unit, path, s, anchors, config)
-                for path, (s, anchors) in zip(paths, units, strict=True)
+                for path, (s, _, anchors) in zip(paths, units, strict=True)
             ]
             for future in futures:
                 s, counts = future.result()

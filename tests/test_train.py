@@ -231,6 +231,10 @@ def test_loss_decreases_and_checkpoint_contents(tmp_path, codes):
     ):
         assert np.isfinite(first[key]), key
     assert sum(first[f"expert_utilization_{i}"] for i in range(4)) == pytest.approx(1.0)
+    lrs = [m["lr"] for _, m in metrics]
+    assert lrs[0] == pytest.approx(cfg.learning_rate / cfg.warmup_steps)
+    assert max(lrs) == pytest.approx(cfg.learning_rate)
+    assert lrs[-1] == pytest.approx(lr_factor(29, 2, 30, 0.1) * cfg.learning_rate)
     val_steps = [s for s, m in metrics if "val_loss" in m]
     assert val_steps == [15, 30]
     assert result.steps == 30 and result.skipped_steps == 0

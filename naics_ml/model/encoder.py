@@ -92,8 +92,8 @@ class ChannelEncoder(nn.Module):
         target_modules: Sequence[str] = ("query", "value"),
         lora_layers: int = 2,
         max_length: int = 128,
-        max_tokens: int = 8192,
-        max_rows: int = 256,
+        max_tokens: int = 2048,
+        max_rows: int = 64,
     ) -> None:
         super().__init__()
         num_layers = base.config.num_hidden_layers

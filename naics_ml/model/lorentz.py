@@ -3,8 +3,8 @@
 Convention (geoopt's): a curvature parameter ``k > 0`` is the hyperboloid
 ``-x0^2 + |x_s|^2 = -k`` with sectional curvature ``-1/k``; ``k = 1`` is the standard
 hyperbolic space. The origin is ``(sqrt(k), 0, ..., 0)``. Distances are computed in float64
-because points far from the origin have large coordinates and the Minkowski inner product
-of two such points loses precision in float32.
+with the time coordinate recomputed from the space-like part (see ``_lift``): points far from
+the origin have large coordinates and their Minkowski inner product loses precision in float32.
 """
 
 from __future__ import annotations
@@ -39,35 +39,49 @@ def minkowski_inner(x: Tensor, y: Tensor) -> Tensor:
     return -x[..., 0] * y[..., 0] + (x[..., 1:] * y[..., 1:]).sum(-1)
 
 
+def _lift(x: Tensor, curvature: float) -> Tensor:
+    """``x`` in float64 with the time coordinate recomputed from the space-like part.
+
+    Far from the origin x0 ~ e^r, so the float32 x0 alone carries an error that would swamp
+    the distance between nearby points; recomputing it in float64 keeps distances accurate.
+    """
+    xs = x[..., 1:].double()
+    x0 = torch.sqrt(float(curvature) + (xs * xs).sum(-1, keepdim=True))
+    return torch.cat([x0, xs], dim=-1)
+
+
 def _arcosh_distance(neg_inner: Tensor, curvature: float) -> Tensor:
     k = float(curvature)
-    # clamping z >= 1 + 1e-9 bounds the arcosh gradient for (near-)identical points
-    z = (neg_inner / k).clamp_min(1.0 + 1e-9)
+    # clamping z >= 1 + 1e-12 bounds the arcosh gradient for (near-)identical points
+    z = (neg_inner / k).clamp_min(1.0 + 1e-12)
     return (k**0.5) * torch.log(z + torch.sqrt(z * z - 1.0))
 
 
 def distance(x: Tensor, y: Tensor, curvature: float = 1.0) -> Tensor:
     """Geodesic distance between ``x`` and ``y`` (broadcast over leading dimensions)."""
-    d = _arcosh_distance(-minkowski_inner(x.double(), y.double()), curvature)
+    d = _arcosh_distance(-minkowski_inner(_lift(x, curvature), _lift(y, curvature)), curvature)
     return d.to(x.dtype)
 
 
 def pairwise_distance(x: Tensor, y: Tensor, curvature: float = 1.0) -> Tensor:
     """All distances between rows of ``x`` (n, D+1) and ``y`` (m, D+1) -> (n, m)."""
-    xd, yd = x.double(), y.double()
+    xd, yd = _lift(x, curvature), _lift(y, curvature)
     inner = -torch.outer(xd[:, 0], yd[:, 0]) + xd[:, 1:] @ yd[:, 1:].T
     return _arcosh_distance(-inner, curvature).to(x.dtype)
 
 
 def radius(x: Tensor, curvature: float = 1.0) -> Tensor:
-    """Distance from the origin, ``sqrt(k) arcosh(x0 / sqrt(k))``: the depth signal."""
-    k = float(curvature)
-    return _arcosh_distance(x[..., 0].double() * k**0.5, k).to(x.dtype)
+    """Distance from the origin, ``sqrt(k) asinh(|x_s| / sqrt(k))``: the depth signal.
+
+    Equal to ``sqrt(k) arcosh(x0 / sqrt(k))`` on the manifold, but accurate near the origin.
+    """
+    k = float(curvature) ** 0.5
+    return (k * torch.asinh(x[..., 1:].double().norm(dim=-1) / k)).to(x.dtype)
 
 
 def manifold_violation(x: Tensor, curvature: float = 1.0) -> Tensor:
     """Per point ``|<x, x>_L + k| / (k + x0^2)``: a relative error, since x0^2 grows as e^(2r)."""
-    xd = x.double()
+    xd = x.detach().double()
     k = float(curvature)
     return (minkowski_inner(xd, xd) + k).abs() / (k + xd[..., 0] ** 2)
 
@@ -77,6 +91,7 @@ def check_on_manifold(x: Tensor, curvature: float = 1.0, atol: float = 1e-3) -> 
 
     The tolerance applies to the relative violation of :func:`manifold_violation`.
     """
+    x = x.detach()
     if not torch.isfinite(x).all():
         raise ValueError("points contain non-finite values")
     if (x[..., 0] <= 0).any():

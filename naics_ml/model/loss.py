@@ -39,15 +39,13 @@ def load_balance_loss(gate_probs: Tensor, dispatch_mask: Tensor) -> Tensor:
     ``gate_probs`` (N, E) are router probabilities, ``dispatch_mask`` (N, E) is 1 where a token
     was routed to an expert (top-k: k ones per row). ``f_e`` is the share of routed slots going
     to expert e, ``P_e`` the mean router probability of e. Equals 1 when routing is uniform and
-    grows to E when one expert takes everything. Under torch.distributed, ``f`` is averaged
-    over ranks (no gradient flows through it anyway), so with DDP's gradient averaging the
-    gradient is that of the global batch.
+    grows to E when one expert takes everything. ``f`` carries no gradient (as in Switch).
+    "Global" means over every row passed in (all distinct codes of a step), not per
+    micro-batch; under data parallelism each rank uses its own rows (no collective here, so
+    ranks never block on each other).
     """
     dispatch = dispatch_mask.to(gate_probs.dtype)
     counts = dispatch.sum(0)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        counts = counts.detach().clone()
-        torch.distributed.all_reduce(counts)
     f = counts / counts.sum().clamp_min(1.0)
     p = gate_probs.mean(0)
     return gate_probs.shape[-1] * (f.detach() * p).sum()

@@ -1,0 +1,50 @@
+"""``naics_embeddings``: every code's coordinates on the hyperboloid from the final stage."""
+
+import json
+
+import dagster as dg
+
+from naics_assets.assets.stages import stage_03_hard
+from naics_assets.partitions import revision_partitions
+from naics_assets.resources import ArtifactStore
+
+
+@dg.asset(
+    partitions_def=revision_partitions,
+    deps=[stage_03_hard],
+    group_name="training",
+    kinds={"pytorch", "parquet"},
+)
+def naics_embeddings(
+    context: dg.AssetExecutionContext, store: ArtifactStore
+) -> dg.MaterializeResult:
+    """Code, level, title, Lorentz coordinates and radius of every code, with the evaluation."""
+    import polars as pl
+
+    from naics_ml.classify import Classifier
+    from naics_ml.parquet import write_parquet_atomic
+    from naics_ml.stage_metrics import comparison_table
+
+    revision = context.partition_key
+    stage_dir = store.model_dir(revision, "stage_03_hard")
+    table = Classifier.from_checkpoint(stage_dir).code_embeddings()
+    path = write_parquet_atomic(table, store.embeddings_path(revision))
+    by_level = table.group_by("level").agg(
+        pl.len().alias("codes"), pl.col("radius").mean().alias("mean"), pl.col("radius").std()
+    )
+    rows = "\n".join(
+        f"| {lvl} | {n:,} | {mean:.3f} | {std:.3f} |"
+        for lvl, n, mean, std in by_level.sort("level").iter_rows()
+    )
+    metrics = json.loads((stage_dir / "metrics.json").read_text())
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "dagster/row_count": table.height,
+            "dimensions": len(table["coordinates"][0]),
+            "radius_by_level": dg.MetadataValue.md(
+                "| level | codes | mean radius | std |\n|---|---|---|---|\n" + rows
+            ),
+            "evaluation": dg.MetadataValue.md(comparison_table(metrics)),
+        }
+    )

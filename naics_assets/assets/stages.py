@@ -1,0 +1,234 @@
+"""The three curriculum stages: ``stage_01_easy`` -> ``stage_02_medium`` -> ``stage_03_hard``.
+
+Each stage starts from the previous stage's weights, streams its curriculum's triplets, is exactly
+one MLflow run (``<revision>/<stage>``), ends with the evaluation against both baselines on the
+held-out test split, and leaves ``models/<stage>/`` (checkpoint, code table, metrics, plot).
+Re-materializing an interrupted stage resumes from its last checkpoint.
+"""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from naics_assets.assets.codes import naics_codes, naics_index_entries
+from naics_assets.assets.distances import naics_distances
+from naics_assets.assets.triplets import naics_triplets
+from naics_assets.partitions import revision_partitions
+from naics_assets.resources import ArtifactStore
+from naics_assets.tracking import MlflowTracker
+
+
+class ModelSettings(dg.Config):
+    """The model of the first stage; later stages inherit it from their starting checkpoint."""
+
+    base_model: str = Field(
+        default="all-MiniLM-L6-v2", description="Hugging Face name or local path."
+    )
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_layers: int = Field(default=2, description="LoRA on the top N layers (rest cached).")
+    embedding_dim: int = 384
+    curvature: float = 1.0
+    balance_weight: float = 0.01
+
+
+class StageConfig(dg.Config):
+    """Hyperparameters of one stage, editable in the launchpad."""
+
+    curriculum: str = Field(default="", description="Packaged name or YAML path; empty = default.")
+    steps: int = 600
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    warmup_steps: int = 50
+    temperature: float = 0.1
+    query_batch_size: int = 32
+    seed: int = 0
+    checkpoint_every: int = 100
+    validation_every: int = 200
+    log_every: int = 10
+
+
+class FirstStageConfig(StageConfig):
+    model: ModelSettings = Field(default_factory=ModelSettings)
+
+
+def train_stage_asset(
+    context: dg.AssetExecutionContext,
+    config: StageConfig,
+    store: ArtifactStore,
+    mlflow: MlflowTracker,
+    stage: str,
+    previous: str | None,
+) -> dg.MaterializeResult:
+    """Shared body of the three stage assets (heavy imports stay inside)."""
+    import dataclasses
+
+    import polars as pl
+
+    from naics_ml.checkpoint import is_complete, load_checkpoint
+    from naics_ml.classify import Classifier
+    from naics_ml.curriculum import load_curriculum, packaged_curriculum_path
+    from naics_ml.distributed import run_stage
+    from naics_ml.io import atomic_write_text
+    from naics_ml.model.network import ModelConfig
+    from naics_ml.plots import plot_history
+    from naics_ml.stage_metrics import HEADLINE, baseline_metrics, comparison_table, model_metrics
+    from naics_ml.taxonomy import matrix_from_pairs
+    from naics_ml.train import TrainConfig
+
+    revision = context.partition_key
+    if config.curriculum.endswith((".yaml", ".yml")):
+        curriculum_path = Path(config.curriculum)
+    else:
+        curriculum_path = packaged_curriculum_path(config.curriculum or stage.split("_", 1)[1])
+    spec = load_curriculum(curriculum_path)
+    out_dir = store.model_dir(revision, stage)
+    init_from = None
+    if previous is not None:
+        init_from = store.model_dir(revision, previous)
+        if not is_complete(init_from):
+            raise dg.Failure(f"{stage} starts from {previous}, which has no finished checkpoint")
+        model_config = ModelConfig.from_dict(load_checkpoint(init_from)["model_config"])
+    else:
+        model_config = ModelConfig(**config.model.model_dump())
+    train_config = TrainConfig(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        temperature=config.temperature,
+        query_batch_size=config.query_batch_size,
+        seed=config.seed,
+        checkpoint_every=config.checkpoint_every,
+        validation_every=config.validation_every,
+        log_every=config.log_every,
+    )
+    codes = pl.read_parquet(store.codes_path(revision))
+    entries = pl.read_parquet(store.index_entries_path(revision))
+    tree = matrix_from_pairs(pl.read_parquet(store.distances_path(revision)), codes.height)
+
+    tags = {
+        "dagster_run_id": context.run.run_id,
+        "dagster_asset_key": context.asset_key.to_user_string(),
+        "naics_revision": revision,
+        "stage": stage,
+        "init_from": str(init_from or ""),
+    }
+    with mlflow.start_run(f"{revision}/{stage}", tags) as run:
+        params = {f"model.{k}": v for k, v in model_config.to_dict().items()}
+        params |= {f"train.{k}": v for k, v in train_config.to_dict().items()}
+        params |= {f"curriculum.{k}": v for k, v in spec.to_dict().items()}
+        run.log_params(params)
+        history: list[tuple[int, dict[str, float]]] = []
+
+        def on_metrics(step: int, metrics: dict[str, float]) -> None:
+            run.log_metrics(metrics, step)
+            history.append((step, dict(metrics)))
+
+        result = run_stage(
+            codes,
+            store.triplets_dir(revision),
+            curriculum_path,
+            out_dir,
+            model_config,
+            train_config,
+            queries=entries,
+            init_from=init_from,
+            extra={"revision": revision, "stage": stage},
+            progress=True,
+            on_metrics=on_metrics,
+        )
+        classifier = Classifier.from_checkpoint(out_dir)
+        metrics = model_metrics(classifier, codes, tree, entries)
+        metrics |= baseline_metrics(
+            codes,
+            tree,
+            entries,
+            model_config.base_model,
+            store.revision_dir(revision)
+            / "baselines"
+            / f"{Path(model_config.base_model).name}.json",
+        )
+        metrics |= {"train_wall_s": result.wall_time_s, "skipped_steps": result.skipped_steps}
+        run.log_metrics(metrics, result.steps)
+        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1))
+        plot = plot_history(history, out_dir / "metrics.png", title=f"{revision}/{stage}")
+        run.log_artifact(curriculum_path)
+        run.log_artifact(plot)
+        run.log_artifact(out_dir / "metrics.json")
+        link, run_id = run.link, run.run_id
+
+    last = history[-1][1] if history else {}
+    utilization = {k: v for k, v in last.items() if k.startswith("expert_utilization")}
+    return dg.MaterializeResult(
+        metadata={
+            "checkpoint": dg.MetadataValue.path(str(result.checkpoint)),
+            "mlflow_run": dg.MetadataValue.url(link),
+            "mlflow_run_id": run_id,
+            "steps": result.steps,
+            "skipped_steps": result.skipped_steps,
+            "train_wall_s": round(result.wall_time_s, 1),
+            "curriculum": dg.MetadataValue.path(str(curriculum_path)),
+            "init_from": str(init_from) if init_from else "base model",
+            "evaluation": dg.MetadataValue.md(comparison_table(metrics)),
+            "expert_utilization": dg.MetadataValue.json(utilization),
+            **{name: dg.MetadataValue.float(float(metrics[name])) for name in HEADLINE},
+            "all_metrics": dg.MetadataValue.json(
+                {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+            ),
+            "model_config": dg.MetadataValue.json(dataclasses.asdict(model_config)),
+        }
+    )
+
+
+STAGE_DEPS = [naics_codes, naics_index_entries, naics_distances, naics_triplets]
+
+
+@dg.asset(
+    partitions_def=revision_partitions,
+    deps=STAGE_DEPS,
+    group_name="training",
+    kinds={"pytorch", "mlflow"},
+)
+def stage_01_easy(
+    context: dg.AssetExecutionContext,
+    config: FirstStageConfig,
+    store: ArtifactStore,
+    mlflow: MlflowTracker,
+) -> dg.MaterializeResult:
+    """Stage 1: sibling six-digit codes against easy negatives, from the frozen base model."""
+    return train_stage_asset(context, config, store, mlflow, "stage_01_easy", None)
+
+
+@dg.asset(
+    partitions_def=revision_partitions,
+    deps=[*STAGE_DEPS, stage_01_easy],
+    group_name="training",
+    kinds={"pytorch", "mlflow"},
+)
+def stage_02_medium(
+    context: dg.AssetExecutionContext,
+    config: StageConfig,
+    store: ArtifactStore,
+    mlflow: MlflowTracker,
+) -> dg.MaterializeResult:
+    """Stage 2: five- and six-digit codes, closer negatives; starts from stage 1's weights."""
+    return train_stage_asset(context, config, store, mlflow, "stage_02_medium", "stage_01_easy")
+
+
+@dg.asset(
+    partitions_def=revision_partitions,
+    deps=[*STAGE_DEPS, stage_02_medium],
+    group_name="training",
+    kinds={"pytorch", "mlflow"},
+)
+def stage_03_hard(
+    context: dg.AssetExecutionContext,
+    config: StageConfig,
+    store: ArtifactStore,
+    mlflow: MlflowTracker,
+) -> dg.MaterializeResult:
+    """Stage 3: all levels, hardest negatives and exclusions; starts from stage 2's weights."""
+    return train_stage_asset(context, config, store, mlflow, "stage_03_hard", "stage_02_medium")

@@ -1,0 +1,104 @@
+"""MLflow tracking for stage runs: one MLflow run per stage materialization.
+
+The store defaults to a sqlite database under ``storage/mlflow/`` (MLflow 3's plain file store
+refuses to start); ``MLFLOW_TRACKING_URI`` or the resource's ``tracking_uri`` override it.
+mlflow is imported only when a run starts, so loading the code location stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from naics_assets.resources import project_root
+
+
+class StageRun:
+    """A thin handle on one active MLflow run: params, step metrics, final metrics, artifacts."""
+
+    def __init__(self, client: Any, run_id: str, experiment_id: str, link: str) -> None:
+        self.client, self.run_id, self.experiment_id, self.link = (
+            client,
+            run_id,
+            experiment_id,
+            link,
+        )
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        batch = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for start in range(0, len(batch), 100):
+            self.client.log_batch(self.run_id, params=batch[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and math.isfinite(float(v))
+        ]
+        for start in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[start : start + 500])
+
+    def log_artifact(self, path: Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
+
+class MlflowTracker(dg.ConfigurableResource):
+    """Where stage runs are tracked, and the experiment they go to."""
+
+    tracking_uri: str = Field(
+        default="", description="Empty: MLFLOW_TRACKING_URI, else sqlite under storage/mlflow."
+    )
+    experiment: str = "naics-gemini"
+    ui_url: str = Field(
+        default="http://127.0.0.1:5000", description="Base URL of `mlflow ui`, for run links."
+    )
+
+    def uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        folder = project_root() / "storage" / "mlflow"
+        folder.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{folder / 'mlflow.db'}"
+
+    def _experiment_id(self, client: Any) -> str:
+        found = client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        artifacts = None
+        if self.uri().startswith("sqlite:///"):
+            artifacts = (Path(self.uri()[len("sqlite:///") :]).parent / "artifacts").as_uri()
+        return client.create_experiment(self.experiment, artifact_location=artifacts)
+
+    @contextmanager
+    def start_run(self, run_name: str, tags: Mapping[str, str]) -> Iterator[StageRun]:
+        """Open a run; it ends FINISHED, or FAILED when the body raises."""
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.uri())
+        experiment_id = self._experiment_id(client)
+        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+        run_id = run.info.run_id
+        link = f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        try:
+            yield StageRun(client, run_id, experiment_id, link)
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        client.set_terminated(run_id, status="FINISHED")

@@ -1,0 +1,284 @@
+"""NaicsModel on a tiny random BERT with the packaged MiniLM tokenizer."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from naics_ml.model import (
+    CHANNELS,
+    ModelConfig,
+    NaicsModel,
+    hyperbolic_info_nce,
+    load_balance_loss,
+    load_tokenizer,
+    resolve_base_model,
+)
+from naics_ml.model.lorentz import (
+    check_on_manifold,
+    distance,
+    expmap0,
+    pairwise_distance,
+    radius,
+)
+
+CODE_TEXTS: dict[str, list[str | None]] = {
+    "title": [
+        "Soybean Farming",
+        "Oilseed Farming",
+        "Dog and Cat Food",
+        "Flour Milling",
+        "Bakeries",
+    ],
+    "description": [
+        "This industry comprises establishments primarily engaged in growing soybeans.",
+        "Growing fibrous oilseed producing plants and/or producing oilseed seeds.",
+        "Manufacturing dog and cat food from ingredients, such as grains and meat products.",
+        None,
+        "Retailing bakery products not for immediate consumption made on the premises.",
+    ],
+    "excluded": [
+        None,
+        "Growing soybeans are classified in Industry 111110, Soybean Farming.",
+        None,
+        "Milling rice is classified in Industry 311212.",
+        None,
+    ],
+    "examples": [None, "sunflower farming; canola farming", "pet food", "flour mills", None],
+}
+QUERIES = ["soy beans grower", "kibble maker", "bread shop"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("all-MiniLM-L6-v2")
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    values = {
+        "lora_layers": 1,
+        "embedding_dim": 16,
+        "expert_hidden": 32,
+        "cache_dtype": "float32",
+    }
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def make_model(tokenizer, seed: int = 0, texts=CODE_TEXTS, **overrides) -> NaicsModel:
+    torch.manual_seed(seed)
+    base = BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    )
+    model = NaicsModel(tiny_config(**overrides), base=base, tokenizer=tokenizer)
+    with torch.no_grad():  # LoRA B starts at zero; make the adapters matter
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.3)
+    model.prepare(texts, QUERIES)
+    return model.eval()
+
+
+def test_resolve_base_model_finds_packaged_minilm():
+    path = Path(resolve_base_model("all-MiniLM-L6-v2"))
+    assert (path / "config.json").exists()
+    assert (path / "model.safetensors").exists()
+    assert resolve_base_model("some-org/some-model") == "some-org/some-model"
+
+
+def test_config_round_trip_through_json():
+    config = ModelConfig(lora_layers=3, lora_target_modules=("query", "key", "value"))
+    restored = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({"nope": 1})
+
+
+def test_shapes_and_points_on_manifold(tokenizer):
+    model = make_model(tokenizer)
+    ids = torch.tensor([[0, 1, 2], [3, 4, 0]])
+    enc = model.encode_codes(ids)
+    assert enc.points.shape == (2, 3, 17)
+    check_on_manifold(enc.points, model.config.curvature)
+    assert enc.balance_loss.ndim == 0
+    assert enc.expert_utilization.shape == (4,)
+    assert math.isclose(float(enc.expert_utilization.sum()), 1.0, rel_tol=1e-6)
+    queries = model.encode_queries(torch.tensor([0, 2]))
+    assert queries.points.shape == (2, 17)
+    check_on_manifold(queries.points)
+
+
+def test_only_lora_and_fusion_are_trainable(tokenizer):
+    model = make_model(tokenizer)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    assert all("lora_" in n or n.startswith("fusion.") for n in trainable)
+    # LoRA only on the top layer (lora_layers=1 of 2), one adapter per channel
+    lora = [n for n in trainable if "lora_A" in n]
+    assert all(".layer.1." in n for n in lora)
+    assert {n.split("lora_A.")[1].split(".")[0] for n in lora} == set(CHANNELS)
+
+
+def test_cached_path_equals_uncached_full_forward(tokenizer):
+    model = make_model(tokenizer)
+    ids = torch.tensor([0, 1, 2, 3, 4, 1])
+    cached = model.encode_codes(ids)
+    full = model.encode_codes_reference(ids, dedupe=False, pad_to_max_length=True)
+    torch.testing.assert_close(cached.points, full.points, atol=1e-5, rtol=1e-5)
+    # gradients of the LoRA and fusion weights agree as well
+    grads = []
+    for enc in (model.encode_codes(ids), model.encode_codes_reference(ids, dedupe=False)):
+        model.zero_grad()
+        (enc.points[:, 1:] ** 2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert any("lora_A.excluded" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-4, rtol=1e-4)
+
+
+def test_fp16_cache_is_close_to_uncached(tokenizer):
+    model = make_model(tokenizer, cache_dtype="float16")
+    ids = torch.arange(5)
+    cached = model.encode_codes(ids).points
+    full = model.encode_codes_reference(ids).points
+    assert float(distance(cached, full).max()) < 1e-2
+
+
+def test_missing_channel_is_masked_not_encoded(tokenizer):
+    model = make_model(tokenizer)
+    before = model.encode_codes(torch.arange(5)).points
+    with torch.no_grad():  # change only the excluded-channel adapter
+        for name, param in model.named_parameters():
+            if "lora_B.excluded" in name:
+                param.add_(1.0)
+    after = model.encode_codes(torch.arange(5)).points
+    has_excluded = torch.tensor([t is not None for t in CODE_TEXTS["excluded"]])
+    torch.testing.assert_close(after[~has_excluded], before[~has_excluded])
+    assert (after[has_excluded] - before[has_excluded]).abs().amax(-1).min() > 1e-4
+    # and a missing text is not the same as an empty string
+    empty = {c: ["" if t is None else t for t in texts] for c, texts in CODE_TEXTS.items()}
+    with_empty = make_model(tokenizer, texts=empty).encode_codes(torch.arange(5)).points
+    reference = make_model(tokenizer).encode_codes(torch.arange(5)).points
+    assert (with_empty[~has_excluded] - reference[~has_excluded]).abs().max() > 1e-4
+
+
+def test_distinct_code_dedupe_matches_one_by_one(tokenizer):
+    model = make_model(tokenizer)
+    ids = torch.tensor([[2, 2, 0], [4, 2, 2]])
+    together = model.encode_codes(ids).points
+    for i in range(ids.shape[0]):
+        for j in range(ids.shape[1]):
+            alone = model.encode_codes(ids[i, j : j + 1]).points[0]
+            torch.testing.assert_close(together[i, j], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_encode_texts_matches_prepared_queries(tokenizer):
+    model = make_model(tokenizer)
+    free = model.encode_texts(QUERIES, batch_size=2)
+    prepared = model.encode_queries(torch.arange(len(QUERIES))).points
+    torch.testing.assert_close(free, prepared, atol=1e-5, rtol=1e-5)
+    check_on_manifold(free)
+
+
+def test_loss_decreases_on_toy_problem(tokenizer):
+    model = make_model(tokenizer)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    anchor, positive = torch.tensor([0, 2, 3]), torch.tensor([1, 4, 2])
+    negatives = torch.tensor([[2, 3, 4], [0, 1, 3], [0, 1, 4]])
+    losses = []
+    torch.manual_seed(1)
+    for _ in range(25):
+        enc = model.encode_codes(torch.cat([anchor[:, None], positive[:, None], negatives], 1))
+        pts = enc.points
+        loss = hyperbolic_info_nce(pts[:, 0], pts[:, 1], pts[:, 2:], 1.0, 0.1)
+        total = loss + model.config.balance_weight * enc.balance_loss
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+    check_on_manifold(model.encode_all_codes())
+
+
+def test_load_balance_loss_hand_made():
+    probs = torch.tensor([[0.7, 0.2, 0.1, 0.0], [0.1, 0.6, 0.2, 0.1]])
+    dispatch = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    # f = (1, 2, 1, 0) / 4, P = (0.4, 0.4, 0.15, 0.05): 4 * (0.1 + 0.2 + 0.0375)
+    assert math.isclose(float(load_balance_loss(probs, dispatch)), 1.35, rel_tol=1e-6)
+    uniform = torch.full((8, 4), 0.25)
+    assert math.isclose(float(load_balance_loss(uniform, torch.eye(4).repeat(2, 1))), 1.0)
+    collapsed = torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(5, 1)
+    assert math.isclose(float(load_balance_loss(collapsed, collapsed)), 4.0)
+
+
+def test_info_nce_hand_made():
+    def point(r: float) -> torch.Tensor:  # at distance r from the origin along one axis
+        return expmap0(torch.tensor([[r, 0.0, 0.0]]))[0]
+
+    anchor = point(0.0)[None]
+    positive = point(1.0)[None]
+    negatives = torch.stack([point(2.0), point(3.0)])[None]
+    loss = hyperbolic_info_nce(anchor, positive, negatives, 1.0, temperature=1.0)
+    expected = math.log(1 + math.exp(-1) + math.exp(-2))
+    assert math.isclose(float(loss), expected, rel_tol=1e-5)
+    masked = hyperbolic_info_nce(
+        anchor, positive, negatives, 1.0, 0.5, negative_mask=torch.tensor([[True, False]])
+    )
+    assert math.isclose(float(masked), math.log(1 + math.exp(-2)), rel_tol=1e-5)
+
+
+def test_lorentz_geometry():
+    v = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, -5.0], [7.0, 7.0]])
+    x = expmap0(v)
+    check_on_manifold(x)
+    torch.testing.assert_close(radius(x), v.norm(dim=-1), atol=1e-4, rtol=1e-5)
+    # along one geodesic through the origin distances add; at right angles they do not
+    a, b = expmap0(torch.tensor([[2.0, 0.0]])), expmap0(torch.tensor([[-1.5, 0.0]]))
+    assert math.isclose(float(distance(a, b)), 3.5, rel_tol=1e-5)
+    pair = pairwise_distance(x, x)
+    torch.testing.assert_close(pair, pair.T)
+    torch.testing.assert_close(pair[1], distance(x[1:2], x), atol=1e-4, rtol=1e-5)
+    assert float(pair.diagonal().abs().max()) < 1e-3
+    # curvature k: radius scales with sqrt(k)
+    torch.testing.assert_close(radius(expmap0(v, 4.0), 4.0), v.norm(dim=-1), atol=1e-4, rtol=1e-5)
+    bad = x.clone()
+    bad[1, 0] += 0.5
+    with pytest.raises(ValueError, match="off the hyperboloid"):
+        check_on_manifold(bad)
+
+
+def test_trainable_state_dict_round_trip(tokenizer):
+    trained = make_model(tokenizer, seed=0)
+    with torch.no_grad():
+        for p in trained.fusion.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    state = trained.trainable_state_dict()
+    assert state and all("lora_" in k or k.startswith("fusion.") for k in state)
+    fresh = make_model(tokenizer, seed=0)
+    with torch.no_grad():
+        for name, param in fresh.named_parameters():
+            if "lora_" in name:
+                param.zero_()
+    fresh.load_trainable_state_dict(state)
+    ids = torch.arange(5)
+    torch.testing.assert_close(fresh.encode_codes(ids).points, trained.encode_codes(ids).points)
+    with pytest.raises(ValueError, match="mismatch"):
+        fresh.load_trainable_state_dict({k: v for k, v in state.items() if "fusion" not in k})
