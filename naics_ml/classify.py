@@ -1,8 +1,11 @@
-"""Classify free-text business descriptions into six-digit NAICS codes with a trained stage.
+"""Classify free-text business descriptions into six-digit NAICS codes with a trained stage::
 
-    >>> clf = Classifier.from_checkpoint("storage/artifacts/2022/models/03_hard")
-    >>> clf.predict(["organic dairy farm"], top_k=3)[0][0].code
-    '112120'
+    clf = Classifier.from_checkpoint("storage/artifacts/2022/models/03_hard")
+    clf.predict(["organic dairy farm"], top_k=3)[0][0]  # Prediction(code='112120', ...)
+    clf.code_embeddings()  # polars frame: code, level, title, coordinates, radius, ...
+
+Loading embeds every code once (a few minutes for all 2,125 codes with MiniLM on a 2-core CPU);
+``predict`` is then fast.
 
 A stage folder holds everything needed: ``checkpoint.pt`` (model config + trainable weights) and
 ``codes.parquet`` (the code table it was trained on); the frozen base model is loaded from the

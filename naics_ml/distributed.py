@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ def run_stage(
     init_from: Path | None = None,
     extra: dict[str, Any] | None = None,
     progress: bool = True,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
 ) -> StageResult:
     """Build model and samplers from files and train one stage (any world size).
 
@@ -140,6 +141,7 @@ def run_stage(
         Path(out_dir),
         init_from=init_from,
         validate=validate,
+        on_metrics=on_metrics,
         progress=progress,
         query_codes=query_codes if use_queries else None,
         codes=codes,

@@ -161,6 +161,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StageResult:
+    """What a stage produced: the checkpoint (``out_dir/checkpoint.pt``) and its numbers."""
+
     checkpoint: Path
     steps: int
     skipped_steps: int

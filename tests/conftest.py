@@ -10,14 +10,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import fastexcel
 import numpy as np
+import openpyxl
 import polars as pl
 import pytest
+
+from naics_ml.census import workbook_specs
 
 # Telemetry off before any library that reports usage is imported by a test module.
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "true"
 os.environ["DAGSTER_DISABLE_TELEMETRY"] = "1"
+# Models load from the installed package or a tmp folder, never from a hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 CENSUS_ROOT = Path(__file__).resolve().parents[2] / "shared" / "census"
 
@@ -75,3 +82,42 @@ def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
+
+
+SLICE = ("22", "55")  # two small real sectors: every code path, in seconds
+
+
+def as_cell(value: str | None) -> object:
+    """Back to the published cell type: digits were numbers, everything else text."""
+    if value is not None and value.isdigit():
+        return int(value)
+    return value
+
+
+def write_slice(source: Path, dest: Path, file_name: str, sheet: str, code_column: str) -> None:
+    frame = (
+        fastexcel.read_excel(str(source / file_name))
+        .load_sheet_by_name(sheet, dtypes="string")
+        .to_polars()
+    )
+    code = pl.col(code_column).str.strip_chars()
+    keep = frame.filter(
+        pl.any_horizontal(code.str.starts_with(s) for s in SLICE) | (code == "******")
+    )
+    book = openpyxl.Workbook(write_only=True)
+    out = book.create_sheet(sheet)
+    out.append([None if c.startswith("__UNNAMED") else c for c in frame.columns])
+    for row in keep.iter_rows():
+        out.append([as_cell(v) for v in row])
+    book.save(dest / file_name)
+
+
+@pytest.fixture(scope="session")
+def slice_root(census_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A census folder like shared/census/ whose 2022 workbooks hold sectors 22 and 55 only."""
+    root = tmp_path_factory.mktemp("census_slice")
+    folder = root / "2022"
+    folder.mkdir()
+    for spec in workbook_specs("2022").values():
+        write_slice(census_root / "2022", folder, spec.file_name, spec.sheet, spec.columns["code"])
+    return root

@@ -10,9 +10,7 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
-import fastexcel
 import numpy as np
-import openpyxl
 import polars as pl
 import pytest
 
@@ -26,7 +24,8 @@ from naics_assets.sensors import new_revision_sensor
 from naics_ml.census import workbook_specs
 from naics_ml.taxonomy import tree_distance_matrix
 
-SLICE = ("22", "55")
+from .conftest import SLICE
+
 DATA_ASSETS = [census_workbooks, naics_index_entries, naics_codes, naics_distances, naics_triplets]
 DATA_CHECKS = {
     ("naics_codes", "level_counts"),
@@ -39,42 +38,6 @@ DATA_CHECKS = {
     ("naics_triplets", "sector_coverage"),
 }
 RUN_CONFIG = {"ops": {"naics_triplets": {"config": {"cross_sector_k": 4, "workers": 1}}}}
-
-
-def as_cell(value: str | None) -> object:
-    """Back to the published cell type: digits were numbers, everything else text."""
-    if value is not None and value.isdigit():
-        return int(value)
-    return value
-
-
-def write_slice(source: Path, dest: Path, file_name: str, sheet: str, code_column: str) -> None:
-    frame = (
-        fastexcel.read_excel(str(source / file_name))
-        .load_sheet_by_name(sheet, dtypes="string")
-        .to_polars()
-    )
-    code = pl.col(code_column).str.strip_chars()
-    keep = frame.filter(
-        pl.any_horizontal(code.str.starts_with(s) for s in SLICE) | (code == "******")
-    )
-    book = openpyxl.Workbook(write_only=True)
-    out = book.create_sheet(sheet)
-    out.append([None if c.startswith("__UNNAMED") else c for c in frame.columns])
-    for row in keep.iter_rows():
-        out.append([as_cell(v) for v in row])
-    book.save(dest / file_name)
-
-
-@pytest.fixture(scope="module")
-def slice_root(census_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A census folder like shared/census/ whose 2022 workbooks hold sectors 22 and 55 only."""
-    root = tmp_path_factory.mktemp("census_slice")
-    folder = root / "2022"
-    folder.mkdir()
-    for spec in workbook_specs("2022").values():
-        write_slice(census_root / "2022", folder, spec.file_name, spec.sheet, spec.columns["code"])
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -191,6 +191,7 @@ def test_distinct_code_dedupe_matches_one_by_one(tokenizer):
 def test_encode_texts_matches_prepared_queries(tokenizer):
     model = make_model(tokenizer)
     free = model.encode_texts(QUERIES, batch_size=2)
+    assert model.encode_texts([]).shape == (0, 17)
     prepared = model.encode_queries(torch.arange(len(QUERIES))).points
     torch.testing.assert_close(free, prepared, atol=1e-5, rtol=1e-5)
     check_on_manifold(free)
@@ -213,7 +214,7 @@ def test_loss_decreases_on_toy_problem(tokenizer):
         opt.zero_grad()
         total.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     check_on_manifold(model.encode_all_codes())
 

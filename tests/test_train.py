@@ -278,9 +278,15 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, codes):
     for key, value in reference.trainable_state_dict().items():
         torch.testing.assert_close(model.trainable_state_dict()[key], value, rtol=0, atol=1e-6)
 
-    # a complete stage is retrained from scratch; another config does not resume either
+    # a complete stage is retrained from scratch
     _, again, _ = run(tmp_path / "stage", codes, cfg)
-    assert again.resumed_from == 0
+    assert again.resumed_from == 0 and again.steps == 12
+
+    # an unfinished stage of another configuration is not resumed either
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "other", codes, cfg, on_metrics=crash)
+    _, other, _ = run(tmp_path / "other", codes, config(steps=12, learning_rate=1e-3))
+    assert other.resumed_from == 0
 
 
 def test_init_from_loads_previous_stage_weights(tmp_path, codes):

@@ -234,16 +234,18 @@ class NaicsModel(nn.Module):
         self.eval()
         try:
             q = CHANNELS.index(QUERY_CHANNEL)
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths
             out = []
-            for start in range(0, len(texts), batch_size):
-                chunk = list(texts[start : start + batch_size])
+            for start in range(0, len(order), batch_size):
+                chunk = [texts[i] for i in order[start : start + batch_size]]
                 channels = torch.zeros(len(chunk), len(CHANNELS), self.encoder.hidden_size)
                 channels[:, q] = self.encoder.encode_uncached(chunk, QUERY_CHANNEL)
                 mask = torch.zeros(len(chunk), len(CHANNELS), dtype=torch.bool)
                 mask[:, q] = True
                 out.append(self._fuse(channels, mask).points)
-            dim = self.config.embedding_dim + 1
-            return torch.cat(out) if out else torch.zeros(0, dim)
+            if not out:
+                return torch.zeros(0, self.config.embedding_dim + 1)
+            return torch.cat(out)[torch.argsort(torch.tensor(order))]
         finally:
             self.train(was_training)
 

@@ -1,0 +1,184 @@
+"""The whole chain through the three stages and the embeddings, on the slice of the real 2022
+workbooks (sectors 22 and 55) with a tiny random BERT saved to disk as the base model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from naics_assets.assets.census import census_workbooks
+from naics_assets.assets.codes import naics_codes, naics_index_entries
+from naics_assets.assets.distances import naics_distances
+from naics_assets.assets.embeddings import naics_embeddings
+from naics_assets.assets.stages import stage_01_easy, stage_02_medium, stage_03_hard
+from naics_assets.assets.triplets import naics_triplets
+from naics_assets.partitions import revision_partitions
+from naics_assets.resources import ArtifactStore, CensusSource
+from naics_assets.tracking import MlflowTracker
+from naics_ml.checkpoint import load_checkpoint
+from naics_ml.classify import Classifier
+from naics_ml.model.base import load_tokenizer
+
+ASSETS = [
+    census_workbooks,
+    naics_index_entries,
+    naics_codes,
+    naics_distances,
+    naics_triplets,
+    stage_01_easy,
+    stage_02_medium,
+    stage_03_hard,
+    naics_embeddings,
+]
+STAGES = ("stage_01_easy", "stage_02_medium", "stage_03_hard")
+METRICS = (
+    "spearman",
+    "spearman_within_sector",
+    "recon_map",
+    "recon_mean_rank",
+    "parent_at_1",
+    "radius_order",
+    "test_top1",
+    "test_top5",
+    "test_mrr",
+    "test_sector_at_1",
+    "test_group_at_1",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = load_tokenizer("all-MiniLM-L6-v2")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def stage_config(steps: int, model: dict | None = None) -> dict:
+    config = {
+        "steps": steps,
+        "batch_size": 4,
+        "query_batch_size": 4,
+        "warmup_steps": 1,
+        "checkpoint_every": 2,
+        "validation_every": 2,
+        "log_every": 1,
+    }
+    return {"config": config | ({"model": model} if model else {})}
+
+
+@pytest.fixture(scope="module")
+def chain(slice_root: Path, tiny_base: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("chain")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    model = {"base_model": str(tiny_base), "embedding_dim": 8, "lora_layers": 1, "lora_r": 4}
+    run_config = {
+        "ops": {
+            "naics_triplets": {"config": {"cross_sector_k": 4, "workers": 1}},
+            "stage_01_easy": stage_config(4, model),
+            "stage_02_medium": stage_config(4),
+            "stage_03_hard": stage_config(4),
+        }
+    }
+    resources = {
+        "census": CensusSource(local_dir=str(slice_root)),
+        "store": ArtifactStore(root=str(root / "artifacts")),
+        "mlflow": MlflowTracker(tracking_uri=uri),
+    }
+    torch.set_num_threads(1)
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(revision_partitions.name, ["2022"])
+        result = dg.materialize(
+            ASSETS,
+            partition_key="2022",
+            resources=resources,
+            run_config=run_config,
+            instance=instance,
+            raise_on_error=True,
+        )
+    return result, root, uri
+
+
+def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    [event] = [
+        e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)
+    ]
+    return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+
+
+def test_the_three_stages_materialize_with_checkpoints_and_metrics(chain) -> None:
+    result, root, _ = chain
+    assert result.success
+    for stage in STAGES:
+        meta = metadata(result, stage)
+        checkpoint = Path(meta["checkpoint"])
+        assert checkpoint.is_file() and checkpoint.parent.name == stage
+        state = load_checkpoint(checkpoint)
+        assert state["complete"] and state["step"] == 4
+        assert state["extra"]["stage"] == stage and state["extra"]["revision"] == "2022"
+        assert meta["mlflow_run"].startswith("http")
+        assert set(METRICS) <= set(meta["all_metrics"])
+        assert {f"baseline_tfidf_{m}" for m in METRICS} <= set(meta["all_metrics"])
+        assert {f"baseline_zero_shot_{m}" for m in METRICS} <= set(meta["all_metrics"])
+        assert (checkpoint.parent / "metrics.png").stat().st_size > 0
+
+
+def test_each_stage_starts_from_the_previous_one(chain) -> None:
+    result, root, _ = chain
+    first = load_checkpoint(root / "artifacts/2022/models/stage_01_easy")
+    second = load_checkpoint(root / "artifacts/2022/models/stage_02_medium")
+    assert second["model_config"] == first["model_config"]  # inherited, not re-configured
+    assert metadata(result, "stage_02_medium")["init_from"].endswith("stage_01_easy")
+    assert metadata(result, "stage_03_hard")["init_from"].endswith("stage_02_medium")
+    assert metadata(result, "stage_01_easy")["init_from"] == "base model"
+
+
+def test_mlflow_holds_one_run_per_stage(chain) -> None:
+    from mlflow.tracking import MlflowClient
+
+    result, _, uri = chain
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("naics-gemini")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"2022/{s}" for s in STAGES]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["dagster_run_id"] == result.run_id
+        assert run.data.tags["naics_revision"] == "2022"
+        assert run.data.params["train.steps"] == "4"
+        assert "curriculum.name" in run.data.params
+        assert {"spearman", "test_mrr", "baseline_tfidf_test_mrr"} <= set(run.data.metrics)
+        history = client.get_metric_history(run.info.run_id, "loss")
+        assert [m.step for m in history] == [1, 2, 3, 4]
+        for name in ("lr", "balance_loss", "skipped_steps", "expert_utilization_0", "val_loss"):
+            assert client.get_metric_history(run.info.run_id, name), name
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"metrics.png", "metrics.json"} <= artifacts
+        assert any(a.endswith(".yaml") for a in artifacts)
+
+
+def test_embeddings_cover_every_code_and_the_classifier_predicts(chain) -> None:
+    result, root, _ = chain
+    table = pl.read_parquet(root / "artifacts/2022/naics_embeddings.parquet")
+    codes = pl.read_parquet(root / "artifacts/2022/naics_codes.parquet")
+    assert table["code"].to_list() == codes["code"].to_list()
+    assert metadata(result, "naics_embeddings")["dagster/row_count"] == codes.height
+    classifier = Classifier.from_checkpoint(root / "artifacts/2022/models/stage_03_hard")
+    [predictions] = classifier.predict(["electric power distribution"], top_k=3)
+    assert len(predictions) == 3
+    assert all(len(p.code) == 6 and p.code[:2] in {"22", "55"} for p in predictions)
+    assert [p.distance for p in predictions] == sorted(p.distance for p in predictions)
