@@ -121,7 +121,7 @@ def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
 
 
 def test_the_three_stages_materialize_with_checkpoints_and_metrics(chain) -> None:
-    result, root, _ = chain
+    result, _, _ = chain
     assert result.success
     for stage in STAGES:
         meta = metadata(result, stage)
