@@ -1,0 +1,78 @@
+"""Time and memory of training the three stages with the default configuration, as users run it.
+
+    DAGSTER_HOME=$PWD NAICS_CENSUS_DIR=$PWD/../shared/census python benchmarks/training.py
+
+Materializes ``stage_01_easy``, ``stage_02_medium``, ``stage_03_hard`` and ``naics_embeddings``
+for a revision (default 2022) with ``dagster asset materialize``, one command per asset, on data
+assets that are already materialized; peak RSS is the largest sum of the resident memory of the
+command's process tree, sampled every 0.2 s. Prints JSON with wall time and peak RSS per asset,
+the total, and each stage's headline metrics read from its ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+ASSETS = ("stage_01_easy", "stage_02_medium", "stage_03_hard", "naics_embeddings")
+HEADLINE = ("test_top1", "test_top5", "test_mrr", "spearman", "recon_map", "parent_at_1")
+
+
+def run(asset: str, revision: str, log: Path) -> dict[str, float]:
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster), "asset", "materialize", "-m", "naics_assets.definitions"]
+    command += ["--select", asset, "--partition", revision]
+    start = time.perf_counter()
+    with open(log, "a") as out:
+        process = psutil.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        peak = 0
+        while process.poll() is None:
+            try:
+                tree = [process, *process.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+    if process.returncode != 0:
+        raise SystemExit(f"{asset} failed (exit {process.returncode}); see {log}")
+    return {"wall_s": round(time.perf_counter() - start, 1), "peak_rss_mb": round(peak / 2**20)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--revision", default="2022")
+    parser.add_argument("--log", type=Path, default=Path("storage/benchmark_training.log"))
+    args = parser.parse_args()
+    if "DAGSTER_HOME" not in os.environ:
+        raise SystemExit("set DAGSTER_HOME to the project root")
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    stages = {asset: run(asset, args.revision, args.log) for asset in ASSETS}
+    models = Path(os.environ["DAGSTER_HOME"]) / "storage" / "artifacts" / args.revision / "models"
+    for asset in ASSETS[:3]:
+        metrics = json.loads((models / asset / "metrics.json").read_text())
+        stages[asset]["metrics"] = {k: round(metrics[k], 4) for k in HEADLINE}
+        stages[asset]["baseline_zero_shot"] = {
+            k: round(metrics[f"baseline_zero_shot_{k}"], 4) for k in HEADLINE
+        }
+        stages[asset]["baseline_tfidf"] = {
+            k: round(metrics[f"baseline_tfidf_{k}"], 4) for k in HEADLINE
+        }
+    result = {
+        "revision": args.revision,
+        "cpus": psutil.cpu_count(),
+        "assets": stages,
+        "total_wall_s": round(sum(s["wall_s"] for s in stages.values()), 1),
+        "max_peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
