@@ -1,17 +1,25 @@
 """Training-step throughput of NaicsModel against the naive design, measured in one run.
 
 One step = forward + backward + AdamW over a batch of 32 triplets with k = 16 negatives on the
-real 2022 NAICS code texts and the default all-MiniLM-L6-v2 base.
+real 2022 NAICS code texts (all 2,125 codes prepared) and the default all-MiniLM-L6-v2 base.
+Batches come from the real triplet shards (``storage/artifacts/<rev>/triplets``) through
+``TripletSampler`` with the ``03_hard`` curriculum; without shards, from a random stand-in
+sampler (the output's ``batches`` says which). Query batches are not part of this step.
 
-* fast: the default model (LoRA on the top 2 layers, cached frozen prefix, each distinct code
-  encoded once, length-bucketed padding).
+* fast (``triplets_per_s``, the default training configuration): LoRA on the top 2 layers,
+  cached frozen prefix, each distinct code encoded once, length-bucketed padding, and the
+  negative memory bank: only anchors and positives run through the LoRA layers, the
+  negatives' channel vectors come from the bank (refreshed once before timing; its cost is
+  ``bank_refresh_s``, paid every ``TrainConfig.bank_refresh_every`` steps).
+* exact (``exact_triplets_per_s``): the same model without the bank, every distinct code of the
+  step live (``TrainConfig(negative_bank=False)``).
 * naive: LoRA on every layer, every anchor/positive/negative slot encoded separately through
   all four channels, padded to max_length 128, no cache, no dedupe. Its cost is linear in the
   number of triplets (nothing is shared), so it is measured on a few triplets per round with
   gradient accumulation and reported per triplet; this keeps the benchmark within minutes.
   Missing channel texts are encoded as empty strings, as that design did.
 
-Rounds interleave a fast step and a naive step so that both see the same machine load.
+Rounds interleave a fast, an exact and a naive step so that all see the same machine load.
 
 Prints one JSON object. Usage: .venv/bin/python benchmarks/train_step.py [--steps 5]
 """
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -38,11 +47,41 @@ from naics_ml.model import CHANNELS, ModelConfig, NaicsModel, hyperbolic_info_nc
 CENSUS = Path(__file__).resolve().parents[1] / "../shared/census/2022"
 
 
+ARTIFACTS = Path(__file__).resolve().parents[1] / "storage/artifacts/2022"
+
+
 def load_codes() -> pl.DataFrame:
+    if (ARTIFACTS / "naics_codes.parquet").is_file():
+        return pl.read_parquet(ARTIFACTS / "naics_codes.parquet").sort("index")
     from naics_ml.codes import load_code_table
 
     census = CENSUS if CENSUS.exists() else Path("/work/shared/census/2022")
-    return load_code_table(census, "2022")
+    return load_code_table(census, "2022").sort("index")
+
+
+def shard_batches(codes: pl.DataFrame, n: int, batch: int, seed: int) -> list[np.ndarray] | None:
+    """Batches (batch, 2 + k) from the real triplet shards with the 03_hard curriculum; padded
+    negatives (< 0) become the anchor, as in training. None when there are no shards."""
+    folder = ARTIFACTS / "triplets"
+    if not folder.is_dir() or not any(folder.glob("sector=*/*.parquet")):
+        return None
+    from naics_ml.curriculum import load_curriculum
+    from naics_ml.sampler import TripletSampler
+
+    sampler = TripletSampler(
+        folder,
+        codes["level"].to_numpy(),
+        load_curriculum("03_hard"),
+        batch,
+        seed=seed,
+        n_batches=n,
+        prefetch=0,
+    )
+    out = []
+    for b in sampler:
+        negatives = np.where(b.negatives >= 0, b.negatives, b.anchor[:, None])
+        out.append(np.concatenate([b.anchor[:, None], b.positive[:, None], negatives], 1))
+    return out
 
 
 def sample_batches(codes: pl.DataFrame, n: int, batch: int, k: int, seed: int) -> list[np.ndarray]:
@@ -72,11 +111,12 @@ def sample_batches(codes: pl.DataFrame, n: int, batch: int, k: int, seed: int) -
     return out
 
 
-def step(model: NaicsModel, ids: torch.Tensor, naive: bool) -> None:
+def step(model: NaicsModel, ids: torch.Tensor, naive: bool, bank: bool = False) -> None:
     if naive:
         enc = model.encode_codes_reference(ids, dedupe=False, pad_to_max_length=True)
     else:
-        enc = model.encode_codes(ids)
+        live = ids[:, :2].reshape(-1) if bank else None  # anchors and positives
+        enc = model.encode_codes(ids, live=live)
     pts = enc.points
     loss = hyperbolic_info_nce(pts[:, 0], pts[:, 1], pts[:, 2:], model.config.curvature, 0.1)
     loss = loss + model.config.balance_weight * enc.balance_loss
@@ -113,23 +153,30 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
 
     codes = load_codes()
-    batches = sample_batches(codes, args.warmup + args.steps, args.batch, args.k, seed=0)
+    n_batches = args.warmup + args.steps
+    batches = shard_batches(codes, n_batches, args.batch, seed=0)
+    source = "triplet shards, 03_hard"
+    if batches is None:
+        batches = sample_batches(codes, n_batches, args.batch, args.k, seed=0)
+        source = "random stand-in (no triplet shards found)"
+    k = batches[0].shape[1] - 2
     distinct = [len(np.unique(b)) for b in batches]
-    # prepare only the codes the batches use (the step cost does not depend on the rest)
-    used = np.unique(np.concatenate(batches))
-    remap = np.full(len(codes), -1, dtype=np.int64)
-    remap[used] = np.arange(len(used))
-    batches = [remap[b] for b in batches]
-    subset = codes[used.tolist()]
-    channel_texts = {c: subset[c].to_list() for c in CHANNELS}
+    live = [len(np.unique(b[:, :2])) for b in batches]
+    channel_texts = {
+        c: [v if isinstance(v, str) and v.strip() else None for v in codes[c].to_list()]
+        for c in CHANNELS
+    }
     # the naive design encodes every channel, an empty string where a text is missing
     naive_texts = {c: ["" if t is None else t for t in texts] for c, texts in channel_texts.items()}
     fast, fast_opt, prepare_s = make(ModelConfig(), channel_texts)
+    t0 = time.perf_counter()
+    fast.refresh_bank()
+    bank_refresh_s = time.perf_counter() - t0
     naive, naive_opt, _ = make(ModelConfig(lora_layers=6), naive_texts)
 
-    def fast_step(ids: np.ndarray) -> None:
+    def fast_step(ids: np.ndarray, bank: bool = True) -> None:
         fast_opt.zero_grad(set_to_none=True)
-        step(fast, torch.from_numpy(ids), naive=False)
+        step(fast, torch.from_numpy(ids), naive=False, bank=bank)
         fast_opt.step()
 
     def naive_step(ids: np.ndarray) -> None:
@@ -143,14 +190,17 @@ def main() -> None:
     rng = np.random.default_rng(1)
     for b in batches[: args.warmup]:
         fast_step(b)
+        fast_step(b, bank=False)
         naive_step(b[: args.naive_per_step])
-    fast_times, naive_times = [], []
+    fast_times, exact_times, naive_times = [], [], []
     for b in batches[args.warmup :]:
         fast_times.append(timed(lambda b=b: fast_step(b)))
+        exact_times.append(timed(lambda b=b: fast_step(b, bank=False)))
         rows = b[rng.choice(len(b), args.naive_per_step, replace=False)]
         naive_times.append(timed(lambda rows=rows: naive_step(rows)))
 
     triplets_per_s = args.batch * len(fast_times) / sum(fast_times)
+    exact_triplets_per_s = args.batch * len(exact_times) / sum(exact_times)
     naive_triplets = args.naive_per_step * len(naive_times)
     naive_triplets_per_s = naive_triplets / sum(naive_times)
     print(
@@ -159,16 +209,23 @@ def main() -> None:
                 "triplets_per_s": round(triplets_per_s, 3),
                 "naive_triplets_per_s": round(naive_triplets_per_s, 4),
                 "speedup": round(triplets_per_s / naive_triplets_per_s, 1),
+                "exact_triplets_per_s": round(exact_triplets_per_s, 3),
+                "exact_speedup": round(exact_triplets_per_s / naive_triplets_per_s, 1),
+                "bank_refresh_s": round(bank_refresh_s, 1),
                 "fast_step_s": [round(t, 2) for t in fast_times],
+                "exact_step_s": [round(t, 2) for t in exact_times],
                 "naive_s_per_triplet": [round(t / args.naive_per_step, 2) for t in naive_times],
                 "naive_step_s_equivalent": round(args.batch / naive_triplets_per_s, 1),
                 "naive_triplets_timed": naive_triplets,
                 "batch": args.batch,
-                "k": args.k,
+                "k": k,
+                "batches": source,
                 "distinct_codes_per_step": float(np.mean(distinct)),
-                "slots_per_step": args.batch * (args.k + 2),
+                "live_codes_per_step": float(np.mean(live)),
+                "slots_per_step": args.batch * (k + 2),
                 "prepare_s": round(prepare_s, 1),
-                "prepared_codes": len(used),
+                "prepared_codes": codes.height,
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                 "prefix_cache_mb": round(fast.cache_nbytes() / 2**20, 1),
                 "threads": torch.get_num_threads(),
                 "load_avg_1m": round(os.getloadavg()[0], 2),

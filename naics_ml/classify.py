@@ -31,7 +31,7 @@ import torch
 
 from naics_ml.checkpoint import load_checkpoint, load_stage_codes, resolve_checkpoint
 from naics_ml.model.lorentz import check_on_manifold, pairwise_distance, radius
-from naics_ml.model.network import CHANNELS, ModelConfig, NaicsModel
+from naics_ml.model.network import CHANNELS, ModelConfig, NaicsModel, channel_fingerprint
 
 __all__ = ["Classifier", "Prediction", "code_channel_texts"]
 
@@ -63,12 +63,18 @@ class Classifier:
     """Nearest six-digit codes for free text, plus the table of all code embeddings."""
 
     def __init__(self, model: NaicsModel, codes: pl.DataFrame, temperature: float = 0.1) -> None:
-        """``model`` with trained weights; codes are prepared and embedded here, once."""
+        """``model`` with trained weights; codes are embedded here, once.
+
+        The frozen prefix is cached (``model.prepare``) only when the model is not already
+        prepared for exactly these code texts (e.g. the model a stage has just trained).
+        """
         self.model = model.eval()
         self.codes = codes.sort("index")
         self.temperature = float(temperature)
         self.curvature = float(model.config.curvature)
-        model.prepare(code_channel_texts(self.codes))
+        texts = code_channel_texts(self.codes)
+        if model.code_fingerprint != channel_fingerprint(texts):
+            model.prepare(texts)
         with torch.no_grad():
             self._points = model.encode_all_codes()
         check_on_manifold(self._points, self.curvature)

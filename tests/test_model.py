@@ -283,3 +283,114 @@ def test_trainable_state_dict_round_trip(tokenizer):
     torch.testing.assert_close(fresh.encode_codes(ids).points, trained.encode_codes(ids).points)
     with pytest.raises(ValueError, match="mismatch"):
         fresh.load_trainable_state_dict({k: v for k, v in state.items() if "fusion" not in k})
+
+
+def test_bank_rows_equal_live_encodings_after_refresh(tokenizer):
+    model = make_model(tokenizer)
+    assert not model.has_bank
+    model.train()  # the refresh runs in eval mode and restores the mode
+    model.refresh_bank(batch_size=2)
+    assert model.training
+    bank = model.bank()
+    assert bank.shape == (5, len(CHANNELS), 32) and bank.dtype == torch.float32
+    with torch.no_grad():
+        live = model._channel_vectors(model._code_text_ids)
+    torch.testing.assert_close(bank, live, atol=1e-6, rtol=1e-6)
+    missing = model._code_text_ids < 0
+    assert float(bank[missing].abs().max()) == 0.0  # masked channels are zero rows
+    assert float(bank[~missing].norm(dim=-1).min()) > 0.99  # pooled vectors are unit length
+
+
+def test_bank_with_all_codes_live_equals_exact_path(tokenizer):
+    model = make_model(tokenizer)
+    ids = torch.tensor([[0, 1, 2], [3, 4, 1]])
+    exact = model.encode_codes(ids)
+    model.refresh_bank()
+    torch.manual_seed(0)
+    everything = model.encode_codes(ids, live=torch.arange(5))
+    torch.testing.assert_close(everything.points, exact.points, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(everything.balance_loss, exact.balance_loss)
+    # a fresh bank gives the same points with no code live (only gradients differ)
+    from_bank = model.encode_codes(ids, live=set())
+    torch.testing.assert_close(from_bank.points, exact.points, atol=1e-6, rtol=1e-6)
+    assert from_bank.points.requires_grad  # through the fusion
+    # live=None stays exact even with a (stale) bank; without a bank live is ignored
+    with torch.no_grad():
+        model.bank().add_(1.0)
+    torch.testing.assert_close(model.encode_codes(ids).points, exact.points)
+    model.drop_bank()
+    torch.testing.assert_close(model.encode_codes(ids, live={0}).points, exact.points)
+
+
+def test_bank_gradients_reach_lora_only_through_live_codes(tokenizer):
+    model = make_model(tokenizer)
+    model.refresh_bank()
+    # code 3 has only title + excluded + examples; code 0 only title + description
+    enc = model.encode_codes(torch.tensor([0, 3]), live={3})
+    model.zero_grad()
+    (enc.points[:, 1:] ** 2).sum().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    lora_with_grad = {
+        n.split("lora_B.")[1].split(".")[0]
+        for n, g in grads.items()
+        if "lora_B" in n and g is not None and float(g.abs().max()) > 0
+    }
+    assert lora_with_grad == {"title", "excluded", "examples"}  # code 3's channels, not code 0's
+    # the fusion sees both codes: its description projection is trained through bank code 0
+    desc = CHANNELS.index("description")
+    assert float(model.fusion.channel_weight.grad[desc].abs().max()) > 0
+    assert all(g is not None for n, g in grads.items() if n.startswith("fusion."))
+    # and the live code's bank row was updated with the (detached) fresh value
+    assert not model.bank().requires_grad
+
+
+def test_bank_is_stale_for_non_live_codes_until_refresh(tokenizer):
+    model = make_model(tokenizer)
+    model.refresh_bank()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B.title" in name:
+                param.add_(0.5)
+    exact = model.encode_codes(torch.arange(5)).points
+    mixed = model.encode_codes(torch.arange(5), live=torch.tensor([1, 4])).points
+    torch.testing.assert_close(mixed[[1, 4]], exact[[1, 4]], atol=1e-6, rtol=1e-6)
+    assert float(distance(mixed[[0, 2, 3]], exact[[0, 2, 3]]).min()) > 1e-4  # stale
+    # live codes refreshed their rows; the others follow after refresh_bank
+    again = model.encode_codes(torch.arange(5), live=set()).points
+    torch.testing.assert_close(again[[1, 4]], exact[[1, 4]], atol=1e-6, rtol=1e-6)
+    model.refresh_bank()
+    torch.testing.assert_close(model.encode_codes(torch.arange(5), live=set()).points, exact)
+    # new weights or new texts invalidate the bank
+    model.load_trainable_state_dict(model.trainable_state_dict())
+    assert not model.has_bank
+    model.refresh_bank()
+    model.prepare(CODE_TEXTS)
+    assert not model.has_bank
+
+
+def test_classifier_reuses_a_model_prepared_for_the_same_codes(tokenizer, monkeypatch):
+    import polars as pl
+
+    from naics_ml.classify import Classifier, code_channel_texts
+
+    n = len(CODE_TEXTS["title"])
+    codes = pl.DataFrame(
+        {
+            "index": list(range(n)),
+            "code": ["111110", "111120", "311111", "311211", "311811"],
+            "level": [6] * n,
+            "sector": ["11", "11", "31", "31", "31"],
+            **{c: CODE_TEXTS[c] for c in CHANNELS},
+        }
+    )
+    model = make_model(tokenizer, texts=code_channel_texts(codes))
+    calls = []
+    original = model.prepare
+    monkeypatch.setattr(model, "prepare", lambda *a, **k: calls.append(1) or original(*a, **k))
+    clf = Classifier(model, codes)
+    assert calls == []  # already prepared for these texts (with queries, even)
+    assert model.num_queries == len(QUERIES)
+    torch.testing.assert_close(clf._points, model.encode_all_codes())
+    other = codes.with_columns(pl.col("title").str.to_uppercase())
+    Classifier(model, other)
+    assert calls == [1]  # other texts: prepared again

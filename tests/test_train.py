@@ -195,6 +195,9 @@ def test_config_roundtrip_and_validation():
         TrainConfig.from_dict({**cfg.to_dict(), "stepz": 3})
     with pytest.raises(ValueError, match="steps"):
         TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="bank_refresh_every"):
+        TrainConfig(bank_refresh_every=-1)
+    assert TrainConfig().negative_bank and TrainConfig().bank_refresh_every == 100
     assert lr_factor(0, 4, 20, 0.1) == pytest.approx(0.25)
     assert lr_factor(3, 4, 20, 0.1) == pytest.approx(1.0)
     assert lr_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
@@ -256,8 +259,10 @@ def test_loss_decreases_and_checkpoint_contents(tmp_path, codes):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
-def test_resume_after_crash_matches_uninterrupted_run(tmp_path, codes):
-    cfg = config(steps=12, checkpoint_every=4)
+@pytest.mark.parametrize("bank", [True, False])
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path, codes, bank):
+    # with the bank, resuming is exact when checkpoints fall on bank refresh steps
+    cfg = config(steps=12, checkpoint_every=4, negative_bank=bank, bank_refresh_every=4)
     reference, _, _ = run(tmp_path / "ref", codes, cfg)
 
     def crash(step, metrics):
@@ -285,7 +290,8 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, codes):
     # an unfinished stage of another configuration is not resumed either
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "other", codes, cfg, on_metrics=crash)
-    _, other, _ = run(tmp_path / "other", codes, config(steps=12, learning_rate=1e-3))
+    other_cfg = config(steps=12, learning_rate=1e-3, negative_bank=bank, bank_refresh_every=4)
+    _, other, _ = run(tmp_path / "other", codes, other_cfg)
     assert other.resumed_from == 0
 
 
@@ -347,6 +353,53 @@ def test_nan_loss_is_skipped_then_stops_the_stage(tmp_path, codes, monkeypatch):
     nan_calls.update({2, 4, 6})
     with pytest.raises(NonFiniteLossError, match="3 total"):
         run(tmp_path / "c", codes, config(steps=20, max_bad_steps=3))
+
+
+def test_negative_bank_refreshes_on_schedule_and_learns(tmp_path, codes):
+    model, query_codes = prepared(codes)
+    refreshed_at: list[int] = []
+    live_sets: list[set[int]] = []
+    steps_seen = {"n": 0}
+    original_refresh, original_encode = model.refresh_bank, model.encode_codes
+
+    def refresh_spy(*args, **kwargs):
+        refreshed_at.append(steps_seen["n"])
+        original_refresh(*args, **kwargs)
+
+    def encode_spy(code_ids, live=None):
+        if model.training:  # training steps only, not validation
+            steps_seen["n"] += 1
+            live_sets.append(set(live.tolist()))
+        return original_encode(code_ids, live=live)
+
+    model.refresh_bank, model.encode_codes = refresh_spy, encode_spy
+    cfg = config(steps=30, checkpoint_every=10, validation_every=15, bank_refresh_every=7)
+    _, result, metrics = run(tmp_path, codes, cfg, model, query_codes)
+    assert refreshed_at == [0, 7, 14, 21, 28]  # start, then every 7 steps
+    losses = [m["loss"] for _, m in metrics if "loss" in m]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert all(m["bank_refresh_s"] > 0 for _, m in metrics)
+    # the live set is anchors + positives + the queries' codes: never all codes of a step
+    triplets, queries = triplet_source(codes)(0), query_source(len(query_codes))(0)
+    batch, q = next(triplets), next(queries)
+    expected = {*batch.anchor.tolist(), *batch.positive.tolist(), *query_codes[q].tolist()}
+    assert live_sets[0] == expected
+    assert not set(batch.negatives.ravel().tolist()) <= expected
+    assert result.steps == 30
+
+    # refresh only at the start; MoCo-style: only the anchors live
+    refreshed_at.clear()
+    live_sets.clear()
+    steps_seen["n"] = 0
+    cfg = config(
+        steps=5, bank_refresh_every=0, bank_live_positives=False, bank_live_query_codes=False
+    )
+    run(tmp_path / "once", codes, cfg, model, query_codes)
+    assert refreshed_at == [0]
+    assert live_sets[0] == set(batch.anchor.tolist())
+    exact, exact_codes = prepared(codes)
+    run(tmp_path / "exact", codes, config(steps=3, negative_bank=False), exact, exact_codes)
+    assert not exact.has_bank
 
 
 def test_stage_bundle_written_on_request(tmp_path, codes):

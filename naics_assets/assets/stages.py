@@ -38,7 +38,7 @@ class StageConfig(dg.Config):
     """Hyperparameters of one stage, editable in the launchpad."""
 
     curriculum: str = Field(default="", description="Packaged name or YAML path; empty = default.")
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 32
     learning_rate: float = 1e-4
     warmup_steps: int = 50
@@ -48,10 +48,23 @@ class StageConfig(dg.Config):
     checkpoint_every: int = 100
     validation_every: int = 200
     log_every: int = 10
+    negative_bank: bool = Field(
+        default=True, description="Negatives from a memory bank (fast); False = exact loss."
+    )
+    bank_refresh_every: int = 100
 
 
-class FirstStageConfig(StageConfig):
+class EasyStageConfig(StageConfig):
+    steps: int = 150  # 739 (anchor, positive) pairs: ~6 passes at batch 32
     model: ModelSettings = Field(default_factory=ModelSettings)
+
+
+class MediumStageConfig(StageConfig):
+    steps: int = 350
+
+
+class HardStageConfig(StageConfig):
+    steps: int = 700
 
 
 def train_stage_asset(
@@ -104,6 +117,8 @@ def train_stage_asset(
         checkpoint_every=config.checkpoint_every,
         validation_every=config.validation_every,
         log_every=config.log_every,
+        negative_bank=config.negative_bank,
+        bank_refresh_every=config.bank_refresh_every,
     )
     codes = pl.read_parquet(store.codes_path(revision))
     entries = pl.read_parquet(store.index_entries_path(revision))
@@ -194,7 +209,7 @@ STAGE_DEPS = [naics_codes, naics_index_entries, naics_distances, naics_triplets]
 )
 def stage_01_easy(
     context: dg.AssetExecutionContext,
-    config: FirstStageConfig,
+    config: EasyStageConfig,
     store: ArtifactStore,
     mlflow: MlflowTracker,
 ) -> dg.MaterializeResult:
@@ -210,7 +225,7 @@ def stage_01_easy(
 )
 def stage_02_medium(
     context: dg.AssetExecutionContext,
-    config: StageConfig,
+    config: MediumStageConfig,
     store: ArtifactStore,
     mlflow: MlflowTracker,
 ) -> dg.MaterializeResult:
@@ -226,7 +241,7 @@ def stage_02_medium(
 )
 def stage_03_hard(
     context: dg.AssetExecutionContext,
-    config: StageConfig,
+    config: HardStageConfig,
     store: ArtifactStore,
     mlflow: MlflowTracker,
 ) -> dg.MaterializeResult:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +69,14 @@ class ModelConfig:
         return cls(**values)
 
 
+def channel_fingerprint(channel_texts: dict[str, list[str | None]]) -> str:
+    """SHA-256 of the code channel texts (channel order fixed): "prepared for this table"."""
+    digest = hashlib.sha256()
+    for channel in CHANNELS:
+        digest.update(json.dumps([channel, list(channel_texts[channel])]).encode())
+    return digest.hexdigest()
+
+
 @dataclass
 class Encoded:
     points: Tensor  # (..., embedding_dim + 1) on the hyperboloid
@@ -118,6 +128,8 @@ class NaicsModel(nn.Module):
         self._texts: list[str] = []
         self._code_text_ids: Tensor | None = None  # (n_codes, C), -1 = missing
         self._query_text_ids: Tensor | None = None  # (n_queries,)
+        self._bank: Tensor | None = None  # (n_codes, C, H) float32 pooled channel vectors
+        self.code_fingerprint: str | None = None  # channel_fingerprint of the prepared codes
 
     # --- preparation ------------------------------------------------------------------------
     def prepare(
@@ -152,7 +164,10 @@ class NaicsModel(nn.Module):
             n_codes, len(CHANNELS)
         )
         self._query_text_ids = torch.tensor(query_ids, dtype=torch.long)
+        self._bank = None
+        self.code_fingerprint = None
         self._cache = self.encoder.build_cache(self._texts, _CACHE_DTYPES[self.config.cache_dtype])
+        self.code_fingerprint = channel_fingerprint(channel_texts)
 
     @property
     def num_codes(self) -> int:
@@ -185,8 +200,9 @@ class NaicsModel(nn.Module):
             expert_utilization=util.detach(),
         )
 
-    def _encode_text_ids(self, text_ids: Tensor) -> Encoded:
-        """(U, C) distinct rows of text ids (-1 = missing) -> fused points (U, D+1)."""
+    def _channel_vectors(self, text_ids: Tensor) -> Tensor:
+        """(U, C) rows of text ids (-1 = missing) -> pooled channel vectors (U, C, H), zeros
+        where missing; each distinct text of a channel runs through the top layers once."""
         cache = self._require_prepared()
         n, hidden = len(text_ids), self.encoder.hidden_size
         mask = text_ids >= 0
@@ -199,21 +215,78 @@ class NaicsModel(nn.Module):
                 pooled = self.encoder.encode_cached(cache, distinct, channel)
                 column = column.index_put((rows,), pooled[inverse])
             columns.append(column)
-        return self._fuse(torch.stack(columns, 1), mask)
+        return torch.stack(columns, 1)
+
+    def _encode_text_ids(self, text_ids: Tensor) -> Encoded:
+        """(U, C) distinct rows of text ids (-1 = missing) -> fused points (U, D+1)."""
+        return self._fuse(self._channel_vectors(text_ids), text_ids >= 0)
 
     def _expand(self, enc: Encoded, inverse: Tensor, shape: torch.Size) -> Encoded:
         points = enc.points[inverse].reshape(*shape, enc.points.shape[-1])
         return Encoded(points, enc.balance_loss, enc.expert_utilization)
 
-    def encode_codes(self, code_ids: Tensor) -> Encoded:
+    def encode_codes(self, code_ids: Tensor, live: Tensor | Iterable[int] | None = None) -> Encoded:
         """Points for code indices of any shape; each distinct code is encoded once.
+
+        With a bank (:meth:`refresh_bank`) and ``live`` given, only the requested codes that
+        are in ``live`` run through the transformer top (gradients reach their adapters, and
+        their bank rows are overwritten with the detached result); the other codes' channel
+        vectors come from the bank. The fusion runs on all codes either way. Without a bank
+        or with ``live=None`` every code is encoded (the exact path).
 
         The balance loss and utilisation are over the distinct codes of the call.
         """
         self._require_prepared()
         distinct, inverse = torch.unique(code_ids.reshape(-1), return_inverse=True)
-        enc = self._encode_text_ids(self._code_text_ids[distinct])
+        text_ids = self._code_text_ids[distinct]
+        if self._bank is None or live is None:
+            enc = self._encode_text_ids(text_ids)
+        else:
+            live_ids = torch.as_tensor(
+                live if isinstance(live, Tensor) else sorted(live), dtype=torch.long
+            )
+            is_live = torch.isin(distinct, live_ids.reshape(-1))
+            channels = self._bank[distinct]  # a copy: bank rows of the non-live codes
+            live_rows = is_live.nonzero().squeeze(1)
+            if len(live_rows):
+                fresh = self._channel_vectors(text_ids[live_rows])
+                self._bank[distinct[live_rows]] = fresh.detach().float()
+                channels = channels.index_put((live_rows,), fresh)
+            enc = self._fuse(channels, text_ids >= 0)
         return self._expand(enc, inverse, code_ids.shape)
+
+    # --- negative memory bank -----------------------------------------------------------------
+    @property
+    def has_bank(self) -> bool:
+        return self._bank is not None
+
+    def bank(self) -> Tensor | None:
+        """The bank (n_codes, C, H) float32 itself (not a copy), or None."""
+        return self._bank
+
+    def drop_bank(self) -> None:
+        """Forget the bank: ``encode_codes`` is exact again whatever ``live`` says."""
+        self._bank = None
+
+    @torch.no_grad()
+    def refresh_bank(self, batch_size: int = 512) -> None:
+        """(Re)compute every code's pooled channel vectors with the current adapters.
+
+        Runs in eval mode (no LoRA dropout), so a row equals the live encoding of the code
+        right after the refresh. ~13 MB for 2,125 codes with MiniLM.
+        """
+        self._require_prepared()
+        was_training = self.training
+        self.eval()
+        try:
+            n, hidden = self.num_codes, self.encoder.hidden_size
+            bank = torch.zeros(n, len(CHANNELS), hidden, dtype=torch.float32)
+            for start in range(0, n, batch_size):
+                rows = self._code_text_ids[start : start + batch_size]
+                bank[start : start + len(rows)] = self._channel_vectors(rows).float()
+            self._bank = bank
+        finally:
+            self.train(was_training)
 
     def _query_rows(self, text_ids: Tensor) -> Tensor:
         rows = torch.full((len(text_ids), len(CHANNELS)), -1, dtype=torch.long)
@@ -227,7 +300,7 @@ class NaicsModel(nn.Module):
         enc = self._encode_text_ids(self._query_rows(self._query_text_ids[distinct]))
         return self._expand(enc, inverse, query_ids.shape)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> Tensor:
         """Points (n, D+1) for arbitrary free text, no cache needed (inference, eval mode)."""
         was_training = self.training
@@ -249,7 +322,7 @@ class NaicsModel(nn.Module):
         finally:
             self.train(was_training)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_all_codes(self, batch_size: int = 512) -> Tensor:
         """Points (n_codes, D+1) of every prepared code, in eval mode."""
         was_training = self.training
@@ -309,6 +382,7 @@ class NaicsModel(nn.Module):
                 f"unexpected {sorted(got - expected)[:5]}"
             )
         self.load_state_dict(state, strict=False)
+        self._bank = None  # computed with the old adapters
 
 
 def _is_trainable_key(key: str) -> bool:
