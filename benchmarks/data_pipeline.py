@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
+from measure import run_measured
 
 STAGES = (
     "census_workbooks",
@@ -70,22 +69,12 @@ def run_stage(stage: str, census_dir: Path, revision: str, work: Path) -> int:
 def measure(stage: str, census_dir: Path, revision: str, work: Path) -> dict[str, float]:
     command = [sys.executable, __file__, "--stage", stage, "--census-dir", str(census_dir)]
     command += ["--revision", revision, "--work", str(work)]
-    start = time.perf_counter()
-    process = psutil.Popen(command, stdout=subprocess.PIPE, text=True)
-    peak = 0
-    while process.poll() is None:
-        try:
-            tree = [process, *process.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
-    wall = time.perf_counter() - start
+    wall, peak_mb, process = run_measured(command)
     output = process.stdout.read()
     if process.returncode != 0:
-        raise SystemExit(f"stage {stage} failed with exit code {process.returncode}")
+        raise SystemExit(f"stage {stage} failed with exit code {process.returncode}:\n{output}")
     rows = int(output.strip().splitlines()[-1])
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak / 2**20, 1), "rows": rows}
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak_mb, 1), "rows": rows}
 
 
 def main() -> None:

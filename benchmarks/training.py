@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
+from measure import run_measured
 
 ASSETS = ("stage_01_easy", "stage_02_medium", "stage_03_hard", "naics_embeddings")
 HEADLINE = ("test_top1", "test_top5", "test_mrr", "spearman", "recon_map", "parent_at_1")
@@ -29,20 +28,11 @@ def run(asset: str, revision: str, log: Path) -> dict[str, float]:
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "asset", "materialize", "-m", "naics_assets.definitions"]
     command += ["--select", asset, "--partition", revision]
-    start = time.perf_counter()
     with open(log, "a") as out:
-        process = psutil.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        peak = 0
-        while process.poll() is None:
-            try:
-                tree = [process, *process.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.2)
+        wall, peak_mb, process = run_measured(command, stdout=out, interval_s=0.2)
     if process.returncode != 0:
         raise SystemExit(f"{asset} failed (exit {process.returncode}); see {log}")
-    return {"wall_s": round(time.perf_counter() - start, 1), "peak_rss_mb": round(peak / 2**20)}
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak_mb)}
 
 
 def main() -> None:

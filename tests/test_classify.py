@@ -12,15 +12,15 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from naics_ml.checkpoint import load_checkpoint
 from naics_ml.classify import Classifier, Prediction, code_channel_texts
-from naics_ml.model.base import load_tokenizer
 from naics_ml.model.lorentz import check_on_manifold, pairwise_distance
 from naics_ml.model.network import ModelConfig, NaicsModel
 from naics_ml.sampler import TripletBatch
 from naics_ml.train import TrainConfig, train_stage
+
+from .tiny import save_tiny_bert
 
 SECTORS = {"11": ["farm", "wheat", "cattle", "dairy"], "21": ["mine", "coal", "gold", "oil"]}
 
@@ -71,18 +71,7 @@ def synthetic_codes() -> pl.DataFrame:
 def stage(tmp_path_factory) -> tuple[Path, pl.DataFrame, NaicsModel]:
     root = tmp_path_factory.mktemp("classify")
     base_dir = root / "tiny-bert"
-    tokenizer = load_tokenizer("all-MiniLM-L6-v2")
-    torch.manual_seed(0)
-    BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-        )
-    ).save_pretrained(base_dir)
-    tokenizer.save_pretrained(base_dir)
+    save_tiny_bert(base_dir)
     config = ModelConfig(
         base_model=str(base_dir),
         lora_layers=1,

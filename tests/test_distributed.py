@@ -13,13 +13,12 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from transformers import BertConfig, BertModel
 
 from naics_ml.checkpoint import load_checkpoint
 from naics_ml.distributed import weights_fingerprint
-from naics_ml.model.base import load_tokenizer
 from naics_ml.model.network import ModelConfig
+
+from .tiny import save_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
 SECTORS = {
@@ -91,18 +90,7 @@ def write_inputs(root: Path) -> dict[str, Path]:
     ).with_columns(pl.col("index").cast(pl.Int32)).write_parquet(root / "queries.parquet")
 
     base = root / "tiny-bert"
-    tokenizer = load_tokenizer("all-MiniLM-L6-v2")
-    torch.manual_seed(0)
-    BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-        )
-    ).save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    save_tiny_bert(base)
     return {
         "codes": root / "codes.parquet",
         "queries": root / "queries.parquet",

@@ -12,7 +12,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from naics_ml.model import (
     CHANNELS,
@@ -30,6 +29,8 @@ from naics_ml.model.lorentz import (
     pairwise_distance,
     radius,
 )
+
+from .tiny import tiny_bert
 
 CODE_TEXTS: dict[str, list[str | None]] = {
     "title": [
@@ -75,16 +76,7 @@ def tiny_config(**overrides) -> ModelConfig:
 
 
 def make_model(tokenizer, seed: int = 0, texts=CODE_TEXTS, **overrides) -> NaicsModel:
-    torch.manual_seed(seed)
-    base = BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-        )
-    )
+    base = tiny_bert(tokenizer.vocab_size, seed)
     model = NaicsModel(tiny_config(**overrides), base=base, tokenizer=tokenizer)
     with torch.no_grad():  # LoRA B starts at zero; make the adapters matter
         for name, param in model.named_parameters():

@@ -9,7 +9,6 @@ import dagster as dg
 import polars as pl
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from naics_assets.assets.census import census_workbooks
 from naics_assets.assets.codes import naics_codes, naics_index_entries
@@ -22,7 +21,9 @@ from naics_assets.resources import ArtifactStore, CensusSource
 from naics_assets.tracking import MlflowTracker
 from naics_ml.checkpoint import load_checkpoint
 from naics_ml.classify import Classifier
-from naics_ml.model.base import load_tokenizer
+from naics_ml.evaluate import METRIC_KEYS
+
+from .tiny import save_tiny_bert
 
 ASSETS = [
     census_workbooks,
@@ -36,36 +37,12 @@ ASSETS = [
     naics_embeddings,
 ]
 STAGES = ("stage_01_easy", "stage_02_medium", "stage_03_hard")
-METRICS = (
-    "spearman",
-    "spearman_within_sector",
-    "recon_map",
-    "recon_mean_rank",
-    "parent_at_1",
-    "radius_order",
-    "test_top1",
-    "test_top5",
-    "test_mrr",
-    "test_sector_at_1",
-    "test_group_at_1",
-)
+METRICS = METRIC_KEYS
 
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = load_tokenizer("all-MiniLM-L6-v2")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def stage_config(steps: int, model: dict | None = None) -> dict:

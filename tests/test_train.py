@@ -13,7 +13,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 import naics_ml.train as train_mod
 from naics_ml.checkpoint import load_checkpoint, save_stage_bundle
@@ -23,6 +22,8 @@ from naics_ml.model.base import load_tokenizer
 from naics_ml.model.network import ModelConfig, NaicsModel
 from naics_ml.sampler import TripletBatch
 from naics_ml.train import NonFiniteLossError, TrainConfig, lr_factor, query_validator, train_stage
+
+from .tiny import tiny_bert
 
 WORDS = ["wheat", "corn", "cattle", "dairy", "coal", "gold", "oil", "gas", "water", "power"]
 
@@ -73,16 +74,7 @@ def tiny_codes() -> pl.DataFrame:
 
 def tiny_model(base_model: str = "tiny-bert", seed: int = 0) -> NaicsModel:
     tokenizer = load_tokenizer("all-MiniLM-L6-v2")
-    torch.manual_seed(seed)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-        )
-    )
+    bert = tiny_bert(tokenizer.vocab_size, seed)
     config = ModelConfig(
         base_model=base_model,
         lora_layers=1,

@@ -60,11 +60,11 @@ class EasyStageConfig(StageConfig):
 
 
 class MediumStageConfig(StageConfig):
-    steps: int = 350
+    steps: int = 300
 
 
 class HardStageConfig(StageConfig):
-    steps: int = 700
+    steps: int = 550
 
 
 def train_stage_asset(
@@ -106,20 +106,8 @@ def train_stage_asset(
         model_config = ModelConfig.from_dict(load_checkpoint(init_from)["model_config"])
     else:
         model_config = ModelConfig(**config.model.model_dump())
-    train_config = TrainConfig(
-        steps=config.steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        temperature=config.temperature,
-        query_batch_size=config.query_batch_size,
-        seed=config.seed,
-        checkpoint_every=config.checkpoint_every,
-        validation_every=config.validation_every,
-        log_every=config.log_every,
-        negative_bank=config.negative_bank,
-        bank_refresh_every=config.bank_refresh_every,
-    )
+    settings = config.model_dump(exclude={"curriculum", "model"})
+    train_config = TrainConfig.from_dict(settings)  # every other field is a TrainConfig field
     codes = pl.read_parquet(store.codes_path(revision))
     entries = pl.read_parquet(store.index_entries_path(revision))
     tree = matrix_from_pairs(pl.read_parquet(store.distances_path(revision)), codes.height)
