@@ -8,7 +8,8 @@ from naics_ml.io import atomic_path
 
 PANELS = (
     ("loss", ("loss", "triplet_loss", "query_loss", "val_loss")),
-    ("balance / lr", ("balance_loss", "lr")),
+    ("load-balance loss", ("balance_loss",)),
+    ("learning rate", ("lr",)),
     ("expert utilization", None),
 )
 
@@ -20,7 +21,7 @@ def plot_history(history: list[tuple[int, dict[str, float]]], path: Path, title:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(15, 4))
+    figure, axes = plt.subplots(1, len(PANELS), figsize=(18, 4))
     for axis, (label, names) in zip(axes, PANELS, strict=True):
         keys = names or sorted(
             {k for _, m in history for k in m if k.startswith("expert_utilization")}
