@@ -22,6 +22,7 @@ replicas' weights differ.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -162,7 +163,7 @@ def run_stage(
         ),
         flush=True,
     )
-    return result
+    return dataclasses.replace(result, model=model)
 
 
 def _split(queries: pl.DataFrame | None, split: str) -> pl.DataFrame:

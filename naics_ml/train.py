@@ -208,6 +208,9 @@ class StageResult:
     metrics: dict[str, float] = field(default_factory=dict)  # last logged + validation values
     wall_time_s: float = 0.0  # this call only
     resumed_from: int = 0  # step the run continued from (0 = fresh start)
+    # the trained, prepared model, when the caller handed it out (run_stage does), so that an
+    # evaluation right after training need not rebuild and re-prepare it from the checkpoint
+    model: Any = field(default=None, repr=False, compare=False)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -121,3 +121,15 @@ def slice_root(census_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     for spec in workbook_specs("2022").values():
         write_slice(census_root / "2022", folder, spec.file_name, spec.sheet, spec.columns["code"])
     return root
+
+
+def metadata_of(result, asset: str) -> dict[str, object]:
+    """Plain values of the one materialization of ``asset`` in a ``dg.materialize`` result."""
+    import dagster as dg
+
+    events = [
+        e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)
+    ]
+    assert len(events) == 1, asset
+    raw = events[0].materialization.metadata
+    return {k: getattr(v, "value", v) for k, v in raw.items()}

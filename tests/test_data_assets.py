@@ -24,7 +24,7 @@ from naics_assets.sensors import new_revision_sensor
 from naics_ml.census import workbook_specs
 from naics_ml.taxonomy import tree_distance_matrix
 
-from .conftest import SLICE
+from .conftest import SLICE, metadata_of
 
 DATA_ASSETS = [census_workbooks, naics_index_entries, naics_codes, naics_distances, naics_triplets]
 DATA_CHECKS = {
@@ -57,15 +57,6 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-def metadata_of(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
-    events = [
-        e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)
-    ]
-    assert len(events) == 1, asset
-    raw = events[0].materialization.metadata
-    return {k: getattr(v, "value", v) for k, v in raw.items()}
 
 
 def error_text(result: dg.ExecuteInProcessResult) -> str:

@@ -23,6 +23,7 @@ from naics_ml.checkpoint import load_checkpoint
 from naics_ml.classify import Classifier
 from naics_ml.evaluate import METRIC_KEYS
 
+from .conftest import metadata_of
 from .tiny import save_tiny_bert
 
 ASSETS = [
@@ -90,18 +91,11 @@ def chain(slice_root: Path, tiny_base: Path, tmp_path_factory: pytest.TempPathFa
     return result, root, uri
 
 
-def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
-    [event] = [
-        e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)
-    ]
-    return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
-
-
 def test_the_three_stages_materialize_with_checkpoints_and_metrics(chain) -> None:
     result, _, _ = chain
     assert result.success
     for stage in STAGES:
-        meta = metadata(result, stage)
+        meta = metadata_of(result, stage)
         checkpoint = Path(meta["checkpoint"])
         assert checkpoint.is_file() and checkpoint.parent.name == stage
         state = load_checkpoint(checkpoint)
@@ -119,9 +113,9 @@ def test_each_stage_starts_from_the_previous_one(chain) -> None:
     first = load_checkpoint(root / "artifacts/2022/models/stage_01_easy")
     second = load_checkpoint(root / "artifacts/2022/models/stage_02_medium")
     assert second["model_config"] == first["model_config"]  # inherited, not re-configured
-    assert metadata(result, "stage_02_medium")["init_from"].endswith("stage_01_easy")
-    assert metadata(result, "stage_03_hard")["init_from"].endswith("stage_02_medium")
-    assert metadata(result, "stage_01_easy")["init_from"] == "base model"
+    assert metadata_of(result, "stage_02_medium")["init_from"].endswith("stage_01_easy")
+    assert metadata_of(result, "stage_03_hard")["init_from"].endswith("stage_02_medium")
+    assert metadata_of(result, "stage_01_easy")["init_from"] == "base model"
 
 
 def test_mlflow_holds_one_run_per_stage(chain) -> None:
@@ -153,7 +147,7 @@ def test_embeddings_cover_every_code_and_the_classifier_predicts(chain) -> None:
     table = pl.read_parquet(root / "artifacts/2022/naics_embeddings.parquet")
     codes = pl.read_parquet(root / "artifacts/2022/naics_codes.parquet")
     assert table["code"].to_list() == codes["code"].to_list()
-    assert metadata(result, "naics_embeddings")["dagster/row_count"] == codes.height
+    assert metadata_of(result, "naics_embeddings")["dagster/row_count"] == codes.height
     classifier = Classifier.from_checkpoint(root / "artifacts/2022/models/stage_03_hard")
     [predictions] = classifier.predict(["electric power distribution"], top_k=3)
     assert len(predictions) == 3

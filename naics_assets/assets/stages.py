@@ -143,7 +143,8 @@ def train_stage_asset(
             progress=True,
             on_metrics=on_metrics,
         )
-        classifier = Classifier.from_checkpoint(out_dir)
+        # the in-memory model is already prepared for these codes: no second prepare
+        classifier = Classifier(result.model, codes, train_config.temperature)
         metrics = model_metrics(classifier, codes, tree, entries)
         metrics |= baseline_metrics(
             codes,
