@@ -6,13 +6,16 @@ Batches come from the real triplet shards (``storage/artifacts/<rev>/triplets``)
 ``TripletSampler`` with the ``03_hard`` curriculum; without shards, from a random stand-in
 sampler (the output's ``batches`` says which). Query batches are not part of this step.
 
-* fast (``triplets_per_s``, the default training configuration): LoRA on the top 2 layers,
-  cached frozen prefix, each distinct code encoded once, length-bucketed padding, and the
-  negative memory bank: only anchors and positives run through the LoRA layers, the
-  negatives' channel vectors come from the bank (refreshed once before timing; its cost is
-  ``bank_refresh_s``, paid every ``TrainConfig.bank_refresh_every`` steps).
-* exact (``exact_triplets_per_s``): the same model without the bank, every distinct code of the
-  step live (``TrainConfig(negative_bank=False)``).
+* fast (``triplets_per_s``): the default training step (``TrainConfig()``, through
+  ``naics_ml.train``'s own step function): LoRA on the top 2 layers, cached frozen prefix, each
+  distinct code encoded once, length-bucketed padding, and the negative memory bank: only the
+  anchors run through the LoRA layers, every other code's channel vectors come from the bank
+  (refreshed once before timing; its cost is ``bank_refresh_s``, paid every
+  ``TrainConfig.bank_refresh_every`` steps); the fusion runs over all 2,125 codes and the step
+  includes the hierarchy loss on 3,072 code pairs.
+* exact (``exact_triplets_per_s``): the triplet loss without the bank, every distinct code of
+  the step live through the LoRA layers (what ``TrainConfig(negative_bank=False)`` does for
+  the triplets).
 * naive: LoRA on every layer, every anchor/positive/negative slot encoded separately through
   all four channels, padded to max_length 128, no cache, no dedupe. Its cost is linear in the
   number of triplets (nothing is shared), so it is measured on a few triplets per round with
@@ -43,11 +46,15 @@ import polars as pl
 import torch
 
 from naics_ml.model import CHANNELS, ModelConfig, NaicsModel, hyperbolic_info_nce
+from naics_ml.sampler import TripletBatch
+from naics_ml.train import TrainConfig, _compute_loss, _pair_batch
+from naics_ml.tree_pairs import TreePairs
 
 CENSUS = Path(__file__).resolve().parents[1] / "../shared/census/2022"
 
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "storage/artifacts/2022"
+SKIP_BATCHES = 300  # the shuffle buffer (8,192 pairs) is full after ~256 batches of 32
 
 
 def load_codes() -> pl.DataFrame:
@@ -61,7 +68,11 @@ def load_codes() -> pl.DataFrame:
 
 def shard_batches(codes: pl.DataFrame, n: int, batch: int, seed: int) -> list[np.ndarray] | None:
     """Batches (batch, 2 + k) from the real triplet shards with the 03_hard curriculum; padded
-    negatives (< 0) become the anchor, as in training. None when there are no shards."""
+    negatives (< 0) become the anchor, as in training. None when there are no shards.
+
+    The sampler's shuffle buffer fills gradually (its first batches hold few distinct anchors),
+    so the first ``SKIP_BATCHES`` are dropped: timed batches look like those of a running stage.
+    """
     folder = ARTIFACTS / "triplets"
     if not folder.is_dir() or not any(folder.glob("sector=*/*.parquet")):
         return None
@@ -74,11 +85,13 @@ def shard_batches(codes: pl.DataFrame, n: int, batch: int, seed: int) -> list[np
         load_curriculum("03_hard"),
         batch,
         seed=seed,
-        n_batches=n,
+        n_batches=n + SKIP_BATCHES,
         prefetch=0,
     )
     out = []
-    for b in sampler:
+    for position, b in enumerate(sampler):
+        if position < SKIP_BATCHES:
+            continue
         negatives = np.where(b.negatives >= 0, b.negatives, b.anchor[:, None])
         out.append(np.concatenate([b.anchor[:, None], b.positive[:, None], negatives], 1))
     return out
@@ -111,12 +124,37 @@ def sample_batches(codes: pl.DataFrame, n: int, batch: int, k: int, seed: int) -
     return out
 
 
-def step(model: NaicsModel, ids: torch.Tensor, naive: bool, bank: bool = False) -> None:
+def default_step(
+    model: NaicsModel, ids: np.ndarray, tree_pairs: TreePairs, rng: np.random.Generator
+) -> None:
+    """Forward + backward of the default training step (no query batch)."""
+    config = TrainConfig()
+    negatives = ids[:, 2:]
+    batch = TripletBatch(ids[:, 0], ids[:, 1], negatives, np.zeros_like(negatives))
+    device = torch.device("cpu")
+    loss, parts, _ = _compute_loss(
+        model,
+        batch,
+        None,
+        None,
+        None,
+        config,
+        model.config.curvature,
+        device,
+        use_bank=True,
+        live_positives=config.bank_live_positives,
+        live_query_codes=False,
+        every_code=model.num_codes,
+        pairs=_pair_batch(tree_pairs, rng, config, device),
+    )
+    (loss + model.config.balance_weight * parts["balance"]).backward()
+
+
+def step(model: NaicsModel, ids: torch.Tensor, naive: bool) -> None:
     if naive:
         enc = model.encode_codes_reference(ids, dedupe=False, pad_to_max_length=True)
     else:
-        live = ids[:, :2].reshape(-1) if bank else None  # anchors and positives
-        enc = model.encode_codes(ids, live=live)
+        enc = model.encode_codes(ids)  # exact: every distinct code live
     pts = enc.points
     loss = hyperbolic_info_nce(pts[:, 0], pts[:, 1], pts[:, 2:], model.config.curvature, 0.1)
     loss = loss + model.config.balance_weight * enc.balance_loss
@@ -161,7 +199,7 @@ def main() -> None:
         source = "random stand-in (no triplet shards found)"
     k = batches[0].shape[1] - 2
     distinct = [len(np.unique(b)) for b in batches]
-    live = [len(np.unique(b[:, :2])) for b in batches]
+    live = [len(np.unique(b[:, 0])) for b in batches]
     channel_texts = {
         c: [v if isinstance(v, str) and v.strip() else None for v in codes[c].to_list()]
         for c in CHANNELS
@@ -174,9 +212,15 @@ def main() -> None:
     bank_refresh_s = time.perf_counter() - t0
     naive, naive_opt, _ = make(ModelConfig(lora_layers=6), naive_texts)
 
+    tree_pairs = TreePairs.from_codes(codes)
+    pair_rng = np.random.default_rng(2)
+
     def fast_step(ids: np.ndarray, bank: bool = True) -> None:
         fast_opt.zero_grad(set_to_none=True)
-        step(fast, torch.from_numpy(ids), naive=False, bank=bank)
+        if bank:
+            default_step(fast, ids, tree_pairs, pair_rng)
+        else:
+            step(fast, torch.from_numpy(ids), naive=False)
         fast_opt.step()
 
     def naive_step(ids: np.ndarray) -> None:

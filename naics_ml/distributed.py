@@ -88,9 +88,10 @@ def run_stage(
 ) -> StageResult:
     """Build model and samplers from files and train one stage (any world size).
 
-    ``queries`` is the index-entries frame (code, index, text, split): the ``train`` split
-    trains the query path, the ``validation`` split gives ``val_loss``/``val_top1``/``val_mrr``;
-    other splits are never read. ``extra`` gets the curriculum and is part of the checkpoint.
+    ``queries`` is the index-entries frame (code, index, text, split): the splits named by
+    ``TrainConfig.query_splits`` (``train`` and ``examples`` by default) train the query path,
+    the ``validation`` split gives ``val_loss``/``val_top1``/``val_mrr``; ``test`` is never
+    read. ``extra`` gets the curriculum and is part of the checkpoint.
     """
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
@@ -99,7 +100,7 @@ def run_stage(
     seed_everything(train_config.seed)  # identical initial weights on every rank
     model = NaicsModel(model_config)
     codes = codes.sort("index")
-    train_q = _split(queries, "train")
+    train_q = _split(queries, *train_config.query_splits)
     val_q = _split(queries, "validation")
     model.prepare(
         code_channel_texts(codes), queries=train_q["text"].to_list() + val_q["text"].to_list()
@@ -166,11 +167,11 @@ def run_stage(
     return dataclasses.replace(result, model=model)
 
 
-def _split(queries: pl.DataFrame | None, split: str) -> pl.DataFrame:
+def _split(queries: pl.DataFrame | None, *splits: str) -> pl.DataFrame:
     empty = pl.DataFrame(schema={"index": pl.Int32, "text": pl.String})
     if queries is None:
         return empty
-    return queries.filter(pl.col("split") == split).select("index", "text")
+    return queries.filter(pl.col("split").is_in(list(splits))).select("index", "text")
 
 
 def _check_replicas(model: NaicsModel, world: int) -> None:

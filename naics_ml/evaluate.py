@@ -67,6 +67,24 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def spearman_ceiling(target: np.ndarray) -> float:
+    """The highest Spearman rho any tie-free score can reach against ``target``.
+
+    Embedding distances have no ties, tree distances have many (2022: 88 % of all code pairs
+    are cross-sector at the one value 10). A tie-free score ranks the members of a tied group
+    one after another, while their average rank is one value, so
+    ``rho <= sqrt(1 - sum(g^3 - g) / (n^3 - n))`` over the tie groups' sizes ``g``, with
+    equality when the score orders every pair of different targets correctly.
+    """
+    values = np.asarray(target).ravel()
+    n = float(values.size)
+    if n < 2:
+        return float("nan")
+    _, counts = np.unique(values, return_counts=True)
+    g = counts.astype(np.float64)
+    return float(np.sqrt(max(0.0, 1.0 - np.sum(g**3 - g) / (n**3 - n))))
+
+
 def _reconstruction(distance: np.ndarray, parent_index: np.ndarray) -> tuple[float, float]:
     """Nickel & Kiela reconstruction: (MAP, mean rank) with neighbours = parent and children.
 

@@ -8,14 +8,14 @@ from naics_ml.io import atomic_path
 
 PANELS = (
     ("loss", ("loss", "triplet_loss", "query_loss", "val_loss")),
-    ("load-balance loss", ("balance_loss",)),
-    ("learning rate", ("lr",)),
+    ("hierarchy and load-balance loss", ("hierarchy_loss", "balance_loss")),
+    ("learning rate", ("lr", "fusion_lr")),
     ("expert utilization", None),
 )
 
 
 def plot_history(history: list[tuple[int, dict[str, float]]], path: Path, title: str) -> Path:
-    """Loss curves, balance loss and learning rate, and per-expert utilization by step."""
+    """Loss curves, hierarchy and balance loss, learning rates, and per-expert utilization."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -29,15 +29,22 @@ def model_metrics(
     classifier: object, codes: pl.DataFrame, tree_distance: np.ndarray, entries: pl.DataFrame
 ) -> dict[str, float]:
     """Every metric of ``naics_ml.evaluate`` for a trained ``naics_ml.classify.Classifier``."""
-    from naics_ml.evaluate import evaluate_embeddings
+    from naics_ml.evaluate import evaluate_embeddings, spearman_ceiling
 
     texts, truth = held_out(entries)
     table = classifier.code_embeddings().sort("index")
     points = np.asarray(table["coordinates"].to_list(), dtype=np.float64)
     query_points = classifier.embed(texts).double().numpy() if texts else np.zeros((0, 0))
-    return evaluate_embeddings(
+    metrics = evaluate_embeddings(
         points, codes, tree_distance, query_points, truth, classifier.curvature
     )
+    # what a perfect embedding could score (the tree distances are heavily tied)
+    iu, ju = np.triu_indices(len(tree_distance), k=1)
+    pairs = np.asarray(tree_distance)[iu, ju]
+    sector = codes.sort("index")["sector"].to_numpy()
+    metrics["spearman_ceiling"] = spearman_ceiling(pairs)
+    metrics["spearman_within_sector_ceiling"] = spearman_ceiling(pairs[sector[iu] == sector[ju]])
+    return metrics
 
 
 def _cache_key(codes: pl.DataFrame, entries: pl.DataFrame, base_model: str) -> str:
@@ -82,5 +89,10 @@ def comparison_table(metrics: dict[str, float]) -> str:
         cells = [metrics.get(p + name) for p in ("", "baseline_zero_shot_", "baseline_tfidf_")]
         rows.append(
             f"| {name} | " + " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells) + " |"
+        )
+    if "spearman_ceiling" in metrics:
+        rows.append(
+            f"\nSpearman ceiling (tied tree distances): {metrics['spearman_ceiling']:.3f} "
+            f"over all pairs, {metrics['spearman_within_sector_ceiling']:.3f} within sectors."
         )
     return "\n".join(rows)

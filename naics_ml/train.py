@@ -4,11 +4,15 @@ The loop, per step:
 
 1. take a triplet batch (anchor, positive, k negatives) and, optionally, a batch of train-split
    index queries;
-2. encode every distinct code of the step once (``model.encode_codes``) and the queries;
+2. encode every code once (``model.encode_codes``; only the step's distinct codes when neither
+   the hierarchy loss nor ``query_candidates="all"`` needs them all) and the queries;
 3. loss = hyperbolic InfoNCE over the triplets
-         + ``query_loss_weight`` * query InfoNCE (query -> its code among the step's distinct
-           codes, the others being the negatives; only six-digit ones when the code table is
-           given, so a query is never pushed away from its own parent)
+         + ``query_loss_weight`` * query InfoNCE (query -> its code among all six-digit codes,
+           or among the step's codes with ``query_candidates="step"``; only six-digit ones when
+           the code table is given, so a query is never pushed away from its own parent)
+         + ``hierarchy_loss_weight`` * normalised stress between the Lorentz distances of
+           ``hierarchy_pairs`` stratified code pairs and ``hierarchy_scale`` * their tree
+           distances (:mod:`naics_ml.tree_pairs`; pairs drawn from ``(seed, step, rank)``)
          + ``model.config.balance_weight`` * load-balance loss of the expert gate;
 4. a non-finite loss or gradient skips the step (no optimizer update; the step counter and the
    schedule still advance) and is counted; ``max_consecutive_bad_steps`` in a row or
@@ -18,9 +22,10 @@ The loop, per step:
    ``validation_every`` steps, an atomic checkpoint every ``checkpoint_every`` steps.
 
 Negative memory bank (``TrainConfig.negative_bank``, on by default; a speed approximation):
-a step names ~500 distinct codes, but only the anchors and the positives (~60) are encoded live
-through the LoRA layers (and the query batch's true codes with ``bank_live_query_codes``); the
-negatives' four pooled channel vectors come from ``model``'s bank
+a step names ~500 distinct codes (all 2,125 with the hierarchy loss), but only the anchors (~30;
+the positives too with ``bank_live_positives``, the query batch's true codes with
+``bank_live_query_codes``) are encoded live through the LoRA layers; the other codes' four
+pooled channel vectors come from ``model``'s bank
 (:meth:`NaicsModel.refresh_bank`, recomputed for every code at the start of the call, also
 after a resume, and every ``bank_refresh_every`` steps; a live code's row is also overwritten
 each time it is encoded). What is approximated, exactly:
@@ -34,9 +39,10 @@ each time it is encoded). What is approximated, exactly:
 The anchors', positives' and queries' encodings are exact; by default the queries' true codes
 come from the bank (MoCo-style keys: the query loss trains the query path and the fusion, the
 code adapters learn from the triplets). ``bank_live_query_codes=True`` encodes them live too,
-``bank_live_positives=False`` takes the positives from the bank. Measured on the real data
-(batch 32, k 16, 32 queries, 2 cores) a step takes ~1.2 s with the defaults, ~2.3 s with live
-query codes, ~0.35 s with only the anchors live, ~8 s exact.
+``bank_live_positives=True`` the positives. Measured on the real data (batch 32, k 16, 32
+queries, 2 cores) before the all-code losses, a step took ~1.2 s with live positives, ~2.3 s
+with live query codes too, ~0.35 s with only the anchors live, ~8 s exact; the fusion over all
+codes adds ~0.25 s.
 ``negative_bank=False`` computes the
 exact loss and gradients (every code of the step live, ~3.5x slower on CPU). Validation and the
 final evaluation never use the bank. Resuming is bit-identical to an uninterrupted run when
@@ -104,7 +110,8 @@ from naics_ml.checkpoint import (
 )
 from naics_ml.io import atomic_write_text
 from naics_ml.model.lorentz import check_on_manifold, distance, pairwise_distance, radius
-from naics_ml.model.loss import hyperbolic_info_nce
+from naics_ml.model.loss import distortion_loss, hyperbolic_info_nce
+from naics_ml.tree_pairs import TreePairs
 
 if TYPE_CHECKING:
     from naics_ml.model.network import NaicsModel
@@ -139,7 +146,8 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 32
-    learning_rate: float = 1e-4  # 2e-4 made hyperbolic radii explode in the original system
+    learning_rate: float = 1e-4  # LoRA adapters; 2e-4 made radii explode in the original system
+    fusion_learning_rate: float = 1e-3  # the fusion/MoE, trained from scratch (0 = learning_rate)
     weight_decay: float = 0.01  # on matrices only, not on biases / norms
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1  # the cosine schedule ends at learning_rate * min_lr_ratio
@@ -155,8 +163,13 @@ class TrainConfig:
     max_bad_steps: int = 50
     negative_bank: bool = True  # negatives from the model's bank; False = exact (module doc)
     bank_refresh_every: int = 100  # steps between full bank refreshes (0 = only at start)
-    bank_live_positives: bool = True  # positives encoded live (False: from the bank)
+    bank_live_positives: bool = False  # positives encoded live (default: from the bank)
     bank_live_query_codes: bool = False  # the queries' true codes live (False: from the bank)
+    query_candidates: str = "all"  # "all" six-digit codes, or only the "step"'s codes
+    query_splits: tuple[str, ...] = ("train", "examples")  # index splits that train queries
+    hierarchy_loss_weight: float = 4.0  # distortion loss on sampled code pairs (0 = off)
+    hierarchy_pairs: int = 3072  # pairs per step (stratified, see naics_ml.tree_pairs)
+    hierarchy_scale: float = 0.5  # target Lorentz distance per unit of tree distance
 
     def __post_init__(self) -> None:
         positive = (
@@ -171,6 +184,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.fusion_learning_rate < 0:
+            raise ValueError("TrainConfig.fusion_learning_rate must be >= 0 (0 = learning_rate)")
         for name in ("learning_rate", "temperature", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
@@ -183,11 +198,29 @@ class TrainConfig:
             raise ValueError(
                 "warmup_steps, query_batch_size, weight_decay and bank_refresh_every must be >= 0"
             )
+        if self.query_candidates not in ("all", "step"):
+            raise ValueError(
+                "TrainConfig.query_candidates must be 'all' or 'step', "
+                f"got {self.query_candidates!r}"
+            )
+        object.__setattr__(self, "query_splits", tuple(self.query_splits))
+        leaked = set(self.query_splits) & {"validation", "test"}
+        if leaked:
+            raise ValueError(
+                f"TrainConfig.query_splits must not include held-out splits {sorted(leaked)}"
+            )
+        if self.hierarchy_loss_weight < 0 or self.hierarchy_pairs < 1:
+            raise ValueError("hierarchy_loss_weight must be >= 0 and hierarchy_pairs >= 1")
+        if not self.hierarchy_scale > 0:
+            raise ValueError(f"TrainConfig.hierarchy_scale must be > 0, got {self.hierarchy_scale}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-like: tuples become lists (what a checkpoint or MLflow param holds)."""
+        data = asdict(self)
+        data["query_splits"] = list(self.query_splits)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -315,6 +348,18 @@ def train_stage(
     if rank == 0 and codes is not None:
         save_stage_bundle(out_dir, codes)
     candidate_ok = _six_digit_mask(codes, device)
+    tree_pairs = None
+    if config.hierarchy_loss_weight > 0:
+        if codes is None:
+            raise ValueError(
+                "TrainConfig.hierarchy_loss_weight > 0 needs the code table (codes=...)"
+            )
+        tree_pairs = TreePairs.from_codes(codes)
+    every_code = (
+        model.num_codes
+        if tree_pairs is not None or (query_codes is not None and config.query_candidates == "all")
+        else None
+    )
     q_codes = None if query_codes is None else torch.as_tensor(query_codes, dtype=torch.long)
     if world > 1:
         for tensor in [p for _, p in params]:
@@ -349,6 +394,10 @@ def train_stage(
                 bank_refresh_s = _refresh_bank(model)
             batch = _next(triplet_iter, "triplets", step)
             query_ids = _next(query_iter, "queries", step) if query_iter is not None else None
+            pairs = None
+            if tree_pairs is not None:  # a function of (seed, step, rank): resumes exactly
+                rng = np.random.default_rng([config.seed, step, rank, 0x7EE])
+                pairs = _pair_batch(tree_pairs, rng, config, device)
             optimizer.zero_grad(set_to_none=True)
             loss, parts, points = _compute_loss(
                 model,
@@ -362,6 +411,8 @@ def train_stage(
                 use_bank=config.negative_bank,
                 live_positives=config.bank_live_positives,
                 live_query_codes=config.bank_live_query_codes,
+                every_code=every_code,
+                pairs=pairs,
             )
             loss = loss + balance_weight * parts["balance"]
             bad = not bool(torch.isfinite(loss))
@@ -373,6 +424,7 @@ def train_stage(
                     parts["triplet"].detach(),
                     parts["query"].detach(),
                     parts["balance"].detach(),
+                    parts["hierarchy"].detach(),
                 ]
             ).double()
             bad_any, values = _sync_gradients(trainable, values, bad, world)
@@ -399,6 +451,7 @@ def train_stage(
                 consecutive = 0
                 optimizer.step()
             step_lr = float(optimizer.param_groups[0]["lr"])  # the lr this step used
+            step_fusion_lr = float(optimizer.param_groups[-1]["lr"])
             with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
                 warnings.simplefilter("ignore", UserWarning)
                 scheduler.step()
@@ -414,6 +467,7 @@ def train_stage(
                 metrics = {k: float(np.mean(v)) for k, v in window.items()}
                 window.clear()
                 metrics["lr"] = step_lr
+                metrics["fusion_lr"] = step_fusion_lr
                 metrics["skipped_steps"] = float(skipped)
                 if config.negative_bank:
                     metrics["bank_refresh_s"] = bank_refresh_s
@@ -479,12 +533,16 @@ def _compute_loss(
     use_bank: bool = False,
     live_positives: bool = True,
     live_query_codes: bool = True,
+    every_code: int | None = None,
+    pairs: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """Triplet (+ query) InfoNCE of one batch; every distinct code is encoded once.
+    """Triplet (+ query, + hierarchy) loss of one batch; every distinct code is encoded once.
 
     ``use_bank``: only anchors, positives and the queries' codes (the latter two unless
     switched off by ``live_*``) are encoded live, the other codes come from the model's bank
-    (see the module doc).
+    (see the module doc). ``every_code`` (the number of codes) encodes all codes, not only the
+    step's: the query softmax then runs over every six-digit code (``query_candidates="all"``)
+    and ``pairs`` (i, j, tree distance) add the hierarchy distortion loss.
     """
     anchor = torch.tensor(np.asarray(batch.anchor), dtype=torch.long)
     positive = torch.tensor(np.asarray(batch.positive), dtype=torch.long)
@@ -498,7 +556,11 @@ def _compute_loss(
         q_ids = torch.tensor(np.asarray(query_ids), dtype=torch.long)
         q_positive = query_codes[q_ids]
         ids.append(q_positive)
-    unique, inverse = torch.unique(torch.cat(ids), return_inverse=True)
+    if every_code is not None:  # all codes: inverse is the identity on code indices
+        unique = torch.arange(every_code)
+        inverse = torch.cat(ids)
+    else:
+        unique, inverse = torch.unique(torch.cat(ids), return_inverse=True)
     live = None
     if use_bank:
         live_ids = [anchor]
@@ -533,7 +595,13 @@ def _compute_loss(
     else:
         query = torch.zeros((), device=device)
         total = triplet
+    hierarchy = torch.zeros((), device=device)
+    if pairs is not None:
+        i, j, target = pairs
+        hierarchy = distortion_loss(distance(points[i], points[j], curvature), target)
+        total = total + config.hierarchy_loss_weight * hierarchy
     parts["query"] = query
+    parts["hierarchy"] = hierarchy
     parts["balance"] = balance
     parts["triplet_accuracy"] = _triplet_accuracy(a, p, n, mask, curvature)
     return total, parts, points
@@ -554,12 +622,13 @@ def _triplet_accuracy(
 def _step_metrics(
     values: Tensor, parts: dict[str, Tensor], points: Tensor, grad_norm: float, curvature: float
 ) -> dict[str, float]:
-    loss, triplet, query, balance = (float(v) for v in values)
+    loss, triplet, query, balance, hierarchy = (float(v) for v in values)
     out = {
         "loss": loss,
         "triplet_loss": triplet,
         "query_loss": query,
         "balance_loss": balance,
+        "hierarchy_loss": hierarchy,
         "grad_norm": grad_norm,
         "triplet_accuracy": float(parts["triplet_accuracy"]),
     }
@@ -668,14 +737,32 @@ def _named_trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Paramet
 def _make_optimizer(
     params: list[tuple[str, torch.nn.Parameter]], config: TrainConfig
 ) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (biases and norm scales are not shrunk)."""
-    decay = [p for _, p in params if p.dim() >= 2]
-    no_decay = [p for _, p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    """AdamW; weight decay on matrices only (biases and norm scales are not shrunk); the fusion
+    (new weights) gets ``fusion_learning_rate``, the LoRA adapters ``learning_rate``."""
+    fusion_lr = config.fusion_learning_rate or config.learning_rate
+    groups = []
+    for is_fusion, lr in ((False, config.learning_rate), (True, fusion_lr)):
+        chosen = [(n, p) for n, p in params if n.startswith("fusion.") == is_fusion]
+        for decay in (True, False):
+            group = [p for _, p in chosen if (p.dim() >= 2) == decay]
+            if group:
+                groups.append(
+                    {"params": group, "lr": lr, "weight_decay": config.weight_decay * decay}
+                )
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.999))
+
+
+def _pair_batch(
+    tree_pairs: TreePairs, rng: np.random.Generator, config: TrainConfig, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One step's hierarchy pairs: (i, j, scale * tree distance) tensors on ``device``."""
+    i, j = tree_pairs.sample(rng, config.hierarchy_pairs)
+    target = tree_pairs.tree_distance[i, j] * config.hierarchy_scale
+    return (
+        torch.as_tensor(i, device=device),
+        torch.as_tensor(j, device=device),
+        torch.as_tensor(target, dtype=torch.float32, device=device),
+    )
 
 
 def _six_digit_mask(codes: pl.DataFrame | None, device: torch.device) -> Tensor | None:

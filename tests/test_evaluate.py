@@ -325,3 +325,24 @@ def test_zero_shot_baseline_with_tiny_bert(tiny_bert) -> None:
     assert set(m) == {ZERO_SHOT_PREFIX + k for k in METRIC_KEYS}
     assert all(np.isfinite(list(m.values())))
     assert 0.0 <= m[ZERO_SHOT_PREFIX + "test_top1"] <= 1.0
+
+
+def test_spearman_ceiling_is_what_a_perfect_tie_free_score_reaches():
+    from scipy.stats import spearmanr
+
+    from naics_ml.evaluate import spearman_ceiling
+
+    assert spearman_ceiling(np.array([1.0, 2.0, 3.0])) == pytest.approx(1.0)
+    assert spearman_ceiling(np.array([1.0, 1.0, 2.0, 2.0])) == pytest.approx(np.sqrt(0.8))
+    rng = np.random.default_rng(0)
+    target = rng.choice([0.5, 2.0, 10.0], size=400, p=[0.1, 0.2, 0.7])
+    perfect = target + 1e-3 * rng.random(400)  # right order, ties broken arbitrarily
+    assert spearmanr(perfect, target).statistic == pytest.approx(spearman_ceiling(target))
+
+
+def test_spearman_ceiling_of_the_2022_tree(distance_2022: np.ndarray):
+    from naics_ml.evaluate import spearman_ceiling
+
+    iu, ju = np.triu_indices(len(distance_2022), k=1)
+    # 88 % of the pairs share the cross-sector distance: rho cannot exceed ~0.57
+    assert spearman_ceiling(distance_2022[iu, ju]) == pytest.approx(0.5655, abs=1e-3)

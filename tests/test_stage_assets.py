@@ -132,10 +132,19 @@ def test_mlflow_holds_one_run_per_stage(chain) -> None:
         assert run.data.tags["naics_revision"] == "2022"
         assert run.data.params["train.steps"] == "4"
         assert "curriculum.name" in run.data.params
-        assert {"spearman", "test_mrr", "baseline_tfidf_test_mrr"} <= set(run.data.metrics)
+        assert {"spearman", "spearman_ceiling", "test_mrr", "baseline_tfidf_test_mrr"} <= set(
+            run.data.metrics
+        )
         history = client.get_metric_history(run.info.run_id, "loss")
         assert [m.step for m in history] == [1, 2, 3, 4]
-        for name in ("lr", "balance_loss", "skipped_steps", "expert_utilization_0", "val_loss"):
+        for name in (
+            "lr",
+            "balance_loss",
+            "hierarchy_loss",
+            "skipped_steps",
+            "expert_utilization_0",
+            "val_loss",
+        ):
             assert client.get_metric_history(run.info.run_id, name), name
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"metrics.png", "metrics.json"} <= artifacts

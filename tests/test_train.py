@@ -145,6 +145,7 @@ def config(**overrides) -> TrainConfig:
         steps=12,
         batch_size=8,
         learning_rate=3e-3,
+        fusion_learning_rate=3e-3,
         warmup_steps=2,
         checkpoint_every=4,
         log_every=1,
@@ -190,6 +191,46 @@ def test_config_roundtrip_and_validation():
     with pytest.raises(ValueError, match="bank_refresh_every"):
         TrainConfig(bank_refresh_every=-1)
     assert TrainConfig().negative_bank and TrainConfig().bank_refresh_every == 100
+    with pytest.raises(ValueError, match="held-out"):
+        TrainConfig(query_splits=("train", "test"))
+    with pytest.raises(ValueError, match="query_candidates"):
+        TrainConfig(query_candidates="some")
+    assert TrainConfig(query_splits=["train"]).query_splits == ("train",)
+
+
+def test_hierarchy_loss_needs_the_code_table(tmp_path, codes):
+    model, _ = prepared(codes)
+    with pytest.raises(ValueError, match="hierarchy_loss_weight"):
+        train_stage(
+            model,
+            triplet_source(codes),
+            None,
+            config(steps=2),
+            tmp_path,
+            progress=False,
+        )
+
+
+def test_hierarchy_loss_pulls_distances_towards_the_tree(tmp_path, codes):
+    """With the stress loss dominating, Lorentz distances approach scale * tree distance."""
+    from naics_ml.model.lorentz import pairwise_distance
+    from naics_ml.model.loss import distortion_loss
+    from naics_ml.taxonomy import tree_distance_matrix
+
+    model, query_codes = prepared(codes)
+    tree = torch.as_tensor(tree_distance_matrix(codes.sort("index")))
+    off_diagonal = ~torch.eye(len(tree), dtype=torch.bool)
+
+    def stress() -> float:
+        with torch.no_grad():
+            points = model.encode_all_codes().double()
+            d = pairwise_distance(points, points, model.config.curvature)
+        return float(distortion_loss(d[off_diagonal], 0.5 * tree.double()[off_diagonal]))
+
+    before = stress()
+    cfg = config(steps=60, hierarchy_loss_weight=50.0, fusion_learning_rate=1e-2, log_every=5)
+    run(tmp_path, codes, cfg, model, query_codes)
+    assert stress() < 0.5 * before
     assert lr_factor(0, 4, 20, 0.1) == pytest.approx(0.25)
     assert lr_factor(3, 4, 20, 0.1) == pytest.approx(1.0)
     assert lr_factor(20, 4, 20, 0.1) == pytest.approx(0.1)
@@ -212,7 +253,11 @@ def test_loss_decreases_and_checkpoint_contents(tmp_path, codes):
     )
     losses = [m["loss"] for _, m in metrics if "loss" in m]
     assert len(losses) == 30
-    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    contrastive = [m["triplet_loss"] + m["query_loss"] for _, m in metrics if "loss" in m]
+    assert np.mean(contrastive[-5:]) < 0.7 * np.mean(contrastive[:5])
+    hierarchy = [m["hierarchy_loss"] for _, m in metrics if "loss" in m]
+    assert np.mean(hierarchy[-5:]) < np.mean(hierarchy[:5])
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
     first = metrics[0][1]
     for key in (
         "triplet_loss",
@@ -365,10 +410,17 @@ def test_negative_bank_refreshes_on_schedule_and_learns(tmp_path, codes):
         return original_encode(code_ids, live=live)
 
     model.refresh_bank, model.encode_codes = refresh_spy, encode_spy
-    cfg = config(steps=30, checkpoint_every=10, validation_every=15, bank_refresh_every=7)
+    cfg = config(
+        steps=30,
+        checkpoint_every=10,
+        validation_every=15,
+        bank_refresh_every=7,
+        bank_live_positives=True,
+        bank_live_query_codes=True,
+    )
     _, result, metrics = run(tmp_path, codes, cfg, model, query_codes)
     assert refreshed_at == [0, 7, 14, 21, 28]  # start, then every 7 steps
-    losses = [m["loss"] for _, m in metrics if "loss" in m]
+    losses = [m["triplet_loss"] + m["query_loss"] for _, m in metrics if "loss" in m]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
     assert all(m["bank_refresh_s"] > 0 for _, m in metrics)
     # the live set is anchors + positives + the queries' codes: never all codes of a step
@@ -412,3 +464,12 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
     atomic_save_torch({"x": torch.ones(2)}, tmp_path / "t.pt")
     assert torch.equal(torch.load(tmp_path / "t.pt")["x"], torch.ones(2))
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "file.txt", "t.pt"]
+
+
+def test_step_only_candidates_without_hierarchy_loss(tmp_path, codes):
+    """The cheaper path: the query softmax over the step's codes, no all-code pass."""
+    cfg = config(steps=4, query_candidates="step", hierarchy_loss_weight=0.0)
+    _, result, metrics = run(tmp_path, codes, cfg)
+    assert result.steps == 4
+    assert all(m["hierarchy_loss"] == 0.0 for _, m in metrics if "loss" in m)
+    assert all(np.isfinite(m["query_loss"]) for _, m in metrics if "loss" in m)

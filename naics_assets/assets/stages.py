@@ -40,10 +40,26 @@ class StageConfig(dg.Config):
     curriculum: str = Field(default="", description="Packaged name or YAML path; empty = default.")
     steps: int = 500
     batch_size: int = 32
-    learning_rate: float = 1e-4
+    learning_rate: float = Field(default=1e-4, description="LoRA adapters.")
+    fusion_learning_rate: float = Field(
+        default=1e-3, description="Fusion/MoE (trained from scratch); 0 = learning_rate."
+    )
     warmup_steps: int = 50
     temperature: float = 0.1
     query_batch_size: int = 32
+    query_loss_weight: float = 1.0
+    query_candidates: str = Field(
+        default="all", description="'all' six-digit codes in the query softmax, or 'step'."
+    )
+    query_splits: list[str] = Field(
+        default=["train", "examples"],
+        description="Index-entry splits that train the query path (never validation/test).",
+    )
+    hierarchy_loss_weight: float = Field(
+        default=4.0, description="Stress loss: Lorentz distance = scale * tree distance."
+    )
+    hierarchy_pairs: int = 3072
+    hierarchy_scale: float = 0.5
     seed: int = 0
     checkpoint_every: int = 100
     validation_every: int = 200
@@ -52,10 +68,13 @@ class StageConfig(dg.Config):
         default=True, description="Negatives from a memory bank (fast); False = exact loss."
     )
     bank_refresh_every: int = 100
+    bank_live_positives: bool = Field(
+        default=False, description="Encode triplet positives live (slower) instead of the bank."
+    )
 
 
 class EasyStageConfig(StageConfig):
-    steps: int = 150  # 739 (anchor, positive) pairs: ~6 passes at batch 32
+    steps: int = 200  # 739 (anchor, positive) pairs: ~9 passes at batch 32
     model: ModelSettings = Field(default_factory=ModelSettings)
 
 
@@ -64,7 +83,7 @@ class MediumStageConfig(StageConfig):
 
 
 class HardStageConfig(StageConfig):
-    steps: int = 550
+    steps: int = 500
 
 
 def train_stage_asset(
