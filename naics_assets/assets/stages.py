@@ -74,16 +74,16 @@ class StageConfig(dg.Config):
 
 
 class EasyStageConfig(StageConfig):
-    steps: int = 200  # 739 (anchor, positive) pairs: ~9 passes at batch 32
+    steps: int = 250  # 739 (anchor, positive) pairs: ~11 passes at batch 32
     model: ModelSettings = Field(default_factory=ModelSettings)
 
 
 class MediumStageConfig(StageConfig):
-    steps: int = 300
+    steps: int = 400
 
 
 class HardStageConfig(StageConfig):
-    steps: int = 500
+    steps: int = 800
 
 
 def train_stage_asset(
