@@ -37,17 +37,11 @@ class TreePairs:
         if codes["index"].to_list() != list(range(codes.height)):
             raise ValueError("the code table's index column must be 0..n-1")
         tree = tree_distance_matrix(codes)
-        cross = tree.max()
-        # sector groups from the distances themselves (merged 31-33, 44-45, 48-49 included)
+        # the table's sector column already folds 31-33, 44-45 and 48-49 onto one sector
+        _, sector_of = np.unique(codes["sector"].to_numpy(), return_inverse=True)
+        sector_of = sector_of.astype(np.int64)
+        members = [np.flatnonzero(sector_of == s) for s in range(int(sector_of.max()) + 1)]
         n = codes.height
-        sector_of = np.full(n, -1, dtype=np.int64)
-        members: list[np.ndarray] = []
-        for i in range(n):
-            if sector_of[i] < 0:
-                group = np.flatnonzero(tree[i] < cross)
-                group = np.union1d(group, [i])
-                sector_of[group] = len(members)
-                members.append(group.astype(np.int64))
         parent = codes["parent_index"].fill_null(-1).to_numpy().astype(np.int64)
         children: list[list[int]] = [[] for _ in range(n)]
         for child, p in enumerate(parent):
