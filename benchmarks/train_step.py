@@ -17,7 +17,8 @@ sampler (the output's ``batches`` says which). Query batches are not part of thi
   the step live through the LoRA layers (what ``TrainConfig(negative_bank=False)`` does for
   the triplets).
 * naive: LoRA on every layer, every anchor/positive/negative slot encoded separately through
-  all four channels, padded to max_length 128, no cache, no dedupe. Its cost is linear in the
+  all four channels (each channel one text, the examples not split into lines), padded to
+  max_length 128, no cache, no dedupe. Its cost is linear in the
   number of triplets (nothing is shared), so it is measured on a few triplets per round with
   gradient accumulation and reported per triplet; this keeps the benchmark within minutes.
   Missing channel texts are encoded as empty strings, as that design did.
@@ -210,7 +211,7 @@ def main() -> None:
     t0 = time.perf_counter()
     fast.refresh_bank()
     bank_refresh_s = time.perf_counter() - t0
-    naive, naive_opt, _ = make(ModelConfig(lora_layers=6), naive_texts)
+    naive, naive_opt, _ = make(ModelConfig(lora_layers=6, line_channels=()), naive_texts)
 
     tree_pairs = TreePairs.from_codes(codes)
     pair_rng = np.random.default_rng(2)

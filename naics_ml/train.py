@@ -153,7 +153,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # the cosine schedule ends at learning_rate * min_lr_ratio
     grad_clip: float = 1.0
     temperature: float = 0.1
-    query_batch_size: int = 32
+    query_batch_size: int = 256  # 32 left train queries underfit (val top-1 0.61 vs 0.68)
     query_loss_weight: float = 1.0
     seed: int = 0
     checkpoint_every: int = 100

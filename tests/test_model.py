@@ -54,9 +54,9 @@ CODE_TEXTS: dict[str, list[str | None]] = {
         "Milling rice is classified in Industry 311212.",
         None,
     ],
-    "examples": [None, "sunflower farming; canola farming", "pet food", "flour mills", None],
+    "examples": [None, "sunflower farming\ncanola farming", "pet food", "flour mills", None],
 }
-QUERIES = ["soy beans grower", "kibble maker", "bread shop"]
+QUERIES = ["soy beans grower", "kibble maker", "bread shop", "canola farming"]
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +99,34 @@ def test_config_round_trip_through_json():
     assert restored == config
     with pytest.raises(ValueError, match="unknown"):
         ModelConfig.from_dict({"nope": 1})
+    # checkpoints written before line channels existed read every channel as one text
+    assert ModelConfig.from_dict({"lora_layers": 2}).line_channels == ()
+
+
+def test_line_channel_is_the_normalised_mean_of_its_lines(tokenizer):
+    model = make_model(tokenizer)
+    examples = CHANNELS.index("examples")
+    with torch.no_grad():
+        code = model._channel_vectors(model._code_slots[1:2])[0, examples]
+        # queries 3 ("canola farming", also a line of code 1) and 1 ("kibble maker")
+        queries = model._channel_vectors(model._query_rows(model._query_slots[[3, 1]]))
+        sunflower = model.encoder.encode_cached(
+            model._require_prepared(),
+            torch.tensor([model._texts.index("sunflower farming")]),
+            "examples",
+        )[0]
+    expected = torch.nn.functional.normalize(sunflower + queries[0, examples], dim=0)
+    torch.testing.assert_close(code, expected, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(code, queries[1, examples], atol=1e-3)
+
+
+def test_whole_text_channels_when_no_line_channels(tokenizer):
+    lines = make_model(tokenizer)
+    whole = make_model(tokenizer, line_channels=())
+    assert "sunflower farming\ncanola farming" in whole._texts
+    assert "sunflower farming\ncanola farming" not in lines._texts
+    with pytest.raises(ValueError, match="line_channels"):
+        make_model(tokenizer, line_channels=("nope",))
 
 
 def test_shapes_and_points_on_manifold(tokenizer):
@@ -286,9 +314,9 @@ def test_bank_rows_equal_live_encodings_after_refresh(tokenizer):
     bank = model.bank()
     assert bank.shape == (5, len(CHANNELS), 32) and bank.dtype == torch.float32
     with torch.no_grad():
-        live = model._channel_vectors(model._code_text_ids)
+        live = model._channel_vectors(model._code_slots)
     torch.testing.assert_close(bank, live, atol=1e-6, rtol=1e-6)
-    missing = model._code_text_ids < 0
+    missing = model._code_slots < 0
     assert float(bank[missing].abs().max()) == 0.0  # masked channels are zero rows
     assert float(bank[~missing].norm(dim=-1).min()) > 0.99  # pooled vectors are unit length
 

@@ -113,6 +113,7 @@ def test_each_stage_starts_from_the_previous_one(chain) -> None:
     first = load_checkpoint(root / "artifacts/2022/models/stage_01_easy")
     second = load_checkpoint(root / "artifacts/2022/models/stage_02_medium")
     assert second["model_config"] == first["model_config"]  # inherited, not re-configured
+    assert first["model_config"]["line_channels"] == ["examples"]  # launchpad default
     assert metadata_of(result, "stage_02_medium")["init_from"].endswith("stage_01_easy")
     assert metadata_of(result, "stage_03_hard")["init_from"].endswith("stage_02_medium")
     assert metadata_of(result, "stage_01_easy")["init_from"] == "base model"

@@ -32,6 +32,10 @@ class ModelSettings(dg.Config):
     embedding_dim: int = 384
     curvature: float = 1.0
     balance_weight: float = 0.01
+    line_channels: list[str] = Field(
+        default=["examples"],
+        description="Channels read line by line (mean of the lines' vectors); [] = whole texts.",
+    )
 
 
 class StageConfig(dg.Config):
@@ -46,7 +50,9 @@ class StageConfig(dg.Config):
     )
     warmup_steps: int = 50
     temperature: float = 0.1
-    query_batch_size: int = 32
+    query_batch_size: int = Field(
+        default=256, description="Index-entry queries per step (cheap: short texts)."
+    )
     query_loss_weight: float = 1.0
     query_candidates: str = Field(
         default="all", description="'all' six-digit codes in the query softmax, or 'step'."
@@ -74,16 +80,16 @@ class StageConfig(dg.Config):
 
 
 class EasyStageConfig(StageConfig):
-    steps: int = 250  # 739 (anchor, positive) pairs: ~11 passes at batch 32
+    steps: int = 200  # 739 (anchor, positive) pairs: ~9 passes at batch 32
     model: ModelSettings = Field(default_factory=ModelSettings)
 
 
 class MediumStageConfig(StageConfig):
-    steps: int = 400
+    steps: int = 300
 
 
 class HardStageConfig(StageConfig):
-    steps: int = 800
+    steps: int = 600
 
 
 def train_stage_asset(
@@ -124,7 +130,7 @@ def train_stage_asset(
             raise dg.Failure(f"{stage} starts from {previous}, which has no finished checkpoint")
         model_config = ModelConfig.from_dict(load_checkpoint(init_from)["model_config"])
     else:
-        model_config = ModelConfig(**config.model.model_dump())
+        model_config = ModelConfig.from_dict(config.model.model_dump())
     settings = config.model_dump(exclude={"curriculum", "model"})
     train_config = TrainConfig.from_dict(settings)  # every other field is a TrainConfig field
     codes = pl.read_parquet(store.codes_path(revision))

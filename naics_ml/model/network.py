@@ -19,6 +19,7 @@ from naics_ml.model.encoder import ChannelEncoder, PrefixCache
 from naics_ml.model.fusion import MoEFusion
 from naics_ml.model.lorentz import expmap0, project
 from naics_ml.model.loss import load_balance_loss
+from naics_ml.model.text_groups import TextGroups, group_mean, split_lines
 
 CHANNELS = ("title", "description", "excluded", "examples")
 QUERY_CHANNEL = "examples"
@@ -51,10 +52,12 @@ class ModelConfig:
     expert_hidden: int = 768
     max_tangent_norm: float = 12.0  # numerical safety only; radii stay far below it
     cache_dtype: str = "float16"  # dtype of the cached frozen prefix
+    line_channels: tuple[str, ...] = ("examples",)  # read line by line; the lines' mean vector
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["lora_target_modules"] = list(self.lora_target_modules)
+        d["line_channels"] = list(self.line_channels)
         return d
 
     @classmethod
@@ -64,8 +67,10 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
         values = dict(d)
-        if "lora_target_modules" in values:
-            values["lora_target_modules"] = tuple(values["lora_target_modules"])
+        values.setdefault("line_channels", ())  # checkpoints older than the field: whole texts
+        for key in ("lora_target_modules", "line_channels"):
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values)
 
 
@@ -88,9 +93,11 @@ class NaicsModel(nn.Module):
     """Codes and free-text queries embedded as points on the Lorentz hyperboloid.
 
     A code is its four channel texts (title, description, excluded, examples; missing ones
-    masked). A query is free text routed through the examples channel's adapter with the other
-    channels masked, then the same fusion and exponential map: queries live in the space of
-    codes and the examples channel already holds query-like text (index entries).
+    masked). A channel in ``config.line_channels`` is read line by line: each line through the
+    adapter, the slot vector is the lines' normalised mean. A query is free text routed through
+    the examples channel's adapter with the other channels masked, then the same fusion and
+    exponential map: queries live in the space of codes, and the examples channel is the centroid
+    of query-like phrases (illustrative examples and index entries).
     """
 
     def __init__(
@@ -100,6 +107,9 @@ class NaicsModel(nn.Module):
         use_all_cores()
         if config.cache_dtype not in _CACHE_DTYPES:
             raise ValueError(f"cache_dtype must be one of {sorted(_CACHE_DTYPES)}")
+        unknown = set(config.line_channels) - set(CHANNELS)
+        if unknown:
+            raise ValueError(f"line_channels {sorted(unknown)} are not channels {list(CHANNELS)}")
         self.config = config
         base = base if base is not None else load_base_model(config.base_model)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.base_model)
@@ -126,8 +136,9 @@ class NaicsModel(nn.Module):
         )
         self._cache: PrefixCache | None = None
         self._texts: list[str] = []
-        self._code_text_ids: Tensor | None = None  # (n_codes, C), -1 = missing
-        self._query_text_ids: Tensor | None = None  # (n_queries,)
+        self._groups = TextGroups.build([])  # slot id -> the text ids it averages
+        self._code_slots: Tensor | None = None  # (n_codes, C) slot ids, -1 = missing
+        self._query_slots: Tensor | None = None  # (n_queries,) slot ids
         self._bank: Tensor | None = None  # (n_codes, C, H) float32 pooled channel vectors
         self.code_fingerprint: str | None = None  # channel_fingerprint of the prepared codes
 
@@ -137,9 +148,10 @@ class NaicsModel(nn.Module):
     ) -> None:
         """Cache the frozen prefix of every distinct code channel text and query text.
 
-        ``channel_texts[c][i]`` is code i's text for channel c (None = missing). Texts are
-        deduplicated across channels, codes and queries: the prefix does not depend on the
-        adapter. Call once before training or evaluation (again to change the texts).
+        ``channel_texts[c][i]`` is code i's text for channel c (None = missing); a line channel's
+        text is split into lines. Texts are deduplicated across channels, codes and queries: the
+        prefix does not depend on the adapter. Call once before training or evaluation (again to
+        change the texts).
         """
         missing = set(CHANNELS) - set(channel_texts)
         if missing:
@@ -149,21 +161,29 @@ class NaicsModel(nn.Module):
             raise ValueError(f"channel text lists differ in length: {sizes}")
         n_codes = sizes.pop()
         index: dict[str, int] = {}
+        groups: dict[tuple[int, ...], int] = {}
 
-        def text_id(text: str | None) -> int:
+        def slot_id(texts: list[str]) -> int:
+            if not texts:
+                return -1
+            key = tuple(index.setdefault(t, len(index)) for t in texts)
+            return groups.setdefault(key, len(groups))
+
+        def code_slot(channel: str, text: str | None) -> int:
             if text is None:
                 return -1
-            return index.setdefault(text, len(index))
+            return slot_id(split_lines(text) if channel in self.config.line_channels else [text])
 
-        code_ids = [[text_id(channel_texts[c][i]) for c in CHANNELS] for i in range(n_codes)]
-        query_ids = [text_id(q) for q in queries]
-        if any(q < 0 for q in query_ids):
+        code_slots = [[code_slot(c, channel_texts[c][i]) for c in CHANNELS] for i in range(n_codes)]
+        if any(not isinstance(q, str) for q in queries):
             raise ValueError("queries must be strings")
+        query_slots = [slot_id([q]) for q in queries]
         self._texts = list(index)
-        self._code_text_ids = torch.tensor(code_ids, dtype=torch.long).reshape(
+        self._groups = TextGroups.build(list(groups))
+        self._code_slots = torch.tensor(code_slots, dtype=torch.long).reshape(
             n_codes, len(CHANNELS)
         )
-        self._query_text_ids = torch.tensor(query_ids, dtype=torch.long)
+        self._query_slots = torch.tensor(query_slots, dtype=torch.long)
         self._bank = None
         self.code_fingerprint = None
         self._cache = self.encoder.build_cache(self._texts, _CACHE_DTYPES[self.config.cache_dtype])
@@ -171,11 +191,11 @@ class NaicsModel(nn.Module):
 
     @property
     def num_codes(self) -> int:
-        return 0 if self._code_text_ids is None else len(self._code_text_ids)
+        return 0 if self._code_slots is None else len(self._code_slots)
 
     @property
     def num_queries(self) -> int:
-        return 0 if self._query_text_ids is None else len(self._query_text_ids)
+        return 0 if self._query_slots is None else len(self._query_slots)
 
     def cache_nbytes(self) -> int:
         return 0 if self._cache is None else self._cache.nbytes()
@@ -200,26 +220,29 @@ class NaicsModel(nn.Module):
             expert_utilization=util.detach(),
         )
 
-    def _channel_vectors(self, text_ids: Tensor) -> Tensor:
-        """(U, C) rows of text ids (-1 = missing) -> pooled channel vectors (U, C, H), zeros
+    def _channel_vectors(self, slots: Tensor) -> Tensor:
+        """(U, C) rows of slot ids (-1 = missing) -> pooled channel vectors (U, C, H), zeros
         where missing; each distinct text of a channel runs through the top layers once."""
         cache = self._require_prepared()
-        n, hidden = len(text_ids), self.encoder.hidden_size
-        mask = text_ids >= 0
+        n, hidden = len(slots), self.encoder.hidden_size
+        mask = slots >= 0
         columns = []
         for c, channel in enumerate(CHANNELS):
             rows = mask[:, c].nonzero().squeeze(1)
             column = torch.zeros(n, hidden)
             if len(rows):
-                distinct, inverse = torch.unique(text_ids[rows, c], return_inverse=True)
-                pooled = self.encoder.encode_cached(cache, distinct, channel)
-                column = column.index_put((rows,), pooled[inverse])
+                distinct, inverse = torch.unique(slots[rows, c], return_inverse=True)
+                members, owner = self._groups.gather(distinct)
+                texts, text_inverse = torch.unique(members, return_inverse=True)
+                pooled = self.encoder.encode_cached(cache, texts, channel)
+                vectors = group_mean(pooled[text_inverse], owner, len(distinct))
+                column = column.index_put((rows,), vectors[inverse])
             columns.append(column)
         return torch.stack(columns, 1)
 
-    def _encode_text_ids(self, text_ids: Tensor) -> Encoded:
-        """(U, C) distinct rows of text ids (-1 = missing) -> fused points (U, D+1)."""
-        return self._fuse(self._channel_vectors(text_ids), text_ids >= 0)
+    def _encode_slots(self, slots: Tensor) -> Encoded:
+        """(U, C) distinct rows of slot ids (-1 = missing) -> fused points (U, D+1)."""
+        return self._fuse(self._channel_vectors(slots), slots >= 0)
 
     def _expand(self, enc: Encoded, inverse: Tensor, shape: torch.Size) -> Encoded:
         points = enc.points[inverse].reshape(*shape, enc.points.shape[-1])
@@ -238,9 +261,9 @@ class NaicsModel(nn.Module):
         """
         self._require_prepared()
         distinct, inverse = torch.unique(code_ids.reshape(-1), return_inverse=True)
-        text_ids = self._code_text_ids[distinct]
+        slots = self._code_slots[distinct]
         if self._bank is None or live is None:
-            enc = self._encode_text_ids(text_ids)
+            enc = self._encode_slots(slots)
         else:
             live_ids = torch.as_tensor(
                 live if isinstance(live, Tensor) else sorted(live), dtype=torch.long
@@ -249,10 +272,10 @@ class NaicsModel(nn.Module):
             channels = self._bank[distinct]  # a copy: bank rows of the non-live codes
             live_rows = is_live.nonzero().squeeze(1)
             if len(live_rows):
-                fresh = self._channel_vectors(text_ids[live_rows])
+                fresh = self._channel_vectors(slots[live_rows])
                 self._bank[distinct[live_rows]] = fresh.detach().float()
                 channels = channels.index_put((live_rows,), fresh)
-            enc = self._fuse(channels, text_ids >= 0)
+            enc = self._fuse(channels, slots >= 0)
         return self._expand(enc, inverse, code_ids.shape)
 
     # --- negative memory bank -----------------------------------------------------------------
@@ -282,22 +305,22 @@ class NaicsModel(nn.Module):
             n, hidden = self.num_codes, self.encoder.hidden_size
             bank = torch.zeros(n, len(CHANNELS), hidden, dtype=torch.float32)
             for start in range(0, n, batch_size):
-                rows = self._code_text_ids[start : start + batch_size]
+                rows = self._code_slots[start : start + batch_size]
                 bank[start : start + len(rows)] = self._channel_vectors(rows).float()
             self._bank = bank
         finally:
             self.train(was_training)
 
-    def _query_rows(self, text_ids: Tensor) -> Tensor:
-        rows = torch.full((len(text_ids), len(CHANNELS)), -1, dtype=torch.long)
-        rows[:, CHANNELS.index(QUERY_CHANNEL)] = text_ids
+    def _query_rows(self, slots: Tensor) -> Tensor:
+        rows = torch.full((len(slots), len(CHANNELS)), -1, dtype=torch.long)
+        rows[:, CHANNELS.index(QUERY_CHANNEL)] = slots
         return rows
 
     def encode_queries(self, query_ids: Tensor) -> Encoded:
         """Points for indices into the prepared ``queries`` (examples adapter, rest masked)."""
         self._require_prepared()
         distinct, inverse = torch.unique(query_ids.reshape(-1), return_inverse=True)
-        enc = self._encode_text_ids(self._query_rows(self._query_text_ids[distinct]))
+        enc = self._encode_slots(self._query_rows(self._query_slots[distinct]))
         return self._expand(enc, inverse, query_ids.shape)
 
     @torch.inference_mode()
@@ -353,16 +376,17 @@ class NaicsModel(nn.Module):
             flat, inverse = torch.unique(flat, return_inverse=True)
         else:
             inverse = torch.arange(len(flat))
-        text_ids = self._code_text_ids[flat]
-        mask = text_ids >= 0
+        slots = self._code_slots[flat]
+        mask = slots >= 0
         columns = []
         for c, channel in enumerate(CHANNELS):
             rows = mask[:, c].nonzero().squeeze(1)
             column = torch.zeros(len(flat), self.encoder.hidden_size)
             if len(rows):
-                texts = [self._texts[i] for i in text_ids[rows, c].tolist()]
+                members, owner = self._groups.gather(slots[rows, c])
+                texts = [self._texts[i] for i in members.tolist()]
                 pooled = self.encoder.encode_full(texts, channel, pad_to_max_length)
-                column = column.index_put((rows,), pooled)
+                column = column.index_put((rows,), group_mean(pooled, owner, len(rows)))
             columns.append(column)
         enc = self._fuse(torch.stack(columns, 1), mask)
         return self._expand(enc, inverse, code_ids.shape)
