@@ -69,7 +69,11 @@ def save_checkpoint(state: dict[str, Any], path: Path | str) -> Path:
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """Load a checkpoint dict from a stage folder or file, on CPU, without unpickling code."""
-    return torch.load(resolve_checkpoint(path), map_location="cpu", weights_only=True)
+    state = torch.load(resolve_checkpoint(path), map_location="cpu", weights_only=True)
+    if isinstance(state.get("model_config"), dict):
+        # written before ModelConfig.line_channels existed: every channel was one text
+        state["model_config"].setdefault("line_channels", [])
+    return state
 
 
 def is_complete(path: Path | str) -> bool:

@@ -13,6 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest
 import torch
 
+from naics_ml.checkpoint import load_checkpoint, save_checkpoint
 from naics_ml.model import (
     CHANNELS,
     ModelConfig,
@@ -93,14 +94,19 @@ def test_resolve_base_model_finds_packaged_minilm():
     assert resolve_base_model("some-org/some-model") == "some-org/some-model"
 
 
-def test_config_round_trip_through_json():
+def test_config_round_trip_through_json(tmp_path):
     config = ModelConfig(lora_layers=3, lora_target_modules=("query", "key", "value"))
     restored = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert restored == config
     with pytest.raises(ValueError, match="unknown"):
         ModelConfig.from_dict({"nope": 1})
+    assert ModelConfig.from_dict({"lora_layers": 2}).line_channels == ("examples",)
     # checkpoints written before line channels existed read every channel as one text
-    assert ModelConfig.from_dict({"lora_layers": 2}).line_channels == ()
+    old = config.to_dict()
+    del old["line_channels"]
+    save_checkpoint({"model_config": old}, tmp_path / "checkpoint.pt")
+    loaded = ModelConfig.from_dict(load_checkpoint(tmp_path)["model_config"])
+    assert loaded.line_channels == ()
 
 
 def test_line_channel_is_the_normalised_mean_of_its_lines(tokenizer):

@@ -67,7 +67,6 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
         values = dict(d)
-        values.setdefault("line_channels", ())  # checkpoints older than the field: whole texts
         for key in ("lora_target_modules", "line_channels"):
             if key in values:
                 values[key] = tuple(values[key])
