@@ -7,14 +7,16 @@
 Loading embeds every code once (a few minutes for all 2,125 codes with MiniLM on a 2-core CPU);
 ``predict`` is then fast.
 
-A stage folder holds everything needed: ``checkpoint.pt`` (model config + trainable weights) and
-``codes.parquet`` (the code table it was trained on); the frozen base model is loaded from the
-name or path in the model config (override with ``base_model=``).
+A stage folder holds everything needed: ``checkpoint.pt`` (model config + trainable weights),
+``codes.parquet`` (the code table it was trained on) and, from the stage assets,
+``memory.parquet`` (the labelled index entries it trained on); the frozen base model is loaded
+from the name or path in the model config (override with ``base_model=``).
 
-Scores: ``score`` is the probability of the code under the model's query softmax over *all*
-six-digit codes, ``softmax(-distance / temperature)`` with the stage's training temperature (the
-distribution the query loss trains); ``distance`` is the Lorentz geodesic distance. Results are
-sorted by distance, nearest first.
+Scores: ``score`` is the probability of the code over *all* six-digit codes. Without a memory it
+is the model's query softmax ``softmax(-distance / temperature)`` with the stage's training
+temperature (the distribution the query loss trains); with one it is that softmax blended with
+the memory's (``naics_ml.entry_memory``). ``distance`` is the Lorentz geodesic distance to the
+code. Results are sorted by score, best first (without a memory: by distance, nearest first).
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ import polars as pl
 import torch
 
 from naics_ml.checkpoint import load_checkpoint, load_stage_codes, resolve_checkpoint
+from naics_ml.entry_memory import (
+    MemoryConfig,
+    blend_probabilities,
+    candidate_positions,
+    load_stage_memory,
+    memory_probabilities,
+)
 from naics_ml.model.lorentz import check_on_manifold, pairwise_distance, radius
 from naics_ml.model.network import CHANNELS, ModelConfig, NaicsModel, channel_fingerprint
 
@@ -40,7 +49,7 @@ __all__ = ["Classifier", "Prediction", "code_channel_texts"]
 class Prediction:
     code: str
     title: str
-    score: float  # probability under softmax(-distance / temperature) over all six-digit codes
+    score: float  # probability of the code over all six-digit codes (see the module doc)
     distance: float  # Lorentz geodesic distance between the text and the code
 
 
@@ -62,8 +71,16 @@ def code_channel_texts(codes: pl.DataFrame) -> dict[str, list[str | None]]:
 class Classifier:
     """Nearest six-digit codes for free text, plus the table of all code embeddings."""
 
-    def __init__(self, model: NaicsModel, codes: pl.DataFrame, temperature: float = 0.1) -> None:
-        """``model`` with trained weights; codes are embedded here, once.
+    def __init__(
+        self,
+        model: NaicsModel,
+        codes: pl.DataFrame,
+        temperature: float = 0.1,
+        memory: pl.DataFrame | None = None,
+        memory_config: MemoryConfig | None = None,
+    ) -> None:
+        """``model`` with trained weights; codes (and the ``memory`` entries: ``text``,
+        ``code``) are embedded here, once.
 
         The frozen prefix is cached (``model.prepare``) only when the model is not already
         prepared for exactly these code texts (e.g. the model a stage has just trained).
@@ -84,6 +101,20 @@ class Classifier:
         self._six_index = torch.as_tensor(np.flatnonzero(six))
         self._six_codes = self.codes["code"].to_numpy()[six]
         self._six_titles = self.codes["title"].to_numpy()[six]
+        self.memory_config = memory_config or MemoryConfig()
+        self._memory_points: torch.Tensor | None = None
+        self._memory_column: torch.Tensor | None = None
+        if memory is not None and memory.height and self.memory_config.weight > 0:
+            column = candidate_positions(memory["code"].to_numpy(), self._six_codes)
+            self._memory_column = torch.as_tensor(column)
+            with torch.no_grad():
+                self._memory_points = self.embed(memory["text"].to_list())
+            check_on_manifold(self._memory_points, self.curvature)
+
+    @property
+    def memory_size(self) -> int:
+        """Number of remembered entries (0 = plain embedding classifier)."""
+        return 0 if self._memory_points is None else len(self._memory_points)
 
     @classmethod
     def from_checkpoint(
@@ -94,12 +125,14 @@ class Classifier:
         base: Any = None,
         tokenizer: Any = None,
         allow_incomplete: bool = False,
+        memory: bool = True,
+        memory_config: MemoryConfig | None = None,
     ) -> Classifier:
         """Rebuild the model of a stage folder (or its checkpoint file) and embed all codes.
 
         ``base_model`` overrides the config's base model name/path; ``base``/``tokenizer``
         objects are used as-is (tests). An unfinished stage is refused unless
-        ``allow_incomplete``.
+        ``allow_incomplete``. ``memory=False`` ignores the stage's ``memory.parquet``.
         """
         file = resolve_checkpoint(path)
         state = load_checkpoint(file)
@@ -115,7 +148,8 @@ class Classifier:
         model = NaicsModel(config, base=base, tokenizer=tokenizer)
         model.load_trainable_state_dict(state["model_state"])
         temperature = float(state.get("train_config", {}).get("temperature", 0.1))
-        return cls(model, codes, temperature)
+        entries = load_stage_memory(file) if memory else None
+        return cls(model, codes, temperature, memory=entries, memory_config=memory_config)
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Hyperboloid points (n, D+1) of free texts."""
@@ -123,34 +157,61 @@ class Classifier:
             raise TypeError("texts must be a sequence of strings, not one string")
         return self.model.encode_texts(list(texts))
 
+    def scores(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(distance, probability) arrays (n, m) of each text against the six-digit codes
+        (``six_digit_codes`` order); ``probability`` includes the memory when there is one."""
+        return self.score_points(self.embed(texts))
+
+    def score_points(
+        self, queries: torch.Tensor, batch_size: int = 512
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`scores` for hyperboloid points (n, D+1) already embedded (e.g. by ``embed``)."""
+        six_points = self._points[self._six_index]
+        distances, probabilities = [], []
+        for start in range(0, len(queries), batch_size):  # bounds the (rows x entries) matrix
+            rows = queries[start : start + batch_size]
+            distance = pairwise_distance(rows, six_points, self.curvature).double()
+            probs = torch.softmax(-distance / self.temperature, dim=1)
+            if self._memory_points is not None:
+                entry_distance = pairwise_distance(rows, self._memory_points, self.curvature)
+                memory = memory_probabilities(
+                    entry_distance.double(),
+                    self._memory_column,
+                    len(six_points),
+                    self.memory_config.temperature or self.temperature,
+                )
+                probs = blend_probabilities(probs, memory, self.memory_config.weight)
+            distances.append(distance.numpy())
+            probabilities.append(probs.numpy())
+        if not distances:
+            empty = np.zeros((0, len(six_points)))
+            return empty, empty
+        return np.concatenate(distances), np.concatenate(probabilities)
+
     def predict(self, texts: Sequence[str], top_k: int = 5) -> list[list[Prediction]]:
-        """Per text, the ``top_k`` nearest six-digit codes, nearest first."""
+        """Per text, the ``top_k`` most probable six-digit codes, best first."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of strings, not one string")
         if len(texts) == 0:
             return []
-        queries = self.embed(texts)
-        six_points = self._points[self._six_index]
-        distance = pairwise_distance(queries, six_points, self.curvature).double()
-        probs = torch.softmax(-distance / self.temperature, dim=1)
+        distance, probs = self.scores(list(texts))
         k = min(top_k, distance.shape[1])
-        nearest = torch.topk(distance, k, dim=1, largest=False, sorted=True)
-        out = []
-        for row, (d_row, i_row) in enumerate(
-            zip(nearest.values.tolist(), nearest.indices.tolist(), strict=True)
-        ):
-            out.append(
-                [
-                    Prediction(
-                        code=str(self._six_codes[i]),
-                        title=str(self._six_titles[i]),
-                        score=float(probs[row, i]),
-                        distance=float(d),
-                    )
-                    for d, i in zip(d_row, i_row, strict=True)
-                ]
-            )
-        return out
+        # stable sort on (-probability, distance): ties in probability go to the nearer code
+        order = np.lexsort((distance, -probs), axis=1)[:, :k]
+        return [
+            [
+                Prediction(
+                    code=str(self._six_codes[i]),
+                    title=str(self._six_titles[i]),
+                    score=float(probs[row, i]),
+                    distance=float(distance[row, i]),
+                )
+                for i in order[row]
+            ]
+            for row in range(len(order))
+        ]
 
     def code_embeddings(self) -> pl.DataFrame:
         """All codes: index, code, level, sector, title, ``coordinates`` (list[float], the

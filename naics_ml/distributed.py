@@ -39,6 +39,7 @@ import torch.distributed as dist
 
 from naics_ml.classify import code_channel_texts
 from naics_ml.curriculum import load_curriculum
+from naics_ml.entry_memory import MEMORY_NAME, memory_entries, save_stage_memory
 from naics_ml.model.network import ModelConfig, NaicsModel
 from naics_ml.sampler import QuerySampler, TripletSampler
 from naics_ml.train import StageResult, TrainConfig, query_validator, seed_everything, train_stage
@@ -150,6 +151,11 @@ def run_stage(
         extra={"curriculum": spec.to_dict(), **(extra or {})},
     )
     _check_replicas(model, world)
+    if rank == 0:  # the entries the query path learned from, for the Classifier's memory
+        if queries is not None:
+            save_stage_memory(out_dir, memory_entries(queries, train_config.query_splits))
+        else:
+            (Path(out_dir) / MEMORY_NAME).unlink(missing_ok=True)  # never a stale memory
     print(
         json.dumps(
             {

@@ -17,6 +17,7 @@ import polars as pl
 from naics_ml.io import atomic_write_text
 
 HEADLINE = ("test_top1", "test_top5", "test_mrr", "spearman", "recon_map", "parent_at_1")
+MEMORY_PREFIX = "memory_"  # retrieval with the Classifier's entry memory (naics_ml.entry_memory)
 
 
 def held_out(entries: pl.DataFrame, split: str = "test") -> tuple[list[str], list[str]]:
@@ -28,16 +29,28 @@ def held_out(entries: pl.DataFrame, split: str = "test") -> tuple[list[str], lis
 def model_metrics(
     classifier: object, codes: pl.DataFrame, tree_distance: np.ndarray, entries: pl.DataFrame
 ) -> dict[str, float]:
-    """Every metric of ``naics_ml.evaluate`` for a trained ``naics_ml.classify.Classifier``."""
+    """Every metric of ``naics_ml.evaluate`` for a trained ``naics_ml.classify.Classifier``.
+
+    With a memory, the ``memory_test_*`` retrieval metrics rank codes by the blended
+    probability the Classifier predicts with; the plain ``test_*`` ones use the embedding alone.
+    """
     from naics_ml.evaluate import evaluate_embeddings, spearman_ceiling
 
     texts, truth = held_out(entries)
     table = classifier.code_embeddings().sort("index")
     points = np.asarray(table["coordinates"].to_list(), dtype=np.float64)
-    query_points = classifier.embed(texts).double().numpy() if texts else np.zeros((0, 0))
+    queries = classifier.embed(texts) if texts else None
+    query_points = queries.double().numpy() if texts else np.zeros((0, 0))
     metrics = evaluate_embeddings(
         points, codes, tree_distance, query_points, truth, classifier.curvature
     )
+    if texts and classifier.memory_size:  # the Classifier's blended scores, same test entries
+        from naics_ml.evaluate import retrieval_metrics, six_digit_codes
+
+        _, probability = classifier.score_points(queries)
+        metrics |= retrieval_metrics(
+            -probability, six_digit_codes(codes), truth, prefix=f"{MEMORY_PREFIX}test_"
+        )
     # what a perfect embedding could score (the tree distances are heavily tied)
     iu, ju = np.triu_indices(len(tree_distance), k=1)
     pairs = np.asarray(tree_distance)[iu, ju]
@@ -89,6 +102,12 @@ def comparison_table(metrics: dict[str, float]) -> str:
         cells = [metrics.get(p + name) for p in ("", "baseline_zero_shot_", "baseline_tfidf_")]
         rows.append(
             f"| {name} | " + " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells) + " |"
+        )
+    memory = [metrics.get(f"{MEMORY_PREFIX}test_{k}") for k in ("top1", "top5", "mrr")]
+    if None not in memory:
+        rows.append(
+            "\nWith the entry memory (what `Classifier.predict` ranks by): "
+            f"test_top1 {memory[0]:.3f}, test_top5 {memory[1]:.3f}, test_mrr {memory[2]:.3f}."
         )
     if "spearman_ceiling" in metrics:
         rows.append(

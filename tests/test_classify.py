@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,6 +16,8 @@ import torch
 
 from naics_ml.checkpoint import load_checkpoint
 from naics_ml.classify import Classifier, Prediction, code_channel_texts
+from naics_ml.entry_memory import MemoryConfig, save_stage_memory
+from naics_ml.evaluate import six_digit_codes
 from naics_ml.model.lorentz import check_on_manifold, pairwise_distance
 from naics_ml.model.network import ModelConfig, NaicsModel
 from naics_ml.sampler import TripletBatch
@@ -228,3 +231,46 @@ def test_from_checkpoint_accepts_file_and_refuses_unfinished_stage(stage, tmp_pa
     (unfinished / "codes.parquet").unlink()
     with pytest.raises(FileNotFoundError, match=r"codes\.parquet"):
         Classifier.from_checkpoint(unfinished, allow_incomplete=True)
+
+
+def test_memory_blends_remembered_entries_into_predictions(stage, tmp_path):
+    folder, codes, _ = stage
+    n_six = int((codes["level"] == 6).sum())
+    plain = Classifier.from_checkpoint(folder)  # train_stage alone writes no memory
+    assert plain.memory_size == 0
+    text = "zebra stripe painting"
+    ranked = plain.predict([text], top_k=n_six)[0]
+    target = ranked[-1].code  # the code the embedding alone ranks last
+    memory = pl.DataFrame({"text": [text, "wheat farm company"], "code": [target, ranked[0].code]})
+    copy = tmp_path / "stage"
+    shutil.copytree(folder, copy)
+    save_stage_memory(copy, memory)
+    assert Classifier.from_checkpoint(copy, memory=False).memory_size == 0
+
+    blended = Classifier.from_checkpoint(copy)  # default weight, the stage's temperature
+    assert blended.memory_size == 2
+    texts = [text, "gold mine company"]
+    distance, probability = blended.scores(texts)
+    plain_distance, plain_probability = plain.scores(texts)
+    np.testing.assert_allclose(distance, plain_distance, rtol=1e-6)
+    entry_distance = pairwise_distance(
+        plain.embed(texts).double(), plain.embed(memory["text"].to_list()).double(), 1.0
+    )
+    columns = [list(six_digit_codes(codes)).index(c) for c in memory["code"]]
+    weights = torch.softmax(-entry_distance / 0.2, dim=1).numpy()
+    expected = 0.65 * plain_probability
+    for j, column in enumerate(columns):
+        expected[:, column] += 0.35 * weights[:, j]
+    np.testing.assert_allclose(probability, expected, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(probability.sum(1), 1.0, rtol=1e-9)
+
+    only_memory = Classifier.from_checkpoint(copy, memory_config=MemoryConfig(weight=1.0))
+    best = only_memory.predict([text], top_k=3)[0]
+    assert best[0].code == target and best[0].score > 0.5
+    assert [p.score for p in best] == sorted((p.score for p in best), reverse=True)
+    off = Classifier.from_checkpoint(copy, memory_config=MemoryConfig(weight=0.0))
+    assert off.memory_size == 0 and off.predict([text], top_k=n_six)[0] == ranked
+
+    save_stage_memory(copy, pl.DataFrame({"text": ["x"], "code": ["999999"]}))
+    with pytest.raises(ValueError, match="999999"):
+        Classifier.from_checkpoint(copy)

@@ -216,11 +216,21 @@ def test_distinct_code_dedupe_matches_one_by_one(tokenizer):
 
 def test_encode_texts_matches_prepared_queries(tokenizer):
     model = make_model(tokenizer)
-    free = model.encode_texts(QUERIES, batch_size=2)
-    assert model.encode_texts([]).shape == (0, 17)
     prepared = model.encode_queries(torch.arange(len(QUERIES))).points
-    torch.testing.assert_close(free, prepared, atol=1e-5, rtol=1e-5)
-    check_on_manifold(free)
+    # prepared texts start from the cache, others run the whole transformer: same points
+    unprepared = make_model(tokenizer, texts=CODE_TEXTS)
+    unprepared.prepare(CODE_TEXTS)  # codes only: every query runs the whole transformer
+    for m in (model, unprepared):
+        free = m.encode_texts(QUERIES, batch_size=2)
+        torch.testing.assert_close(free, prepared, atol=1e-5, rtol=1e-5)
+        check_on_manifold(free)
+    mixed = ["a brand new text", QUERIES[2], "another unseen one", QUERIES[0]]
+    together = model.encode_texts(mixed, batch_size=1)
+    torch.testing.assert_close(together[[3, 1]], prepared[[0, 2]], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        together[[0, 2]], unprepared.encode_texts([mixed[0], mixed[2]]), atol=1e-5, rtol=1e-5
+    )
+    assert model.encode_texts([]).shape == (0, 17)
 
 
 def test_loss_decreases_on_toy_problem(tokenizer):

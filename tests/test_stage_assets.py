@@ -106,6 +106,17 @@ def test_the_three_stages_materialize_with_checkpoints_and_metrics(chain) -> Non
         assert {f"baseline_tfidf_{m}" for m in METRICS} <= set(meta["all_metrics"])
         assert {f"baseline_zero_shot_{m}" for m in METRICS} <= set(meta["all_metrics"])
         assert (checkpoint.parent / "metrics.png").stat().st_size > 0
+        assert {f"memory_test_{m}" for m in ("top1", "top5", "mrr")} <= set(meta["all_metrics"])
+
+
+def test_each_stage_remembers_only_its_training_entries(chain) -> None:
+    _, root, _ = chain
+    entries = pl.read_parquet(root / "artifacts/2022/naics_index_entries.parquet")
+    trained = entries.filter(pl.col("split").is_in(["train", "examples"])).select("text", "code")
+    for stage in STAGES:
+        memory = pl.read_parquet(root / f"artifacts/2022/models/{stage}/memory.parquet")
+        assert memory.height == trained.height > 0
+        assert memory.sort("text", "code").equals(trained.sort("text", "code"))
 
 
 def test_each_stage_starts_from_the_previous_one(chain) -> None:
@@ -162,4 +173,8 @@ def test_embeddings_cover_every_code_and_the_classifier_predicts(chain) -> None:
     [predictions] = classifier.predict(["electric power distribution"], top_k=3)
     assert len(predictions) == 3
     assert all(len(p.code) == 6 and p.code[:2] in {"22", "55"} for p in predictions)
-    assert [p.distance for p in predictions] == sorted(p.distance for p in predictions)
+    assert [p.score for p in predictions] == sorted((p.score for p in predictions), reverse=True)
+    trained = pl.read_parquet(root / "artifacts/2022/naics_index_entries.parquet").filter(
+        pl.col("split").is_in(["train", "examples"])
+    )
+    assert classifier.memory_size == trained.height

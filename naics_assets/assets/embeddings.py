@@ -27,7 +27,7 @@ def naics_embeddings(
 
     revision = context.partition_key
     stage_dir = store.model_dir(revision, "stage_03_hard")
-    table = Classifier.from_checkpoint(stage_dir).code_embeddings()
+    table = Classifier.from_checkpoint(stage_dir, memory=False).code_embeddings()
     path = write_parquet_atomic(table, store.embeddings_path(revision))
     by_level = table.group_by("level").agg(
         pl.len().alias("codes"), pl.col("radius").mean().alias("mean"), pl.col("radius").std()

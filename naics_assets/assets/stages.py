@@ -31,7 +31,9 @@ class ModelSettings(dg.Config):
     lora_layers: int = Field(default=2, description="LoRA on the top N layers (rest cached).")
     embedding_dim: int = 384
     curvature: float = 1.0
-    balance_weight: float = 0.01
+    balance_weight: float = Field(
+        default=0.1, description="λ of the expert load-balancing loss (0.01 let experts collapse)."
+    )
     line_channels: list[str] = Field(
         default=["examples"],
         description="Channels read line by line (mean of the lines' vectors); [] = whole texts.",
@@ -114,6 +116,7 @@ def train_stage_asset(
     from naics_ml.classify import Classifier
     from naics_ml.curriculum import load_curriculum, packaged_curriculum_path
     from naics_ml.distributed import run_stage
+    from naics_ml.entry_memory import memory_entries
     from naics_ml.io import atomic_write_text
     from naics_ml.model.network import ModelConfig
     from naics_ml.plots import plot_history
@@ -174,7 +177,8 @@ def train_stage_asset(
             on_metrics=on_metrics,
         )
         # the in-memory model is already prepared for these codes: no second prepare
-        classifier = Classifier(result.model, codes, train_config.temperature)
+        memory = memory_entries(entries, train_config.query_splits)
+        classifier = Classifier(result.model, codes, train_config.temperature, memory=memory)
         metrics = model_metrics(classifier, codes, tree, entries)
         metrics |= baseline_metrics(
             codes,

@@ -47,7 +47,7 @@ class ModelConfig:
     top_k: int = 2
     embedding_dim: int = 384  # tangent dimension; points have embedding_dim + 1 coordinates
     curvature: float = 1.0  # geoopt's k: hyperboloid -x0^2 + |x|^2 = -k, curvature -1/k
-    balance_weight: float = 0.01  # applied by the caller: loss + balance_weight * balance_loss
+    balance_weight: float = 0.1  # λ: loss + λ * balance_loss; at 0.01 one expert took every row
     gate_noise: float = 0.5  # std of the router-logit noise in training mode
     expert_hidden: int = 768
     max_tangent_norm: float = 12.0  # numerical safety only; radii stay far below it
@@ -135,6 +135,7 @@ class NaicsModel(nn.Module):
         )
         self._cache: PrefixCache | None = None
         self._texts: list[str] = []
+        self._text_ids: dict[str, int] = {}  # prepared text -> its row in the cache
         self._groups = TextGroups.build([])  # slot id -> the text ids it averages
         self._code_slots: Tensor | None = None  # (n_codes, C) slot ids, -1 = missing
         self._query_slots: Tensor | None = None  # (n_queries,) slot ids
@@ -178,6 +179,7 @@ class NaicsModel(nn.Module):
             raise ValueError("queries must be strings")
         query_slots = [slot_id([q]) for q in queries]
         self._texts = list(index)
+        self._text_ids = index
         self._groups = TextGroups.build(list(groups))
         self._code_slots = torch.tensor(code_slots, dtype=torch.long).reshape(
             n_codes, len(CHANNELS)
@@ -324,23 +326,41 @@ class NaicsModel(nn.Module):
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> Tensor:
-        """Points (n, D+1) for arbitrary free text, no cache needed (inference, eval mode)."""
+        """Points (n, D+1) for arbitrary free text (inference, eval mode).
+
+        A text that was prepared (a code line or a training query) starts from its cached prefix,
+        so embedding the training entries again costs only the top layers; any other text runs
+        the whole transformer. Either way it goes through the examples adapter, rest masked.
+        """
         was_training = self.training
         self.eval()
         try:
-            q = CHANNELS.index(QUERY_CHANNEL)
-            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths
-            out = []
-            for start in range(0, len(order), batch_size):
-                chunk = [texts[i] for i in order[start : start + batch_size]]
-                channels = torch.zeros(len(chunk), len(CHANNELS), self.encoder.hidden_size)
-                channels[:, q] = self.encoder.encode_uncached(chunk, QUERY_CHANNEL)
-                mask = torch.zeros(len(chunk), len(CHANNELS), dtype=torch.bool)
-                mask[:, q] = True
-                out.append(self._fuse(channels, mask).points)
-            if not out:
+            texts = list(texts)
+            if not texts:
                 return torch.zeros(0, self.config.embedding_dim + 1)
-            return torch.cat(out)[torch.argsort(torch.tensor(order))]
+            vectors = torch.empty(len(texts), self.encoder.hidden_size)
+            cached = [i for i, t in enumerate(texts) if t in self._text_ids]
+            if cached:
+                ids = torch.tensor([self._text_ids[texts[i]] for i in cached], dtype=torch.long)
+                vectors[cached] = self.encoder.encode_cached(self._cache, ids, QUERY_CHANNEL)
+            fresh = sorted(
+                (i for i, t in enumerate(texts) if t not in self._text_ids),
+                key=lambda i: len(texts[i]),  # similar lengths batch together
+            )
+            for start in range(0, len(fresh), batch_size):
+                rows = fresh[start : start + batch_size]
+                chunk = [texts[i] for i in rows]
+                vectors[rows] = self.encoder.encode_uncached(chunk, QUERY_CHANNEL)
+            q = CHANNELS.index(QUERY_CHANNEL)
+            mask = torch.zeros(len(texts), len(CHANNELS), dtype=torch.bool)
+            mask[:, q] = True
+            out = []
+            for start in range(0, len(texts), 512):
+                part = vectors[start : start + 512]
+                channels = torch.zeros(len(part), len(CHANNELS), self.encoder.hidden_size)
+                channels[:, q] = part
+                out.append(self._fuse(channels, mask[start : start + 512]).points)
+            return torch.cat(out)
         finally:
             self.train(was_training)
 
