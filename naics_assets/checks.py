@@ -10,11 +10,16 @@ def spec(asset: str, name: str, description: str) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec(name=name, asset=asset, description=description)
 
 
-def result(name: str, outcome: validation.Result) -> dg.AssetCheckResult:
+def result(
+    name: str,
+    outcome: validation.Result,
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
+) -> dg.AssetCheckResult:
     passed, details = outcome
     return dg.AssetCheckResult(
         check_name=name,
         passed=passed,
+        severity=severity,
         metadata={
             key: dg.MetadataValue.json(value) if isinstance(value, dict | list) else value
             for key, value in details.items()
@@ -52,3 +57,21 @@ TRIPLET_CHECKS = [
     ),
     spec("naics_triplets", "sector_coverage", "Shards cover every sector of the revision."),
 ]
+
+
+def stage_checks(asset: str) -> list[dg.AssetCheckSpec]:
+    """Checks of a trained stage, from the metrics its own run computed."""
+    return [
+        spec(
+            asset,
+            "beats_baselines",
+            "The stage beats the frozen base model and TF-IDF on every headline metric "
+            "(test top-1, top-5, MRR; Spearman, reconstruction MAP, parent@1).",
+        ),
+        spec(
+            asset,
+            "experts_balanced",
+            "Every fusion expert takes at least 5 % of the routed slots at the last logged "
+            "step (warning: a collapsed mixture is one expert plus dead weight).",
+        ),
+    ]

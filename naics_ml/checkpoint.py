@@ -4,6 +4,7 @@ Layout of a stage folder (``out_dir``)::
 
     checkpoint.pt   dict, see CheckpointKeys below; rewritten every ``checkpoint_every`` steps
     codes.parquet   the code table the stage was trained on (so a Classifier needs nothing else)
+    memory.parquet  the labelled index entries it trained on (naics_ml.entry_memory; run_stage)
     stage.json      human-readable summary, written when the stage completed
 
 A checkpoint holds only plain containers, numbers, strings and tensors, so it loads with

@@ -3,6 +3,7 @@ workbooks (sectors 22 and 55) with a tiny random BERT saved to disk as the base 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -178,3 +179,29 @@ def test_embeddings_cover_every_code_and_the_classifier_predicts(chain) -> None:
         pl.col("split").is_in(["train", "examples"])
     )
     assert classifier.memory_size == trained.height
+
+
+def test_stage_checks_run_on_each_stage_metrics(chain) -> None:
+    from naics_assets.definitions import defs
+    from naics_ml.stage_metrics import HEADLINE
+    from naics_ml.validation import check_beats_baselines
+
+    result, root, _ = chain
+    graph = defs.resolve_asset_graph()
+    declared = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    evaluations = {
+        (e.asset_key.to_user_string(), e.check_name): e
+        for e in result.get_asset_check_evaluations()
+    }
+    for stage in STAGES:
+        assert {(stage, "beats_baselines"), (stage, "experts_balanced")} <= declared
+        metrics = json.loads((root / f"artifacts/2022/models/{stage}/metrics.json").read_text())
+        beats = evaluations[(stage, "beats_baselines")]
+        assert beats.passed == check_beats_baselines(metrics, HEADLINE)[0]
+        assert beats.severity == dg.AssetCheckSeverity.ERROR
+        experts = evaluations[(stage, "experts_balanced")]
+        assert experts.severity == dg.AssetCheckSeverity.WARN
+        shares = experts.metadata["utilization"].value
+        assert sorted(shares) == [f"expert_utilization_{i}" for i in range(4)]
+        assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+        assert experts.passed == (min(shares.values()) >= 0.05)

@@ -2,7 +2,9 @@
 
 Each stage starts from the previous stage's weights, streams its curriculum's triplets, is exactly
 one MLflow run (``<revision>/<stage>``), ends with the evaluation against both baselines on the
-held-out test split, and leaves ``models/<stage>/`` (checkpoint, code table, metrics, plot).
+held-out test split, and leaves ``models/<stage>/`` (checkpoint, code table, entry memory,
+metrics, plot). Two asset checks read the stage's own metrics: it must beat both baselines, and
+no expert may starve.
 Re-materializing an interrupted stage resumes from its last checkpoint.
 """
 
@@ -15,9 +17,12 @@ from pydantic import Field
 from naics_assets.assets.codes import naics_codes, naics_index_entries
 from naics_assets.assets.distances import naics_distances
 from naics_assets.assets.triplets import naics_triplets
+from naics_assets.checks import result as check_result
+from naics_assets.checks import stage_checks
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore
 from naics_assets.tracking import MlflowTracker
+from naics_ml import validation
 
 
 class ModelSettings(dg.Config):
@@ -201,6 +206,14 @@ def train_stage_asset(
     last = history[-1][1] if history else {}
     utilization = {k: v for k, v in last.items() if k.startswith("expert_utilization")}
     return dg.MaterializeResult(
+        check_results=[
+            check_result("beats_baselines", validation.check_beats_baselines(metrics, HEADLINE)),
+            check_result(
+                "experts_balanced",
+                validation.check_expert_balance(utilization),
+                dg.AssetCheckSeverity.WARN,
+            ),
+        ],
         metadata={
             "checkpoint": dg.MetadataValue.path(str(result.checkpoint)),
             "mlflow_run": dg.MetadataValue.url(link),
@@ -217,7 +230,7 @@ def train_stage_asset(
                 {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
             ),
             "model_config": dg.MetadataValue.json(dataclasses.asdict(model_config)),
-        }
+        },
     )
 
 
@@ -229,6 +242,7 @@ STAGE_DEPS = [naics_codes, naics_index_entries, naics_distances, naics_triplets]
     deps=STAGE_DEPS,
     group_name="training",
     kinds={"pytorch", "mlflow"},
+    check_specs=stage_checks("stage_01_easy"),
 )
 def stage_01_easy(
     context: dg.AssetExecutionContext,
@@ -245,6 +259,7 @@ def stage_01_easy(
     deps=[*STAGE_DEPS, stage_01_easy],
     group_name="training",
     kinds={"pytorch", "mlflow"},
+    check_specs=stage_checks("stage_02_medium"),
 )
 def stage_02_medium(
     context: dg.AssetExecutionContext,
@@ -261,6 +276,7 @@ def stage_02_medium(
     deps=[*STAGE_DEPS, stage_02_medium],
     group_name="training",
     kinds={"pytorch", "mlflow"},
+    check_specs=stage_checks("stage_03_hard"),
 )
 def stage_03_hard(
     context: dg.AssetExecutionContext,
