@@ -30,6 +30,7 @@ __all__ = [
     "MEMORY_NAME",
     "MemoryConfig",
     "blend_probabilities",
+    "candidate_positions",
     "load_stage_memory",
     "memory_entries",
     "memory_probabilities",

@@ -121,7 +121,7 @@ def train_stage_asset(
     from naics_ml.classify import Classifier
     from naics_ml.curriculum import load_curriculum, packaged_curriculum_path
     from naics_ml.distributed import run_stage
-    from naics_ml.entry_memory import memory_entries
+    from naics_ml.entry_memory import load_stage_memory
     from naics_ml.io import atomic_write_text
     from naics_ml.model.network import ModelConfig
     from naics_ml.plots import plot_history
@@ -182,7 +182,7 @@ def train_stage_asset(
             on_metrics=on_metrics,
         )
         # the in-memory model is already prepared for these codes: no second prepare
-        memory = memory_entries(entries, train_config.query_splits)
+        memory = load_stage_memory(result.checkpoint)  # what from_checkpoint will load
         classifier = Classifier(result.model, codes, train_config.temperature, memory=memory)
         metrics = model_metrics(classifier, codes, tree, entries)
         metrics |= baseline_metrics(
