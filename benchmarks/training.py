@@ -21,8 +21,10 @@ from pathlib import Path
 import psutil
 from measure import run_measured
 
+from naics_ml.evaluate import RETRIEVAL_KEYS
+from naics_ml.stage_metrics import HEADLINE, MEMORY_PREFIX
+
 ASSETS = ("stage_01_easy", "stage_02_medium", "stage_03_hard", "naics_embeddings")
-HEADLINE = ("test_top1", "test_top5", "test_mrr", "spearman", "recon_map", "parent_at_1")
 
 
 def run(asset: str, revision: str, log: Path) -> dict[str, float]:
@@ -50,9 +52,9 @@ def main() -> None:
         metrics = json.loads((models / asset / "metrics.json").read_text())
         stages[asset]["metrics"] = {k: round(metrics[k], 4) for k in HEADLINE}
         stages[asset]["with_memory"] = {
-            k: round(metrics[f"memory_test_{k}"], 4)
-            for k in ("top1", "top5", "mrr", "sector_at_1", "group_at_1")
-            if f"memory_test_{k}" in metrics
+            k: round(metrics[f"{MEMORY_PREFIX}test_{k}"], 4)
+            for k in RETRIEVAL_KEYS
+            if f"{MEMORY_PREFIX}test_{k}" in metrics
         }
         stages[asset]["baseline_zero_shot"] = {
             k: round(metrics[f"baseline_zero_shot_{k}"], 4) for k in HEADLINE

@@ -23,10 +23,10 @@ import polars as pl
 import torch
 from torch import Tensor
 
+from naics_ml.index_split import HELD_OUT_SPLITS
 from naics_ml.io import atomic_path
 
 __all__ = [
-    "HELD_OUT_SPLITS",
     "MEMORY_NAME",
     "MemoryConfig",
     "blend_probabilities",
@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 MEMORY_NAME = "memory.parquet"
-HELD_OUT_SPLITS = frozenset({"validation", "test"})
 
 
 @dataclass(frozen=True)

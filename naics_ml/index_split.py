@@ -19,6 +19,7 @@ import polars as pl
 from naics_ml.census import CensusFormatError
 
 SPLITS = ("examples", "train", "validation", "test")
+HELD_OUT_SPLITS = frozenset({"validation", "test"})  # never a training text, query or memory
 UNASSIGNED_CODE = "******"
 _WORD = re.compile(r"[a-z0-9]+")
 

@@ -108,6 +108,7 @@ from naics_ml.checkpoint import (
     save_checkpoint,
     save_stage_bundle,
 )
+from naics_ml.index_split import HELD_OUT_SPLITS
 from naics_ml.io import atomic_write_text
 from naics_ml.model.lorentz import check_on_manifold, distance, pairwise_distance, radius
 from naics_ml.model.loss import distortion_loss, hyperbolic_info_nce
@@ -204,7 +205,7 @@ class TrainConfig:
                 f"got {self.query_candidates!r}"
             )
         object.__setattr__(self, "query_splits", tuple(self.query_splits))
-        leaked = set(self.query_splits) & {"validation", "test"}
+        leaked = set(self.query_splits) & HELD_OUT_SPLITS
         if leaked:
             raise ValueError(
                 f"TrainConfig.query_splits must not include held-out splits {sorted(leaked)}"
