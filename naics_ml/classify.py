@@ -15,7 +15,8 @@ from the name or path in the model config (override with ``base_model=``).
 Scores: ``score`` is the probability of the code over *all* six-digit codes. Without a memory it
 is the model's query softmax ``softmax(-distance / temperature)`` with the stage's training
 temperature (the distribution the query loss trains); with one it is that softmax blended with
-the memory's (``naics_ml.entry_memory``). ``distance`` is the Lorentz geodesic distance to the
+the memory's, which reads the remembered entries both as points and as words
+(``naics_ml.entry_memory``). ``distance`` is the Lorentz geodesic distance to the
 code. Results are sorted by score, best first (without a memory: by distance, nearest first).
 """
 
@@ -34,11 +35,12 @@ import torch
 from naics_ml.checkpoint import load_checkpoint, load_stage_codes, resolve_checkpoint
 from naics_ml.entry_memory import (
     MemoryConfig,
-    blend_probabilities,
     candidate_positions,
     load_stage_memory,
     memory_probabilities,
+    mix_probabilities,
 )
+from naics_ml.lexical_memory import LexicalIndex
 from naics_ml.model.lorentz import check_on_manifold, pairwise_distance, radius
 from naics_ml.model.network import CHANNELS, ModelConfig, NaicsModel, channel_fingerprint
 
@@ -102,19 +104,25 @@ class Classifier:
         self._six_codes = self.codes["code"].to_numpy()[six]
         self._six_titles = self.codes["title"].to_numpy()[six]
         self.memory_config = memory_config or MemoryConfig()
-        self._memory_points: torch.Tensor | None = None
+        self._memory_size = 0
         self._memory_column: torch.Tensor | None = None
-        if memory is not None and memory.height and self.memory_config.weight > 0:
+        self._memory_points: torch.Tensor | None = None
+        self._lexical: LexicalIndex | None = None
+        if memory is not None and memory.height and self.memory_config.active:
             column = candidate_positions(memory["code"].to_numpy(), self._six_codes)
             self._memory_column = torch.as_tensor(column)
-            with torch.no_grad():
-                self._memory_points = self.embed(memory["text"].to_list())
-            check_on_manifold(self._memory_points, self.curvature)
+            self._memory_size = memory.height
+            if self.memory_config.weight > 0:
+                with torch.no_grad():
+                    self._memory_points = self.embed(memory["text"].to_list())
+                check_on_manifold(self._memory_points, self.curvature)
+            if self.memory_config.lexical_weight > 0:
+                self._lexical = LexicalIndex(memory["text"].to_list())
 
     @property
     def memory_size(self) -> int:
         """Number of remembered entries (0 = plain embedding classifier)."""
-        return 0 if self._memory_points is None else len(self._memory_points)
+        return self._memory_size
 
     @classmethod
     def from_checkpoint(
@@ -160,33 +168,55 @@ class Classifier:
     def scores(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(distance, probability) arrays (n, m) of each text against the six-digit codes
         (``six_digit_codes`` order); ``probability`` includes the memory when there is one."""
-        return self.score_points(self.embed(texts))
+        texts = list(texts)
+        return self.score_points(self.embed(texts), texts)
 
     def score_points(
-        self, queries: torch.Tensor, batch_size: int = 512
+        self, queries: torch.Tensor, texts: Sequence[str] | None = None, batch_size: int = 512
     ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`scores` for hyperboloid points (n, D+1) already embedded (e.g. by ``embed``)."""
+        """:meth:`scores` for hyperboloid points (n, D+1) already embedded (e.g. by ``embed``);
+        ``texts`` are the words behind them, needed when the memory has a lexical part."""
+        if self._lexical is not None and (texts is None or len(texts) != len(queries)):
+            raise ValueError("the lexical memory needs the texts of the query points, one each")
         six_points = self._points[self._six_index]
         distances, probabilities = [], []
         for start in range(0, len(queries), batch_size):  # bounds the (rows x entries) matrix
             rows = queries[start : start + batch_size]
             distance = pairwise_distance(rows, six_points, self.curvature).double()
             probs = torch.softmax(-distance / self.temperature, dim=1)
-            if self._memory_points is not None:
-                entry_distance = pairwise_distance(rows, self._memory_points, self.curvature)
-                memory = memory_probabilities(
-                    entry_distance.double(),
-                    self._memory_column,
-                    len(six_points),
-                    self.memory_config.temperature or self.temperature,
-                )
-                probs = blend_probabilities(probs, memory, self.memory_config.weight)
+            if self._memory_column is not None:
+                probs = self._blend_memory(probs, rows, texts, start)
             distances.append(distance.numpy())
             probabilities.append(probs.numpy())
         if not distances:
             empty = np.zeros((0, len(six_points)))
             return empty, empty
         return np.concatenate(distances), np.concatenate(probabilities)
+
+    def _blend_memory(
+        self, code_probs: torch.Tensor, rows: torch.Tensor, texts: Sequence[str] | None, start: int
+    ) -> torch.Tensor:
+        """The module doc's blend for one batch of query points (``rows``, from ``start``)."""
+        config, num_codes = self.memory_config, code_probs.shape[1]
+        point_probs = lexical_probs = matched = None
+        if self._memory_points is not None:
+            entry_distance = pairwise_distance(rows, self._memory_points, self.curvature)
+            point_probs = memory_probabilities(
+                entry_distance.double(),
+                self._memory_column,
+                num_codes,
+                config.temperature or self.temperature,
+            )
+        if self._lexical is not None:
+            cosine, hit = self._lexical.similarity(texts[start : start + len(rows)])
+            lexical_probs = memory_probabilities(  # cosine distance 1 - cos: same softmax
+                torch.as_tensor(1.0 - cosine),
+                self._memory_column,
+                num_codes,
+                config.lexical_temperature,
+            )
+            matched = torch.as_tensor(hit)
+        return mix_probabilities(code_probs, point_probs, lexical_probs, matched, config)
 
     def predict(self, texts: Sequence[str], top_k: int = 5) -> list[list[Prediction]]:
         """Per text, the ``top_k`` most probable six-digit codes, best first."""

@@ -3,14 +3,18 @@
 A code is one point, but its index entries are many phrasings ("canola farming", "rapeseed
 farming", ...): a query often lies closer to one labelled phrasing than to the code's point. The
 classifier therefore keeps the entries it was trained on (the ``examples`` and ``train`` splits,
-never ``validation``/``test``) as points and blends two distributions over six-digit codes::
+never ``validation``/``test``) and blends three distributions over six-digit codes::
 
-    p(c | q) = (1 - w) * softmax_c(-d(q, code c) / T) + w * sum_{e of c} softmax_e(-d(q, e) / T)
+    p(c | q) = (1 - w - v) * softmax_c(-d(q, code c) / T)
+             + w * sum_{e of c} softmax_e(-d(q, e) / T)          (entries as points)
+             + v * sum_{e of c} softmax_e(cos_tfidf(q, e) / T_v)  (entries as words)
 
-(Khandelwal et al., 2020, kNN-LM). ``w = 0`` is the plain embedding. With the default 0.35 and
-the training temperature, validation top-1 after ``03_hard`` (balance weight 0.01) rose from
-0.683 to 0.717 (weight and temperature were chosen on validation; the plateau is wide,
-0.71-0.72 for w in 0.2-0.5). The code embeddings and every hierarchy metric are unaffected.
+(Khandelwal et al., 2020, kNN-LM; the last term is the lexical half of a hybrid retriever,
+``naics_ml.lexical_memory``). A query that shares no word with any entry drops the last term
+and renormalises the other two. ``w = v = 0`` is the plain embedding. The defaults (w = 0.25,
+v = 0.2, T = the training temperature, T_v = 0.05) were chosen on the validation split with the
+``03_hard`` checkpoint: top-1 0.687 (embedding) -> 0.718 (w = 0.35, v = 0) -> 0.738, MRR 0.782
+-> 0.807 -> 0.822. The code embeddings and every hierarchy metric are unaffected.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ __all__ = [
     "load_stage_memory",
     "memory_entries",
     "memory_probabilities",
+    "mix_probabilities",
     "save_stage_memory",
 ]
 
@@ -42,17 +47,38 @@ MEMORY_NAME = "memory.parquet"
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    """``weight`` of the memory in the blend (0 = off); ``temperature`` of its softmax over
-    entries (None = the stage's training temperature)."""
+    """Shares of the blend: ``weight`` for the entries as points, ``lexical_weight`` for the
+    entries as words (the code embedding keeps the rest; 0 turns a part off); ``temperature``
+    of the point softmax over entries (None = the stage's training temperature) and
+    ``lexical_temperature`` of the TF-IDF cosine softmax."""
 
-    weight: float = 0.35
+    weight: float = 0.25
     temperature: float | None = None
+    lexical_weight: float = 0.2
+    lexical_temperature: float = 0.05
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.weight <= 1.0:
-            raise ValueError(f"MemoryConfig.weight must be in [0, 1], got {self.weight}")
+        for name in ("weight", "lexical_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"MemoryConfig.{name} must be in [0, 1], got {getattr(self, name)}"
+                )
+        if self.weight + self.lexical_weight > 1.0:
+            raise ValueError(
+                "MemoryConfig.weight + MemoryConfig.lexical_weight must be <= 1, got "
+                f"{self.weight} + {self.lexical_weight}"
+            )
         if self.temperature is not None and not self.temperature > 0:
             raise ValueError(f"MemoryConfig.temperature must be > 0, got {self.temperature}")
+        if not self.lexical_temperature > 0:
+            raise ValueError(
+                f"MemoryConfig.lexical_temperature must be > 0, got {self.lexical_temperature}"
+            )
+
+    @property
+    def active(self) -> bool:
+        """Whether the memory takes part in the blend at all."""
+        return self.weight > 0 or self.lexical_weight > 0
 
 
 def memory_entries(entries: pl.DataFrame, splits: tuple[str, ...]) -> pl.DataFrame:
@@ -99,6 +125,31 @@ def memory_probabilities(
 def blend_probabilities(code_probs: Tensor, memory_probs: Tensor, weight: float) -> Tensor:
     """``(1 - weight) * code_probs + weight * memory_probs`` (both rows sum to 1)."""
     return (1.0 - weight) * code_probs + weight * memory_probs
+
+
+def mix_probabilities(
+    code_probs: Tensor,
+    memory_probs: Tensor | None,
+    lexical_probs: Tensor | None,
+    matched: Tensor | None,
+    config: MemoryConfig,
+) -> Tensor:
+    """The three-way blend of the module doc; ``None`` parts are off. Rows where ``matched``
+    is False (no word shared with any entry) keep the code and point parts, renormalised."""
+    lexical_share = config.lexical_weight if lexical_probs is not None else 0.0
+    dense = code_probs
+    if memory_probs is not None:
+        dense = blend_probabilities(
+            code_probs,
+            memory_probs,
+            config.weight / (1.0 - lexical_share) if lexical_share < 1 else 0.0,
+        )
+    if lexical_probs is None:
+        return dense
+    if matched is None or matched.shape != (len(code_probs),):
+        raise ValueError("lexical probabilities need a (rows,) matched mask")
+    mixed = blend_probabilities(dense, lexical_probs, lexical_share)
+    return torch.where(matched[:, None], mixed, dense)
 
 
 def candidate_positions(codes: np.ndarray, candidates: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ def model_metrics(
     if texts and classifier.memory_size:  # the Classifier's blended scores, same test entries
         from naics_ml.evaluate import retrieval_metrics, six_digit_codes
 
-        _, probability = classifier.score_points(queries)
+        _, probability = classifier.score_points(queries, texts)
         metrics |= retrieval_metrics(
             -probability, six_digit_codes(codes), truth, prefix=f"{MEMORY_PREFIX}test_"
         )

@@ -233,6 +233,10 @@ def test_from_checkpoint_accepts_file_and_refuses_unfinished_stage(stage, tmp_pa
         Classifier.from_checkpoint(unfinished, allow_incomplete=True)
 
 
+def ranked_for(classifier: Classifier, text: str) -> list[str]:
+    return [p.code for p in classifier.predict([text], top_k=10_000)[0]]
+
+
 def test_memory_blends_remembered_entries_into_predictions(stage, tmp_path):
     folder, codes, _ = stage
     n_six = int((codes["level"] == 6).sum())
@@ -247,7 +251,8 @@ def test_memory_blends_remembered_entries_into_predictions(stage, tmp_path):
     save_stage_memory(copy, memory)
     assert Classifier.from_checkpoint(copy, memory=False).memory_size == 0
 
-    blended = Classifier.from_checkpoint(copy)  # default weight, the stage's temperature
+    points_only = MemoryConfig(weight=0.35, lexical_weight=0.0)
+    blended = Classifier.from_checkpoint(copy, memory_config=points_only)  # stage temperature
     assert blended.memory_size == 2
     texts = [text, "gold mine company"]
     distance, probability = blended.scores(texts)
@@ -258,17 +263,54 @@ def test_memory_blends_remembered_entries_into_predictions(stage, tmp_path):
     )
     columns = [list(six_digit_codes(codes)).index(c) for c in memory["code"]]
     weights = torch.softmax(-entry_distance / 0.2, dim=1).numpy()
-    expected = 0.65 * plain_probability
+    point_probability = np.zeros_like(plain_probability)
     for j, column in enumerate(columns):
-        expected[:, column] += 0.35 * weights[:, j]
+        point_probability[:, column] += weights[:, j]
+    expected = 0.65 * plain_probability + 0.35 * point_probability
     np.testing.assert_allclose(probability, expected, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(probability.sum(1), 1.0, rtol=1e-9)
 
-    only_memory = Classifier.from_checkpoint(copy, memory_config=MemoryConfig(weight=1.0))
+    # the default blend adds the entries as words: the exact wording votes for its code only;
+    # a text sharing no word with any entry keeps the embedding and points, renormalised
+    hybrid = Classifier.from_checkpoint(copy)
+    _, probability = hybrid.scores([text, "qqq xyzzy"])
+    lexical = np.zeros(n_six)
+    lexical[columns[0]] = 1.0
+    point_probability = np.zeros((2, n_six))
+    _, plain_probability = plain.scores([text, "qqq xyzzy"])
+    entry_distance = pairwise_distance(
+        plain.embed([text, "qqq xyzzy"]).double(),
+        plain.embed(memory["text"].to_list()).double(),
+        1.0,
+    )
+    weights = torch.softmax(-entry_distance / 0.2, dim=1).numpy()
+    for j, column in enumerate(columns):
+        point_probability[:, column] += weights[:, j]
+    np.testing.assert_allclose(
+        probability[0],
+        0.55 * plain_probability[0] + 0.25 * point_probability[0] + 0.2 * lexical,
+        rtol=1e-5,
+        atol=1e-8,  # the other entry's lexical share is exp(-1 / 0.05)
+    )
+    np.testing.assert_allclose(
+        probability[1], (0.55 * plain_probability[1] + 0.25 * point_probability[1]) / 0.8, rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="texts of the query points"):
+        hybrid.score_points(hybrid.embed([text]))
+
+    only_memory = Classifier.from_checkpoint(
+        copy, memory_config=MemoryConfig(weight=1.0, lexical_weight=0.0)
+    )
     best = only_memory.predict([text], top_k=3)[0]
     assert best[0].code == target and best[0].score > 0.5
     assert [p.score for p in best] == sorted((p.score for p in best), reverse=True)
-    off = Classifier.from_checkpoint(copy, memory_config=MemoryConfig(weight=0.0))
+    only_words = Classifier.from_checkpoint(
+        copy, memory_config=MemoryConfig(weight=0.0, lexical_weight=1.0)
+    )
+    assert only_words.predict([text], top_k=1)[0][0].code == target
+    unmatched = [p.code for p in only_words.predict(["qqq xyzzy"], top_k=n_six)[0]]
+    assert unmatched == ranked_for(plain, "qqq xyzzy")  # no shared word: the embedding alone
+    off = Classifier.from_checkpoint(copy, memory_config=MemoryConfig(weight=0.0, lexical_weight=0))
     assert off.memory_size == 0 and off.predict([text], top_k=n_six)[0] == ranked
 
     save_stage_memory(copy, pl.DataFrame({"text": ["x"], "code": ["999999"]}))
