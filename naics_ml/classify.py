@@ -4,13 +4,15 @@
     clf.predict(["organic dairy farm"], top_k=3)[0][0]  # Prediction(code='112120', ...)
     clf.code_embeddings()  # polars frame: code, level, title, coordinates, radius, ...
 
-Loading embeds every code and every remembered entry once (75 s for the 2,125 codes and 14,901
-entries of 2022 with MiniLM on a 2-core CPU); ``predict`` is then fast (0.1 s for a few texts).
+Loading reads the points of every code and remembered entry that the stage asset saved
+(``points.pt``, a few seconds); without them, or when the stage's files changed since, it embeds
+them afresh (75 s for the 2,125 codes and 14,901 entries of 2022 with MiniLM on a 2-core CPU).
+``predict`` is then fast (0.1 s for a few texts).
 
 A stage folder holds everything needed: ``checkpoint.pt`` (model config + trainable weights),
 ``codes.parquet`` (the code table it was trained on) and, from the stage assets,
-``memory.parquet`` (the labelled index entries it trained on); the frozen base model is loaded
-from the name or path in the model config (override with ``base_model=``).
+``memory.parquet`` (the labelled index entries it trained on) and ``points.pt``; the frozen base
+model is loaded from the name or path in the model config (override with ``base_model=``).
 
 Scores: ``score`` is the probability of the code over *all* six-digit codes. Without a memory it
 is the model's query softmax ``softmax(-distance / temperature)`` with the stage's training
@@ -43,6 +45,7 @@ from naics_ml.entry_memory import (
 from naics_ml.lexical_memory import LexicalIndex
 from naics_ml.model.lorentz import check_on_manifold, pairwise_distance, radius
 from naics_ml.model.network import CHANNELS, ModelConfig, NaicsModel, channel_fingerprint
+from naics_ml.stage_points import StagePoints, load_stage_points, save_stage_points
 
 __all__ = ["Classifier", "Prediction", "code_channel_texts"]
 
@@ -80,22 +83,33 @@ class Classifier:
         temperature: float = 0.1,
         memory: pl.DataFrame | None = None,
         memory_config: MemoryConfig | None = None,
+        points: StagePoints | None = None,
     ) -> None:
         """``model`` with trained weights; codes (and the ``memory`` entries: ``text``,
-        ``code``) are embedded here, once.
+        ``code``) are embedded here, once, unless ``points`` already holds them.
 
-        The frozen prefix is cached (``model.prepare``) only when the model is not already
-        prepared for exactly these code texts (e.g. the model a stage has just trained).
+        The frozen prefix is cached (``model.prepare``) only when the codes must be embedded
+        and the model is not already prepared for exactly these code texts (e.g. the model a
+        stage has just trained).
         """
         self.model = model.eval()
         self.codes = codes.sort("index")
         self.temperature = float(temperature)
         self.curvature = float(model.config.curvature)
-        texts = code_channel_texts(self.codes)
-        if model.code_fingerprint != channel_fingerprint(texts):
-            model.prepare(texts)
-        with torch.no_grad():
-            self._points = model.encode_all_codes()
+        if points is not None:
+            expected = (self.codes.height, model.config.embedding_dim + 1)
+            if tuple(points.codes.shape) != expected:
+                raise ValueError(
+                    f"saved code points have shape {tuple(points.codes.shape)}, "
+                    f"the model and code table need {expected}"
+                )
+            self._points = points.codes
+        else:
+            texts = code_channel_texts(self.codes)
+            if model.code_fingerprint != channel_fingerprint(texts):
+                model.prepare(texts)
+            with torch.no_grad():
+                self._points = model.encode_all_codes()
         check_on_manifold(self._points, self.curvature)
         six = (self.codes["level"] == 6).to_numpy()
         if not six.any():
@@ -113,8 +127,12 @@ class Classifier:
             self._memory_column = torch.as_tensor(column)
             self._memory_size = memory.height
             if self.memory_config.weight > 0:
-                with torch.no_grad():
-                    self._memory_points = self.embed(memory["text"].to_list())
+                saved = None if points is None else points.memory
+                if saved is not None and len(saved) == memory.height:
+                    self._memory_points = saved
+                else:
+                    with torch.no_grad():
+                        self._memory_points = self.embed(memory["text"].to_list())
                 check_on_manifold(self._memory_points, self.curvature)
             if self.memory_config.lexical_weight > 0:
                 self._lexical = LexicalIndex(memory["text"].to_list())
@@ -135,12 +153,15 @@ class Classifier:
         allow_incomplete: bool = False,
         memory: bool = True,
         memory_config: MemoryConfig | None = None,
+        reuse_points: bool = True,
     ) -> Classifier:
-        """Rebuild the model of a stage folder (or its checkpoint file) and embed all codes.
+        """Rebuild the model of a stage folder (or its checkpoint file) and its points.
 
         ``base_model`` overrides the config's base model name/path; ``base``/``tokenizer``
         objects are used as-is (tests). An unfinished stage is refused unless
-        ``allow_incomplete``. ``memory=False`` ignores the stage's ``memory.parquet``.
+        ``allow_incomplete``. ``memory=False`` ignores the stage's ``memory.parquet``. The
+        stage's ``points.pt`` (``naics_ml.stage_points``) spares embedding the codes and the
+        memory again while it matches the stage's files; ``reuse_points=False`` embeds afresh.
         """
         file = resolve_checkpoint(path)
         state = load_checkpoint(file)
@@ -157,7 +178,15 @@ class Classifier:
         model.load_trainable_state_dict(state["model_state"])
         temperature = float(state.get("train_config", {}).get("temperature", 0.1))
         entries = load_stage_memory(file) if memory else None
-        return cls(model, codes, temperature, memory=entries, memory_config=memory_config)
+        points = load_stage_points(file) if reuse_points else None
+        return cls(
+            model, codes, temperature, memory=entries, memory_config=memory_config, points=points
+        )
+
+    def save_points(self, path: Path | str) -> Path:
+        """Save the embedded codes and memory entries as the stage's ``points.pt``, for a
+        Classifier built from that stage's own files (as the stage assets do)."""
+        return save_stage_points(path, StagePoints(codes=self._points, memory=self._memory_points))
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Hyperboloid points (n, D+1) of free texts."""

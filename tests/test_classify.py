@@ -21,6 +21,7 @@ from naics_ml.evaluate import six_digit_codes
 from naics_ml.model.lorentz import check_on_manifold, pairwise_distance
 from naics_ml.model.network import ModelConfig, NaicsModel
 from naics_ml.sampler import TripletBatch
+from naics_ml.stage_points import load_stage_points
 from naics_ml.train import TrainConfig, train_stage
 
 from .tiny import save_tiny_bert
@@ -316,3 +317,51 @@ def test_memory_blends_remembered_entries_into_predictions(stage, tmp_path):
     save_stage_memory(copy, pl.DataFrame({"text": ["x"], "code": ["999999"]}))
     with pytest.raises(ValueError, match="999999"):
         Classifier.from_checkpoint(copy)
+
+
+def test_saved_points_spare_embedding_until_the_stage_changes(stage, tmp_path, monkeypatch):
+    folder, codes, _ = stage
+    copy = tmp_path / "stage"
+    shutil.copytree(folder, copy)
+    six = six_digit_codes(codes)
+    memory = pl.DataFrame({"text": ["wheat farm company", "coal mine"], "code": [six[0], six[-1]]})
+    save_stage_memory(copy, memory)
+    assert load_stage_points(copy) is None  # nothing saved yet
+    fresh = Classifier.from_checkpoint(copy)
+    saved = fresh.save_points(copy)
+    assert saved.name == "points.pt" and not list(copy.glob("*.tmp*"))
+
+    calls = []
+
+    def counted(name: str, method):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return method(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(NaicsModel, "prepare", counted("prepare", NaicsModel.prepare))
+    codes_method = NaicsModel.encode_all_codes
+    monkeypatch.setattr(NaicsModel, "encode_all_codes", counted("codes", codes_method))
+    reused = Classifier.from_checkpoint(copy)  # neither prepares nor embeds codes or memory
+    assert calls == [] and reused.memory_size == 2
+    torch.testing.assert_close(reused._points, fresh._points)
+    texts = ["gold mine company", "dairy farm"]
+    for a, b in zip(reused.scores(texts), fresh.scores(texts), strict=True):
+        # "dairy farm" is also a code title: fresh (prepared) reads it from the prefix cache
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+    # an edited memory makes the saved points stale: the classifier embeds afresh
+    save_stage_memory(copy, memory.head(1))
+    assert load_stage_points(copy) is None
+    Classifier.from_checkpoint(copy)
+    assert calls == ["prepare", "codes"]
+    monkeypatch.undo()
+
+    fresh.save_points(copy)  # a two-entry memory's points for a one-entry memory: re-embedded
+    assert Classifier.from_checkpoint(copy).memory_size == 1
+    state = torch.load(copy / "points.pt", weights_only=True)
+    torch.save({**state, "codes": state["codes"][:-1]}, copy / "points.pt")
+    with pytest.raises(ValueError, match="saved code points have shape"):
+        Classifier.from_checkpoint(copy)
+    assert Classifier.from_checkpoint(copy, reuse_points=False).memory_size == 1

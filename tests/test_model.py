@@ -329,6 +329,7 @@ def test_bank_rows_equal_live_encodings_after_refresh(tokenizer):
     assert model.training
     bank = model.bank()
     assert bank.shape == (5, len(CHANNELS), 32) and bank.dtype == torch.float32
+    model.eval()  # the bank is the deterministic encoding: no LoRA dropout
     with torch.no_grad():
         live = model._channel_vectors(model._code_slots)
     torch.testing.assert_close(bank, live, atol=1e-6, rtol=1e-6)

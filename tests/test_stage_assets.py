@@ -23,6 +23,7 @@ from naics_assets.tracking import MlflowTracker
 from naics_ml.checkpoint import load_checkpoint
 from naics_ml.classify import Classifier
 from naics_ml.evaluate import METRIC_KEYS
+from naics_ml.stage_points import load_stage_points
 
 from .conftest import metadata_of
 from .tiny import save_tiny_bert
@@ -170,7 +171,11 @@ def test_embeddings_cover_every_code_and_the_classifier_predicts(chain) -> None:
     codes = pl.read_parquet(root / "artifacts/2022/naics_codes.parquet")
     assert table["code"].to_list() == codes["code"].to_list()
     assert metadata_of(result, "naics_embeddings")["dagster/row_count"] == codes.height
-    classifier = Classifier.from_checkpoint(root / "artifacts/2022/models/stage_03_hard")
+    stage_dir = root / "artifacts/2022/models/stage_03_hard"
+    saved = load_stage_points(stage_dir)  # written by the stage asset, matching its files
+    assert saved is not None and saved.memory is not None
+    classifier = Classifier.from_checkpoint(stage_dir)
+    torch.testing.assert_close(classifier._points, saved.codes)
     [predictions] = classifier.predict(["electric power distribution"], top_k=3)
     assert len(predictions) == 3
     assert all(len(p.code) == 6 and p.code[:2] in {"22", "55"} for p in predictions)

@@ -3,8 +3,8 @@
 Each stage starts from the previous stage's weights, streams its curriculum's triplets, is exactly
 one MLflow run (``<revision>/<stage>``), ends with the evaluation against both baselines on the
 held-out test split, and leaves ``models/<stage>/`` (checkpoint, code table, entry memory,
-metrics, plot). Two asset checks read the stage's own metrics: it must beat both baselines, and
-no expert may starve.
+the Classifier's points, metrics, plot). Two asset checks read the stage's own metrics: it must
+beat both baselines, and no expert may starve.
 Re-materializing an interrupted stage resumes from its last checkpoint.
 """
 
@@ -33,6 +33,7 @@ class ModelSettings(dg.Config):
     )
     lora_r: int = 8
     lora_alpha: int = 16
+    lora_dropout: float = Field(default=0.1, description="Dropout on the LoRA adapters' input.")
     lora_layers: int = Field(default=2, description="LoRA on the top N layers (rest cached).")
     embedding_dim: int = 384
     curvature: float = 1.0
@@ -185,6 +186,7 @@ def train_stage_asset(
         memory = load_stage_memory(result.checkpoint)  # what from_checkpoint will load
         classifier = Classifier(result.model, codes, train_config.temperature, memory=memory)
         metrics = model_metrics(classifier, codes, tree, entries)
+        classifier.save_points(out_dir)  # Classifier.from_checkpoint loads in seconds
         metrics |= baseline_metrics(
             codes,
             tree,
