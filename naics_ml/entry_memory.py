@@ -13,8 +13,9 @@ never ``validation``/``test``) and blends three distributions over six-digit cod
 ``naics_ml.lexical_memory``). A query that shares no word with any entry drops the last term
 and renormalises the other two. ``w = v = 0`` is the plain embedding. The defaults (w = 0.25,
 v = 0.2, T = the training temperature, T_v = 0.05) were chosen on the validation split with the
-``03_hard`` checkpoint: top-1 0.687 (embedding) -> 0.718 (w = 0.35, v = 0) -> 0.738, MRR 0.782
--> 0.807 -> 0.822. The code embeddings and every hierarchy metric are unaffected.
+previous defaults' ``03_hard`` checkpoint: top-1 0.687 (embedding) -> 0.718 (w = 0.35,
+v = 0) -> 0.738, MRR 0.782 -> 0.807 -> 0.822. The code embeddings and every hierarchy metric
+are unaffected.
 """
 
 from __future__ import annotations
