@@ -252,13 +252,9 @@ def test_memory_blends_remembered_entries_into_predictions(stage, tmp_path):
     save_stage_memory(copy, memory)
     assert Classifier.from_checkpoint(copy, memory=False).memory_size == 0
 
-    points_only = MemoryConfig(weight=0.35, lexical_weight=0.0)
-    blended = Classifier.from_checkpoint(copy, memory_config=points_only)  # stage temperature
-    assert blended.memory_size == 2
-    texts = [text, "gold mine company"]
-    distance, probability = blended.scores(texts)
+    # by hand: the plain softmax and the entries-as-points softmax (stage temperature 0.2)
+    texts = [text, "gold mine company", "qqq xyzzy"]
     plain_distance, plain_probability = plain.scores(texts)
-    np.testing.assert_allclose(distance, plain_distance, rtol=1e-6)
     entry_distance = pairwise_distance(
         plain.embed(texts).double(), plain.embed(memory["text"].to_list()).double(), 1.0
     )
@@ -267,6 +263,12 @@ def test_memory_blends_remembered_entries_into_predictions(stage, tmp_path):
     point_probability = np.zeros_like(plain_probability)
     for j, column in enumerate(columns):
         point_probability[:, column] += weights[:, j]
+
+    points_only = MemoryConfig(weight=0.35, lexical_weight=0.0)
+    blended = Classifier.from_checkpoint(copy, memory_config=points_only)
+    assert blended.memory_size == 2
+    distance, probability = blended.scores(texts)
+    np.testing.assert_allclose(distance, plain_distance, rtol=1e-6)
     expected = 0.65 * plain_probability + 0.35 * point_probability
     np.testing.assert_allclose(probability, expected, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(probability.sum(1), 1.0, rtol=1e-9)
@@ -274,19 +276,9 @@ def test_memory_blends_remembered_entries_into_predictions(stage, tmp_path):
     # the default blend adds the entries as words: the exact wording votes for its code only;
     # a text sharing no word with any entry keeps the embedding and points, renormalised
     hybrid = Classifier.from_checkpoint(copy)
-    _, probability = hybrid.scores([text, "qqq xyzzy"])
+    _, probability = hybrid.scores(texts)
     lexical = np.zeros(n_six)
     lexical[columns[0]] = 1.0
-    point_probability = np.zeros((2, n_six))
-    _, plain_probability = plain.scores([text, "qqq xyzzy"])
-    entry_distance = pairwise_distance(
-        plain.embed([text, "qqq xyzzy"]).double(),
-        plain.embed(memory["text"].to_list()).double(),
-        1.0,
-    )
-    weights = torch.softmax(-entry_distance / 0.2, dim=1).numpy()
-    for j, column in enumerate(columns):
-        point_probability[:, column] += weights[:, j]
     np.testing.assert_allclose(
         probability[0],
         0.55 * plain_probability[0] + 0.25 * point_probability[0] + 0.2 * lexical,
@@ -294,7 +286,7 @@ def test_memory_blends_remembered_entries_into_predictions(stage, tmp_path):
         atol=1e-8,  # the other entry's lexical share is exp(-1 / 0.05)
     )
     np.testing.assert_allclose(
-        probability[1], (0.55 * plain_probability[1] + 0.25 * point_probability[1]) / 0.8, rtol=1e-5
+        probability[2], (0.55 * plain_probability[2] + 0.25 * point_probability[2]) / 0.8, rtol=1e-5
     )
     with pytest.raises(ValueError, match="texts of the query points"):
         hybrid.score_points(hybrid.embed([text]))
