@@ -35,6 +35,7 @@ __all__ = [
     "restore_rng_state",
     "save_checkpoint",
     "save_stage_bundle",
+    "stage_folder",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -93,10 +94,15 @@ def save_stage_bundle(out_dir: Path | str, codes: pl.DataFrame) -> Path:
     return target
 
 
+def stage_folder(path: Path | str) -> Path:
+    """The stage folder of ``path``, which is the folder itself or a file in it (the checkpoint)."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
 def load_stage_codes(path: Path | str) -> pl.DataFrame:
     """The code table saved with a stage (``path`` is the stage folder or its checkpoint file)."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
+    folder = stage_folder(path)
     file = folder / CODES_NAME
     if not file.is_file():
         raise FileNotFoundError(

@@ -28,6 +28,7 @@ import polars as pl
 import torch
 from torch import Tensor
 
+from naics_ml.checkpoint import stage_folder
 from naics_ml.index_split import HELD_OUT_SPLITS
 from naics_ml.io import atomic_path
 
@@ -103,8 +104,7 @@ def save_stage_memory(out_dir: Path | str, memory: pl.DataFrame) -> Path:
 
 def load_stage_memory(path: Path | str) -> pl.DataFrame | None:
     """The memory saved with a stage (folder or checkpoint file), None if it has none."""
-    path = Path(path)
-    file = (path if path.is_dir() else path.parent) / MEMORY_NAME
+    file = stage_folder(path) / MEMORY_NAME
     return pl.read_parquet(file) if file.is_file() else None
 
 

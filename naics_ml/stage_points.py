@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from naics_ml.checkpoint import CHECKPOINT_NAME, CODES_NAME
+from naics_ml.checkpoint import CHECKPOINT_NAME, CODES_NAME, stage_folder
 from naics_ml.entry_memory import MEMORY_NAME
 from naics_ml.io import atomic_save_torch
 
@@ -41,14 +41,9 @@ class StagePoints:
     memory: Tensor | None
 
 
-def _folder(path: Path | str) -> Path:
-    path = Path(path)
-    return path if path.is_dir() else path.parent
-
-
 def stage_fingerprint(path: Path | str) -> str:
     """SHA-256 over the stage files the points depend on (a missing memory counts as empty)."""
-    folder = _folder(path)
+    folder = stage_folder(path)
     digest = hashlib.sha256()
     for name in (CHECKPOINT_NAME, CODES_NAME, MEMORY_NAME):
         file = folder / name
@@ -63,7 +58,7 @@ def stage_fingerprint(path: Path | str) -> str:
 
 def save_stage_points(path: Path | str, points: StagePoints) -> Path:
     """Write ``points.pt`` for the stage's current files, atomically."""
-    folder = _folder(path)
+    folder = stage_folder(path)
     state = {
         "fingerprint": stage_fingerprint(folder),
         "codes": points.codes.detach().float().contiguous(),
@@ -74,7 +69,7 @@ def save_stage_points(path: Path | str, points: StagePoints) -> Path:
 
 def load_stage_points(path: Path | str) -> StagePoints | None:
     """The saved points if they match the stage's current files, else None (missing or stale)."""
-    folder = _folder(path)
+    folder = stage_folder(path)
     file = folder / POINTS_NAME
     if not file.is_file():
         return None
