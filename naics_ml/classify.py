@@ -197,8 +197,8 @@ class Classifier:
     def scores(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(distance, probability) arrays (n, m) of each text against the six-digit codes
         (``six_digit_codes`` order); ``probability`` includes the memory when there is one."""
-        texts = list(texts)
-        return self.score_points(self.embed(texts), texts)
+        points = self.embed(texts)  # refuses a single string before list() splits it up
+        return self.score_points(points, list(texts))
 
     def score_points(
         self, queries: torch.Tensor, texts: Sequence[str] | None = None, batch_size: int = 512

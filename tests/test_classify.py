@@ -182,6 +182,8 @@ def test_predict_returns_nearest_six_digit_codes(classifier, stage):
     assert classifier.predict([]) == []
     with pytest.raises(TypeError):
         classifier.predict("a single string")
+    with pytest.raises(TypeError):
+        classifier.scores("a single string")  # not its characters
 
 
 def test_trained_classifier_finds_training_queries(classifier, stage):
