@@ -86,13 +86,15 @@ def run_stage(
     extra: dict[str, Any] | None = None,
     progress: bool = True,
     on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    prefix_cache_dir: Path | None = None,
 ) -> StageResult:
     """Build model and samplers from files and train one stage (any world size).
 
     ``queries`` is the index-entries frame (code, index, text, split): the splits named by
     ``TrainConfig.query_splits`` (``train`` and ``examples`` by default) train the query path,
     the ``validation`` split gives ``val_loss``/``val_top1``/``val_mrr``; ``test`` is never
-    read. ``extra`` gets the curriculum and is part of the checkpoint.
+    read. ``extra`` gets the curriculum and is part of the checkpoint. ``prefix_cache_dir``
+    keeps the frozen prefix between stages (:meth:`NaicsModel.prepare`).
     """
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
@@ -104,7 +106,9 @@ def run_stage(
     train_q = _split(queries, *train_config.query_splits)
     val_q = _split(queries, "validation")
     model.prepare(
-        code_channel_texts(codes), queries=train_q["text"].to_list() + val_q["text"].to_list()
+        code_channel_texts(codes),
+        queries=train_q["text"].to_list() + val_q["text"].to_list(),
+        cache_dir=prefix_cache_dir,
     )
     train_codes = train_q["index"].to_numpy().astype(np.int64)
     query_codes = np.concatenate([train_codes, val_q["index"].to_numpy().astype(np.int64)])
@@ -207,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-from", type=Path, help="previous stage folder or checkpoint")
     parser.add_argument("--model-config", help="ModelConfig fields: JSON file or inline JSON")
     parser.add_argument("--train-config", help="TrainConfig fields: JSON file or inline JSON")
+    parser.add_argument("--prefix-cache", type=Path, help="folder keeping the frozen prefix")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -228,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             queries=pl.read_parquet(args.queries) if args.queries else None,
             init_from=args.init_from,
             progress=not args.no_progress,
+            prefix_cache_dir=args.prefix_cache,
         )
     finally:
         if dist.is_initialized():

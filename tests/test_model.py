@@ -233,6 +233,33 @@ def test_encode_texts_matches_prepared_queries(tokenizer):
     assert model.encode_texts([]).shape == (0, 17)
 
 
+def test_prefix_cache_on_disk_is_reused_and_keyed_by_weights_and_texts(tokenizer, tmp_path):
+    reference = make_model(tokenizer)
+    first = make_model(tokenizer)
+    first.prepare(CODE_TEXTS, QUERIES, cache_dir=tmp_path)
+    (stored,) = tmp_path.glob("*.pt")
+    second = make_model(tokenizer)
+    built = []
+    second.encoder.build_cache = lambda *a, **k: built.append(a)  # must not be needed
+    second.prepare(CODE_TEXTS, QUERIES, cache_dir=tmp_path)
+    assert built == []
+    ids = torch.arange(len(CODE_TEXTS["title"]))
+    for model in (first, second):
+        torch.testing.assert_close(
+            model.encode_codes(ids).points, reference.encode_codes(ids).points
+        )
+    # other texts, or other frozen weights (another base model), get their own file
+    make_model(tokenizer).prepare(CODE_TEXTS, QUERIES[:2], cache_dir=tmp_path)
+    make_model(tokenizer, seed=1).prepare(CODE_TEXTS, QUERIES, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.pt"))) == 3
+    # a damaged file is rebuilt, not trusted
+    stored.write_bytes(b"truncated")
+    third = make_model(tokenizer)
+    third.prepare(CODE_TEXTS, QUERIES, cache_dir=tmp_path)
+    torch.testing.assert_close(third.encode_codes(ids).points, reference.encode_codes(ids).points)
+    assert stored.stat().st_size > 1000
+
+
 def test_loss_decreases_on_toy_problem(tokenizer):
     model = make_model(tokenizer)
     model.train()

@@ -186,6 +186,7 @@ def train_stage_asset(
             extra={"revision": revision, "stage": stage},
             progress=True,
             on_metrics=on_metrics,
+            prefix_cache_dir=store.revision_dir(revision) / "prefix_cache",
         )
         # the in-memory model is already prepared for these codes: no second prepare
         memory = load_stage_memory(result.checkpoint)  # what from_checkpoint will load

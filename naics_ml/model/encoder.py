@@ -15,8 +15,12 @@ layers must behave as in the cached forward); LoRA dropout is kept.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +29,8 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
+
+log = logging.getLogger(__name__)
 
 
 def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
@@ -76,6 +82,18 @@ class PrefixCache:
 
     def nbytes(self) -> int:
         return self.flat.numel() * self.flat.element_size()
+
+    def save(self, path: Path | str) -> Path:
+        """Write the cache atomically (a torch file of three tensors)."""
+        from naics_ml.io import atomic_save_torch
+
+        state = {"flat": self.flat, "offsets": self.offsets, "lengths": self.lengths}
+        return atomic_save_torch(state, path)
+
+    @classmethod
+    def load(cls, path: Path | str) -> PrefixCache:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(flat=state["flat"], offsets=state["offsets"], lengths=state["lengths"])
 
 
 class ChannelEncoder(nn.Module):
@@ -180,6 +198,42 @@ class ChannelEncoder(nn.Module):
         input_ids, mask = self._pad(ids)
         hidden = self.base.embeddings(input_ids=input_ids)
         return self._run_layers(hidden, mask, 0, self.first_lora_layer), mask
+
+    def prefix_fingerprint(self, texts: Sequence[str], dtype: torch.dtype) -> str:
+        """SHA-256 of everything a :class:`PrefixCache` of ``texts`` depends on: the frozen
+        prefix's weights (embeddings and the layers below the first LoRA layer), the tokenizer's
+        output, the truncation length, the cache dtype and the texts in order."""
+        digest = hashlib.sha256()
+        modules = [self.base.embeddings, *self.base.encoder.layer[: self.first_lora_layer]]
+        for module in modules:
+            for name, tensor in module.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
+        header = {"max_length": self.max_length, "dtype": str(dtype), "n": len(texts)}
+        digest.update(json.dumps(header, sort_keys=True).encode())
+        for ids in self.tokenize(texts) if texts else []:
+            digest.update(json.dumps(ids).encode())
+        return digest.hexdigest()
+
+    def cached_prefix(
+        self, texts: Sequence[str], dtype: torch.dtype, folder: Path | str | None
+    ) -> PrefixCache:
+        """:meth:`build_cache`, reusing ``folder/<fingerprint>.pt`` when an earlier call (an
+        earlier stage, another process) computed the same prefix; the result is identical."""
+        if folder is None:
+            return self.build_cache(texts, dtype)
+        path = Path(folder) / f"{self.prefix_fingerprint(texts, dtype)}.pt"
+        if path.is_file():
+            try:
+                cache = PrefixCache.load(path)
+                if len(cache) == len(texts) and cache.flat.dtype == dtype:
+                    return cache
+                log.warning("prefix cache %s does not match its texts; rebuilding it", path)
+            except Exception as error:  # e.g. a truncated copy: rebuild, never fail on a cache
+                log.warning("prefix cache %s unreadable (%s); rebuilding it", path, error)
+        cache = self.build_cache(texts, dtype)
+        cache.save(path)
+        return cache
 
     @torch.no_grad()
     def build_cache(self, texts: Sequence[str], dtype: torch.dtype = torch.float16) -> PrefixCache:

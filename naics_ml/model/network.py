@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -144,14 +145,19 @@ class NaicsModel(nn.Module):
 
     # --- preparation ------------------------------------------------------------------------
     def prepare(
-        self, channel_texts: dict[str, list[str | None]], queries: Sequence[str] = ()
+        self,
+        channel_texts: dict[str, list[str | None]],
+        queries: Sequence[str] = (),
+        cache_dir: Path | str | None = None,
     ) -> None:
         """Cache the frozen prefix of every distinct code channel text and query text.
 
         ``channel_texts[c][i]`` is code i's text for channel c (None = missing); a line channel's
         text is split into lines. Texts are deduplicated across channels, codes and queries: the
         prefix does not depend on the adapter. Call once before training or evaluation (again to
-        change the texts).
+        change the texts). With ``cache_dir``, the prefix is stored there under a fingerprint of
+        the frozen weights and the texts, and a later call with the same ones (the next stage)
+        loads it instead of recomputing it (~50 s on 2 cores for the 2022 codes and queries).
         """
         missing = set(CHANNELS) - set(channel_texts)
         if missing:
@@ -187,7 +193,8 @@ class NaicsModel(nn.Module):
         self._query_slots = torch.tensor(query_slots, dtype=torch.long)
         self._bank = None
         self.code_fingerprint = None
-        self._cache = self.encoder.build_cache(self._texts, _CACHE_DTYPES[self.config.cache_dtype])
+        dtype = _CACHE_DTYPES[self.config.cache_dtype]
+        self._cache = self.encoder.cached_prefix(self._texts, dtype, cache_dir)
         self.code_fingerprint = channel_fingerprint(channel_texts)
 
     @property
