@@ -132,6 +132,13 @@ def test_each_stage_starts_from_the_previous_one(chain) -> None:
     assert metadata_of(result, "stage_01_easy")["init_from"] == "base model"
 
 
+def test_later_stages_reuse_the_first_stage_prefix_cache(chain) -> None:
+    _, root, _ = chain
+    # one base model, one set of texts: one file, written by stage 1 and loaded by stages 2-3
+    (cache,) = (root / "artifacts/2022/prefix_cache").glob("*.pt")
+    assert len(cache.stem) == 64 and cache.stat().st_size > 0
+
+
 def test_mlflow_holds_one_run_per_stage(chain) -> None:
     from mlflow.tracking import MlflowClient
 
