@@ -240,7 +240,7 @@ def test_prefix_cache_on_disk_is_reused_and_keyed_by_weights_and_texts(tokenizer
     (stored,) = tmp_path.glob("*.pt")
     second = make_model(tokenizer)
     built = []
-    second.encoder.build_cache = lambda *a, **k: built.append(a)  # must not be needed
+    second.encoder._cache_from_ids = lambda *a, **k: built.append(a)  # must not be needed
     second.prepare(CODE_TEXTS, QUERIES, cache_dir=tmp_path)
     assert built == []
     ids = torch.arange(len(CODE_TEXTS["title"]))

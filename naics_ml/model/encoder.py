@@ -199,20 +199,20 @@ class ChannelEncoder(nn.Module):
         hidden = self.base.embeddings(input_ids=input_ids)
         return self._run_layers(hidden, mask, 0, self.first_lora_layer), mask
 
-    def prefix_fingerprint(self, texts: Sequence[str], dtype: torch.dtype) -> str:
-        """SHA-256 of everything a :class:`PrefixCache` of ``texts`` depends on: the frozen
-        prefix's weights (embeddings and the layers below the first LoRA layer), the tokenizer's
-        output, the truncation length, the cache dtype and the texts in order."""
+    def prefix_fingerprint(self, token_ids: Sequence[Sequence[int]], dtype: torch.dtype) -> str:
+        """SHA-256 of everything a :class:`PrefixCache` depends on: the frozen prefix's weights
+        (embeddings and the layers below the first LoRA layer), the texts' token ids in order
+        (so the tokenizer and truncation too) and the cache dtype."""
         digest = hashlib.sha256()
         modules = [self.base.embeddings, *self.base.encoder.layer[: self.first_lora_layer]]
         for module in modules:
             for name, tensor in module.state_dict().items():
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
-        header = {"max_length": self.max_length, "dtype": str(dtype), "n": len(texts)}
+        header = {"dtype": str(dtype), "n": len(token_ids)}
         digest.update(json.dumps(header, sort_keys=True).encode())
-        for ids in self.tokenize(texts) if texts else []:
-            digest.update(json.dumps(ids).encode())
+        for ids in token_ids:
+            digest.update(json.dumps(list(ids)).encode())
         return digest.hexdigest()
 
     def cached_prefix(
@@ -220,9 +220,10 @@ class ChannelEncoder(nn.Module):
     ) -> PrefixCache:
         """:meth:`build_cache`, reusing ``folder/<fingerprint>.pt`` when an earlier call (an
         earlier stage, another process) computed the same prefix; the result is identical."""
+        token_ids = self.tokenize(texts) if texts else []
         if folder is None:
-            return self.build_cache(texts, dtype)
-        path = Path(folder) / f"{self.prefix_fingerprint(texts, dtype)}.pt"
+            return self._cache_from_ids(token_ids, dtype)
+        path = Path(folder) / f"{self.prefix_fingerprint(token_ids, dtype)}.pt"
         if path.is_file():
             try:
                 cache = PrefixCache.load(path)
@@ -231,14 +232,17 @@ class ChannelEncoder(nn.Module):
                 log.warning("prefix cache %s does not match its texts; rebuilding it", path)
             except Exception as error:  # e.g. a truncated copy: rebuild, never fail on a cache
                 log.warning("prefix cache %s unreadable (%s); rebuilding it", path, error)
-        cache = self.build_cache(texts, dtype)
+        cache = self._cache_from_ids(token_ids, dtype)
         cache.save(path)
         return cache
 
     @torch.no_grad()
     def build_cache(self, texts: Sequence[str], dtype: torch.dtype = torch.float16) -> PrefixCache:
         """Compute the frozen prefix once for every text (call with distinct texts)."""
-        token_ids = self.tokenize(texts)
+        return self._cache_from_ids(self.tokenize(texts) if texts else [], dtype)
+
+    @torch.no_grad()
+    def _cache_from_ids(self, token_ids: list[list[int]], dtype: torch.dtype) -> PrefixCache:
         lengths = torch.tensor([len(x) for x in token_ids], dtype=torch.long)
         offsets = torch.zeros(len(token_ids), dtype=torch.long)
         if len(token_ids):

@@ -157,7 +157,7 @@ class NaicsModel(nn.Module):
         prefix does not depend on the adapter. Call once before training or evaluation (again to
         change the texts). With ``cache_dir``, the prefix is stored there under a fingerprint of
         the frozen weights and the texts, and a later call with the same ones (the next stage)
-        loads it instead of recomputing it (~50 s on 2 cores for the 2022 codes and queries).
+        loads it instead of recomputing it (~1 min on 2 cores for the 2022 codes and queries).
         """
         missing = set(CHANNELS) - set(channel_texts)
         if missing:
