@@ -5,9 +5,11 @@
 Materializes ``stage_01_easy``, ``stage_02_medium``, ``stage_03_hard`` and ``naics_embeddings``
 for a revision (default 2022) with ``dagster asset materialize``, one command per asset, on data
 assets that are already materialized; peak RSS is the largest sum of the resident memory of the
-command's process tree, sampled every 0.2 s. Prints JSON with wall time and peak RSS per asset,
-the total, and each stage's headline metrics (and its entry-memory retrieval) read from its
-``metrics.json``.
+command's process tree, sampled every 0.2 s. A run that starts at ``stage_01_easy`` first
+deletes the revision's caches (the frozen-prefix cache and the baselines' metrics), so that it
+measures what a first materialization costs; ``--warm`` keeps them. Prints JSON with wall
+time and peak RSS per asset, the total, and each stage's headline metrics (and its entry-memory
+retrieval) read from its ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from naics_ml.evaluate import RETRIEVAL_KEYS
 from naics_ml.stage_metrics import HEADLINE, MEMORY_PREFIX
 
 ASSETS = ("stage_01_easy", "stage_02_medium", "stage_03_hard", "naics_embeddings")
+CACHES = ("prefix_cache", "baselines")  # under storage/artifacts/<revision>; rebuilt on demand
 
 
 def run(asset: str, revision: str, log: Path) -> dict[str, float]:
@@ -49,12 +53,22 @@ def main() -> None:
         default=list(ASSETS),
         help="a later part of the chain only (its inputs must be materialized); default all",
     )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="keep the prefix and baseline caches of an earlier run (default: start cold)",
+    )
     args = parser.parse_args()
     if "DAGSTER_HOME" not in os.environ:
         raise SystemExit("set DAGSTER_HOME to the project root")
     args.log.parent.mkdir(parents=True, exist_ok=True)
+    artifacts = Path(os.environ["DAGSTER_HOME"]) / "storage" / "artifacts" / args.revision
+    cold = "stage_01_easy" in args.assets and not args.warm
+    if cold:
+        for cache in CACHES:
+            shutil.rmtree(artifacts / cache, ignore_errors=True)
     stages = {asset: run(asset, args.revision, args.log) for asset in args.assets}
-    models = Path(os.environ["DAGSTER_HOME"]) / "storage" / "artifacts" / args.revision / "models"
+    models = artifacts / "models"
     for asset in [a for a in args.assets if a.startswith("stage_")]:
         metrics = json.loads((models / asset / "metrics.json").read_text())
         stages[asset]["metrics"] = {k: round(metrics[k], 4) for k in HEADLINE}
@@ -73,6 +87,7 @@ def main() -> None:
         "revision": args.revision,
         "cpus": psutil.cpu_count(),
         "assets": stages,
+        "cold_caches": cold,
         "total_wall_s": round(sum(s["wall_s"] for s in stages.values()), 1),
         "max_peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
     }

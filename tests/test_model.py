@@ -293,6 +293,34 @@ def test_load_balance_loss_hand_made():
     assert math.isclose(float(load_balance_loss(collapsed, collapsed)), 4.0)
 
 
+def test_sparse_expert_dispatch_equals_dense_mixture():
+    """Running each expert on its routed rows only is the same function, gradients included."""
+    from naics_ml.model.fusion import MoEFusion
+
+    torch.manual_seed(0)
+    fusion = MoEFusion(hidden=16, num_channels=4, out_dim=16, num_experts=4, top_k=2)
+    for expert in fusion.experts:  # make the experts matter (they start as tiny corrections)
+        torch.nn.init.normal_(expert[2].weight, std=0.5)
+    fusion.eval()  # no gate noise: both calls route identically
+    channels = torch.randn(40, 4, 16)
+    mask = torch.rand(40, 4) > 0.3
+    mask[:, 0] = True
+    outputs = {}
+    for name, forward in (("sparse", fusion.forward), ("dense", fusion.forward_dense)):
+        fusion.zero_grad()
+        out = forward(channels, mask)
+        (out.tangent**2).sum().backward()
+        grads = {n: p.grad.clone() for n, p in fusion.named_parameters()}
+        outputs[name] = (out, grads)
+    (sparse, sparse_grads), (dense, dense_grads) = outputs["sparse"], outputs["dense"]
+    assert float(dense.tangent.abs().max()) > 0.1
+    torch.testing.assert_close(sparse.tangent, dense.tangent, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sparse.dispatch, dense.dispatch)
+    assert sparse.dispatch.sum(1).eq(2).all() and sparse.dispatch.sum(0).gt(0).all()
+    for name, grad in dense_grads.items():
+        torch.testing.assert_close(sparse_grads[name], grad, atol=1e-5, rtol=1e-5)
+
+
 def test_info_nce_hand_made():
     def point(r: float) -> torch.Tensor:  # at distance r from the origin along one axis
         return expmap0(torch.tensor([[r, 0.0, 0.0]]))[0]
@@ -430,6 +458,47 @@ def test_bank_is_stale_for_non_live_codes_until_refresh(tokenizer):
     model.refresh_bank()
     model.prepare(CODE_TEXTS)
     assert not model.has_bank
+
+
+def test_exact_path_reads_a_current_bank_until_a_weight_changes(tokenizer, monkeypatch):
+    model = make_model(tokenizer)
+    model.eval()
+    ids = torch.arange(5)
+    with torch.no_grad():
+        exact = model.encode_codes(ids).points
+    assert not model.bank_is_current()
+    model.refresh_bank()
+    assert model.bank_is_current()
+    calls = []
+    real = model._channel_vectors
+    monkeypatch.setattr(model, "_channel_vectors", lambda slots: calls.append(1) or real(slots))
+    with torch.no_grad():
+        from_bank = model.encode_codes(ids).points
+    assert calls == []  # no transformer pass: every code came from the bank
+    torch.testing.assert_close(from_bank, exact, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(model.encode_all_codes(), exact, atol=1e-6, rtol=1e-6)
+    assert calls == []
+    model.encode_codes(ids)  # gradients wanted: the exact path runs the adapters
+    model.train()
+    with torch.no_grad():
+        model.encode_codes(ids)  # training mode (dropout): exact path too
+    assert len(calls) == 2
+    # an optimizer step changes the weights: the bank is no longer current
+    model.eval()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    (model.encode_codes(ids).points[:, 1:] ** 2).sum().backward()
+    optimizer.step()
+    assert not model.bank_is_current()
+    with torch.no_grad():
+        moved = model.encode_codes(ids).points
+    assert len(calls) == 4
+    assert float(distance(moved, exact).max()) > 1e-4
+    # a live encoding overwrites rows with training-mode values: not current either
+    model.refresh_bank()
+    assert model.bank_is_current()
+    model.train()
+    model.encode_codes(ids, live={0})
+    assert not model.bank_is_current()
 
 
 def test_classifier_reuses_a_model_prepared_for_the_same_codes(tokenizer, monkeypatch):

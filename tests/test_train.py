@@ -446,6 +446,51 @@ def test_negative_bank_refreshes_on_schedule_and_learns(tmp_path, codes):
     assert not exact.has_bank
 
 
+def test_validation_reads_the_bank_refreshed_at_its_step(tmp_path, codes):
+    """A refresh due at a validated step runs first; validation then needs no transformer pass
+    for the codes, and its numbers are the exact ones."""
+    model, query_codes = prepared(codes)
+    six = codes.filter(pl.col("level") == 6)["index"].to_numpy()
+    exact_validate = query_validator(np.arange(len(query_codes)), query_codes, six, 0.1)
+    events: list[tuple[str, int]] = []
+    step = {"n": 0}
+    original_refresh, original_encode = model.refresh_bank, model.encode_codes
+
+    def refresh_spy(*args, **kwargs):
+        events.append(("refresh", step["n"]))
+        original_refresh(*args, **kwargs)
+
+    def encode_spy(code_ids, live=None):
+        if model.training:
+            step["n"] += 1
+        return original_encode(code_ids, live=live)
+
+    def validate(m):
+        current = m.bank_is_current()
+        events.append(("validate", step["n"]))
+        with_bank = exact_validate(m)
+        with torch.enable_grad():  # gradients wanted: encode_codes runs the transformer
+            exact = exact_validate(m)
+        for key, value in exact.items():
+            assert with_bank[key] == pytest.approx(value, abs=1e-5)
+        return with_bank | {"bank_current": float(current)}
+
+    model.refresh_bank, model.encode_codes = refresh_spy, encode_spy
+    cfg = config(steps=12, checkpoint_every=4, validation_every=4, bank_refresh_every=8)
+    _, _, metrics = run(tmp_path, codes, cfg, model, query_codes, validate=validate)
+    assert events == [
+        ("refresh", 0),
+        ("validate", 4),  # not a refresh step: validation encodes the codes itself
+        ("refresh", 8),
+        ("validate", 8),
+        ("refresh", 12),  # the last step: refreshed for validation and the final evaluation
+        ("validate", 12),
+    ]
+    current = {s: m["bank_current"] for s, m in metrics if "bank_current" in m}
+    assert current == {4: 0.0, 8: 1.0, 12: 1.0}
+    assert model.bank_is_current()  # what Classifier.encode_all_codes reads after training
+
+
 def test_stage_bundle_written_on_request(tmp_path, codes):
     path = save_stage_bundle(tmp_path, codes)
     assert pl.read_parquet(path).equals(codes)

@@ -69,8 +69,8 @@ class MoEFusion(nn.Module):
             nn.init.eye_(self.skip.weight)
         nn.init.zeros_(self.skip.bias)
 
-    def forward(self, channels: Tensor, mask: Tensor) -> FusionOutput:
-        """``channels`` (N, C, H) channel embeddings, ``mask`` (N, C) True where present."""
+    def _route(self, channels: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(pooled (N, H), router probs, renormalised top-k weights, dispatch) (N, E) each."""
         m = mask.to(channels.dtype)
         projected = torch.einsum("nch,cgh->ncg", channels, self.channel_weight) + self.channel_bias
         pooled = (projected * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp_min(1.0)
@@ -80,7 +80,29 @@ class MoEFusion(nn.Module):
         probs = F.softmax(logits, dim=-1)
         top_p, top_i = probs.topk(self.top_k, dim=-1)
         weights = torch.zeros_like(probs).scatter(1, top_i, top_p / top_p.sum(-1, keepdim=True))
+        dispatch = torch.zeros_like(probs).scatter(1, top_i, 1.0)
+        return pooled, probs, weights, dispatch
+
+    def forward(self, channels: Tensor, mask: Tensor) -> FusionOutput:
+        """``channels`` (N, C, H) channel embeddings, ``mask`` (N, C) True where present.
+
+        Each expert runs only on the rows routed to it (top-k of E: k/E of the dense cost,
+        ~0.1 s of a ~2 s training step over all 2,125 codes on 2 cores).
+        """
+        pooled, probs, weights, dispatch = self._route(channels, mask)
+        tangent = self.skip(pooled)
+        for e, expert in enumerate(self.experts):  # each expert sees only its routed rows
+            rows = dispatch[:, e].nonzero().squeeze(1)  # may be empty: a zero gradient, as dense
+            tangent = tangent.index_add(0, rows, weights[rows, e, None] * expert(pooled[rows]))
+        return FusionOutput(tangent=tangent, gate_probs=probs, dispatch=dispatch)
+
+    def forward_dense(self, channels: Tensor, mask: Tensor) -> FusionOutput:
+        """:meth:`forward` with every expert run on every row (unselected ones weighted 0).
+
+        The same function as the sparse dispatch, at ``num_experts / top_k`` times the expert
+        cost; kept as the reference the tests compare against.
+        """
+        pooled, probs, weights, dispatch = self._route(channels, mask)
         expert_out = torch.stack([expert(pooled) for expert in self.experts], dim=1)  # (N, E, D)
         tangent = self.skip(pooled) + (weights.unsqueeze(-1) * expert_out).sum(1)
-        dispatch = torch.zeros_like(probs).scatter(1, top_i, 1.0)
         return FusionOutput(tangent=tangent, gate_probs=probs, dispatch=dispatch)

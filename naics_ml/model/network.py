@@ -141,6 +141,7 @@ class NaicsModel(nn.Module):
         self._code_slots: Tensor | None = None  # (n_codes, C) slot ids, -1 = missing
         self._query_slots: Tensor | None = None  # (n_queries,) slot ids
         self._bank: Tensor | None = None  # (n_codes, C, H) float32 pooled channel vectors
+        self._bank_versions: tuple[int, ...] = ()  # trainable weights' versions at the refresh
         self.code_fingerprint: str | None = None  # channel_fingerprint of the prepared codes
 
     # --- preparation ------------------------------------------------------------------------
@@ -270,7 +271,9 @@ class NaicsModel(nn.Module):
         self._require_prepared()
         distinct, inverse = torch.unique(code_ids.reshape(-1), return_inverse=True)
         slots = self._code_slots[distinct]
-        if self._bank is None or live is None:
+        if live is None and self._bank_equals_exact():  # the bank is what we would compute
+            enc = self._fuse(self._bank[distinct], slots >= 0)
+        elif self._bank is None or live is None:
             enc = self._encode_slots(slots)
         else:
             live_ids = torch.as_tensor(
@@ -282,6 +285,7 @@ class NaicsModel(nn.Module):
             if len(live_rows):
                 fresh = self._channel_vectors(slots[live_rows])
                 self._bank[distinct[live_rows]] = fresh.detach().float()
+                self._bank_versions = ()  # rows from a training-mode pass: no longer exact
                 channels = channels.index_put((live_rows,), fresh)
             enc = self._fuse(channels, slots >= 0)
         return self._expand(enc, inverse, code_ids.shape)
@@ -298,6 +302,25 @@ class NaicsModel(nn.Module):
     def drop_bank(self) -> None:
         """Forget the bank: ``encode_codes`` is exact again whatever ``live`` says."""
         self._bank = None
+
+    def bank_is_current(self) -> bool:
+        """True while no trainable weight changed since the last :meth:`refresh_bank`.
+
+        Read from the weights' in-place version counters (an optimizer step, ``copy_`` or
+        ``load_state_dict`` bumps them), so a caller cannot forget to invalidate the bank. A
+        live encoding that overwrites rows (a training step) also ends it. While current, the
+        exact path of :meth:`encode_codes` in eval mode without gradients (validation, the final
+        evaluation) reads the bank instead of running the transformer again.
+        """
+        return self._bank is not None and self._bank_versions == self._trainable_versions()
+
+    def _trainable_versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.parameters() if p.requires_grad)
+
+    def _bank_equals_exact(self) -> bool:
+        """Whether the exact path may read the bank: a current bank, and a call that would
+        compute the same thing (eval mode, as the refresh ran; no gradients wanted)."""
+        return not self.training and not torch.is_grad_enabled() and self.bank_is_current()
 
     @torch.no_grad()
     def refresh_bank(self, batch_size: int = 512) -> None:
@@ -316,6 +339,7 @@ class NaicsModel(nn.Module):
                 rows = self._code_slots[start : start + batch_size]
                 bank[start : start + len(rows)] = self._channel_vectors(rows).float()
             self._bank = bank
+            self._bank_versions = self._trainable_versions()
         finally:
             self.train(was_training)
 
