@@ -190,7 +190,7 @@ def test_config_roundtrip_and_validation():
         TrainConfig(steps=0)
     with pytest.raises(ValueError, match="bank_refresh_every"):
         TrainConfig(bank_refresh_every=-1)
-    assert TrainConfig().negative_bank and TrainConfig().bank_refresh_every == 200
+    assert TrainConfig().negative_bank and TrainConfig().bank_refresh_every == 100
     with pytest.raises(ValueError, match="held-out"):
         TrainConfig(query_splits=("train", "test"))
     with pytest.raises(ValueError, match="query_candidates"):

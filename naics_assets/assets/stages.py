@@ -59,7 +59,7 @@ class StageConfig(dg.Config):
     warmup_steps: int = 50
     temperature: float = 0.1
     query_batch_size: int = Field(
-        default=128, description="Index-entry queries per step (short texts; 256 cost 12 % more)."
+        default=256, description="Index-entry queries per step (cheap: short texts)."
     )
     query_loss_weight: float = 1.0
     query_candidates: str = Field(
@@ -81,9 +81,7 @@ class StageConfig(dg.Config):
     negative_bank: bool = Field(
         default=True, description="Negatives from a memory bank (fast); False = exact loss."
     )
-    bank_refresh_every: int = Field(
-        default=200, description="Steps between refreshes of the negative bank (0 = at start)."
-    )
+    bank_refresh_every: int = 100
     bank_live_positives: bool = Field(
         default=False, description="Encode triplet positives live (slower) instead of the bank."
     )
