@@ -24,6 +24,7 @@ import torch
 from naics_ml.io import atomic_path, atomic_save_torch
 
 __all__ = [
+    "BANK_NAME",
     "CHECKPOINT_NAME",
     "CODES_NAME",
     "SUMMARY_NAME",
@@ -41,6 +42,7 @@ __all__ = [
 CHECKPOINT_NAME = "checkpoint.pt"
 CODES_NAME = "codes.parquet"
 SUMMARY_NAME = "stage.json"
+BANK_NAME = "bank.pt"  # the negative bank at the final weights, for the next stage to load
 
 # Keys of a checkpoint dict (documentation; the dict is a plain dict):
 #   model_config: dict     ModelConfig.to_dict()

@@ -50,10 +50,14 @@ Validation and the final evaluation never see a stale bank: a refresh due at a v
 runs before the validation, the last step is refreshed when it is validated, and the exact path
 of ``encode_codes`` reads the bank only while no weight changed since its refresh (the same
 numbers, ~11 s less per validation on 2 cores). Resuming is bit-identical to an uninterrupted
-run when ``checkpoint_every`` is a multiple of ``bank_refresh_every`` (the bank is not saved;
+run when ``checkpoint_every`` is a multiple of ``bank_refresh_every`` (a checkpoint holds no bank;
 the resumed run rebuilds it at a step where the uninterrupted run rebuilt it too); otherwise
-the bank at the resume step is fresher than it would have been. Data parallel: every rank keeps its
-own bank (the refreshes agree, the live-row updates differ per rank; weights stay identical).
+the bank at the resume step is fresher than it would have been. A finished stage saves its
+current bank (``bank.pt``, keyed by a hash of the weights, the model config and the code
+texts); the next stage, started ``init_from`` it, loads that file instead of refreshing at
+step 0: the same rows, one refresh (15 to 28 s on 2 cores) less per stage. Data parallel:
+every rank keeps its own bank (the refreshes agree, the live-row updates differ per rank;
+weights stay identical).
 
 Resume policy (what re-materialising a stage does):
 
@@ -104,6 +108,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from naics_ml.checkpoint import (
+    BANK_NAME,
     CHECKPOINT_NAME,
     SUMMARY_NAME,
     capture_rng_state,
@@ -348,7 +353,9 @@ def train_stage(
         resume_metrics = {}
         seed_everything(config.seed + 1_000_003 * rank)
         if rank == 0:
-            (out_dir / SUMMARY_NAME).unlink(missing_ok=True)  # stale summary of an older run
+            for stale in (SUMMARY_NAME, BANK_NAME):  # an older run's, not these weights'
+                (out_dir / stale).unlink(missing_ok=True)
+    bank_from = init_from if resume is None else None  # a resumed stage's weights moved on
     del resume
     if rank == 0 and codes is not None:
         save_stage_bundle(out_dir, codes)
@@ -388,7 +395,7 @@ def train_stage(
     )
     bank_refresh_s = math.nan
     if config.negative_bank:
-        bank_refresh_s = _refresh_bank(model)
+        bank_refresh_s = _start_bank(model, bank_from)
     clock, clock_step = time.perf_counter(), start
     model.train()
     step = start
@@ -508,6 +515,8 @@ def train_stage(
         bar.close()
     wall = time.perf_counter() - started
     final_metrics = dict(last_metrics)
+    if rank == 0 and config.negative_bank and step == config.steps:
+        model.save_bank(out_dir / BANK_NAME)  # only a current one (the last step validated)
     if rank == 0:
         summary = {
             "checkpoint": str(ckpt_file),
@@ -710,6 +719,19 @@ def _refresh_due(config: TrainConfig, step: int, validating: bool) -> bool:
         return validating
     every = config.bank_refresh_every
     return every > 0 and step % every == 0
+
+
+def _start_bank(model: NaicsModel, init_from: Path | None) -> float:
+    """The bank at step 0 of a fresh stage: the one ``init_from``'s stage saved at these very
+    weights when it matches (:meth:`NaicsModel.load_bank`), else a refresh. Seconds taken."""
+    if init_from is not None:
+        started = time.perf_counter()
+        path = Path(init_from)
+        path = (path if path.is_dir() else path.parent) / BANK_NAME
+        if model.load_bank(path):
+            log.info("negative bank loaded from %s (same weights and codes)", path)
+            return time.perf_counter() - started
+    return _refresh_bank(model)
 
 
 def _refresh_bank(model: NaicsModel) -> float:

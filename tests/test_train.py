@@ -518,3 +518,36 @@ def test_step_only_candidates_without_hierarchy_loss(tmp_path, codes):
     assert result.steps == 4
     assert all(m["hierarchy_loss"] == 0.0 for _, m in metrics if "loss" in m)
     assert all(np.isfinite(m["query_loss"]) for _, m in metrics if "loss" in m)
+
+
+def test_next_stage_loads_the_bank_saved_at_its_starting_weights(tmp_path, codes):
+    """A finished stage saves its current bank; the next stage adopts it instead of refreshing
+    at step 0, and trains exactly as it would have after a refresh."""
+    six = codes.filter(pl.col("level") == 6)["index"].to_numpy()
+    first, query_codes = prepared(codes)
+    validate = query_validator(np.arange(len(query_codes)), query_codes, six, 0.1)
+    cfg = config(steps=6, validation_every=6, bank_refresh_every=3)
+    run(tmp_path / "a", codes, cfg, first, query_codes, validate=validate)
+    saved = torch.load(tmp_path / "a" / "bank.pt", weights_only=True)["bank"]
+
+    reference, _ = prepared(codes)  # the stage-1 weights, refreshed from scratch
+    reference.load_trainable_state_dict(load_checkpoint(tmp_path / "a")["model_state"])
+    reference.refresh_bank()
+    assert torch.equal(saved, reference.bank())
+    assert not prepared(codes, seed=1)[0].load_bank(tmp_path / "a" / "bank.pt")  # other weights
+
+    def second(out: Path) -> tuple[NaicsModel, list[int]]:
+        model, _ = prepared(codes)
+        refreshes: list[int] = []
+        original = model.refresh_bank
+        model.refresh_bank = lambda *a, **k: (refreshes.append(1), original(*a, **k))[1]
+        run(out, codes, config(steps=4), model, query_codes, init_from=tmp_path / "a")
+        return model, refreshes
+
+    loaded, loaded_refreshes = second(tmp_path / "b")
+    (tmp_path / "a" / "bank.pt").unlink()
+    refreshed, refreshed_refreshes = second(tmp_path / "c")
+    assert len(refreshed_refreshes) == len(loaded_refreshes) + 1  # the step-0 refresh
+    for key, value in refreshed.trainable_state_dict().items():
+        assert torch.equal(value, loaded.trainable_state_dict()[key]), key
+    assert not (tmp_path / "b" / "bank.pt").exists()  # its last step was not validated

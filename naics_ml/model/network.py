@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from naics_ml.model.fusion import MoEFusion
 from naics_ml.model.lorentz import expmap0, project
 from naics_ml.model.loss import load_balance_loss
 from naics_ml.model.text_groups import TextGroups, group_mean, split_lines
+
+log = logging.getLogger(__name__)
 
 CHANNELS = ("title", "description", "excluded", "examples")
 QUERY_CHANNEL = "examples"
@@ -313,6 +316,49 @@ class NaicsModel(nn.Module):
         evaluation) reads the bank instead of running the transformer again.
         """
         return self._bank is not None and self._bank_versions == self._trainable_versions()
+
+    def bank_key(self) -> str:
+        """SHA-256 of everything a bank row depends on: every weight (frozen and trainable),
+        the model config and the prepared code texts."""
+        if self.code_fingerprint is None:
+            raise RuntimeError("call NaicsModel.prepare(...) before keying the bank")
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        digest.update(self.code_fingerprint.encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        return digest.hexdigest()
+
+    def save_bank(self, path: Path | str) -> Path | None:
+        """Write a current bank (see :meth:`bank_is_current`) with its :meth:`bank_key`, so the
+        next stage, which starts from these weights, loads it instead of refreshing (15 to 28 s
+        on 2 cores). Returns None, writing nothing, when there is no current bank."""
+        if not self.bank_is_current():
+            return None
+        from naics_ml.io import atomic_save_torch
+
+        return atomic_save_torch({"key": self.bank_key(), "bank": self._bank}, path)
+
+    def load_bank(self, path: Path | str) -> bool:
+        """Adopt a bank saved by :meth:`save_bank` if its key matches this model (same weights,
+        config and code texts): it then equals what :meth:`refresh_bank` would compute. False
+        (nothing changed) for a missing, unreadable or mismatched file."""
+        path = Path(path)
+        if not path.is_file():
+            return False
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            key, bank = state["key"], state["bank"]
+        except Exception as error:  # a cache: never fail on it, refresh instead
+            log.warning("negative bank %s unreadable (%s); refreshing instead", path, error)
+            return False
+        expected = (self.num_codes, len(CHANNELS), self.encoder.hidden_size)
+        if key != self.bank_key() or tuple(bank.shape) != expected:
+            return False
+        self._bank = bank.float()
+        self._bank_versions = self._trainable_versions()
+        return True
 
     def _trainable_versions(self) -> tuple[int, ...]:
         return tuple(p._version for p in self.parameters() if p.requires_grad)
