@@ -116,6 +116,7 @@ from naics_ml.checkpoint import (
     restore_rng_state,
     save_checkpoint,
     save_stage_bundle,
+    stage_folder,
 )
 from naics_ml.index_split import HELD_OUT_SPLITS
 from naics_ml.io import atomic_write_text
@@ -726,8 +727,7 @@ def _start_bank(model: NaicsModel, init_from: Path | None) -> float:
     weights when it matches (:meth:`NaicsModel.load_bank`), else a refresh. Seconds taken."""
     if init_from is not None:
         started = time.perf_counter()
-        path = Path(init_from)
-        path = (path if path.is_dir() else path.parent) / BANK_NAME
+        path = stage_folder(init_from) / BANK_NAME
         if model.load_bank(path):
             log.info("negative bank loaded from %s (same weights and codes)", path)
             return time.perf_counter() - started
