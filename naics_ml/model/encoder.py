@@ -21,6 +21,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,13 @@ def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
     m = mask.to(hidden.dtype).unsqueeze(-1)
     pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
     return F.normalize(pooled, dim=-1)
+
+
+def digest_tensors(digest: Any, state: dict[str, Tensor]) -> None:
+    """Feed names and raw bytes of ``state``'s tensors, in its order, to a hashlib digest."""
+    for name, tensor in state.items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def length_buckets(lengths: Tensor, max_tokens: int, max_rows: int) -> list[Tensor]:
@@ -206,9 +214,7 @@ class ChannelEncoder(nn.Module):
         digest = hashlib.sha256()
         modules = [self.base.embeddings, *self.base.encoder.layer[: self.first_lora_layer]]
         for module in modules:
-            for name, tensor in module.state_dict().items():
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
+            digest_tensors(digest, module.state_dict())
         header = {"dtype": str(dtype), "n": len(token_ids)}
         digest.update(json.dumps(header, sort_keys=True).encode())
         for ids in token_ids:

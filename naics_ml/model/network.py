@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from naics_ml.io import atomic_save_torch
 from naics_ml.model.base import load_base_model, load_tokenizer
-from naics_ml.model.encoder import ChannelEncoder, PrefixCache
+from naics_ml.model.encoder import ChannelEncoder, PrefixCache, digest_tensors
 from naics_ml.model.fusion import MoEFusion
 from naics_ml.model.lorentz import expmap0, project
 from naics_ml.model.loss import load_balance_loss
@@ -325,9 +326,7 @@ class NaicsModel(nn.Module):
         digest = hashlib.sha256()
         digest.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
         digest.update(self.code_fingerprint.encode())
-        for name, tensor in sorted(self.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        digest_tensors(digest, dict(sorted(self.state_dict().items())))
         return digest.hexdigest()
 
     def save_bank(self, path: Path | str) -> Path | None:
@@ -336,8 +335,6 @@ class NaicsModel(nn.Module):
         on 2 cores). Returns None, writing nothing, when there is no current bank."""
         if not self.bank_is_current():
             return None
-        from naics_ml.io import atomic_save_torch
-
         return atomic_save_torch({"key": self.bank_key(), "bank": self._bank}, path)
 
     def load_bank(self, path: Path | str) -> bool:
