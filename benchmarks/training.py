@@ -27,6 +27,7 @@ from measure import run_measured
 from naics_ml.evaluate import RETRIEVAL_KEYS
 from naics_ml.stage_metrics import HEADLINE, MEMORY_PREFIX
 
+REALTEXT_PREFIXES = ("realtext_", "embedding_realtext_", "baseline_zero_shot_realtext_")
 ASSETS = ("stage_01_easy", "stage_02_medium", "stage_03_hard", "naics_embeddings")
 CACHES = ("prefix_cache", "baselines")  # under storage/artifacts/<revision>; rebuilt on demand
 
@@ -83,8 +84,16 @@ def main() -> None:
         stages[asset]["baseline_tfidf"] = {
             k: round(metrics[f"baseline_tfidf_{k}"], 4) for k in HEADLINE
         }
+        stages[asset]["realtext"] = {
+            k: round(v, 4)
+            for k, v in metrics.items()
+            if k.startswith(REALTEXT_PREFIXES) and k.endswith(("hit1", "hit5", "sector_at_1"))
+        }
+        stages[asset]["selection_score"] = metrics.get("selection_score")
+    serving = models / "serving.json"
     result = {
         "revision": args.revision,
+        "served_stage": json.loads(serving.read_text())["stage"] if serving.is_file() else None,
         "cpus": psutil.cpu_count(),
         "assets": stages,
         "cold_caches": cold,

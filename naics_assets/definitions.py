@@ -10,7 +10,7 @@ from naics_assets.assets.distances import naics_distances
 from naics_assets.assets.embeddings import naics_embeddings
 from naics_assets.assets.stages import stage_01_easy, stage_02_medium, stage_03_hard
 from naics_assets.assets.triplets import naics_triplets
-from naics_assets.resources import ArtifactStore, CensusSource
+from naics_assets.resources import ArtifactStore, CensusSource, RealTextSource
 from naics_assets.sensors import new_revision_sensor, revision_job
 from naics_assets.tracking import MlflowTracker
 
@@ -30,6 +30,7 @@ defs = dg.Definitions(
     sensors=[new_revision_sensor],
     resources={
         "census": CensusSource(local_dir=os.environ.get("NAICS_CENSUS_DIR") or None),
+        "realtext": RealTextSource(local_dir=os.environ.get("NAICS_REALTEXT_DIR") or None),
         "store": ArtifactStore(root=os.environ.get("NAICS_ARTIFACTS_DIR", "")),
         "mlflow": MlflowTracker(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
     },

@@ -49,6 +49,42 @@ class CensusSource(dg.ConfigurableResource):
         return probe_revisions(known, self.timeout_s)
 
 
+class RealTextSource(dg.ConfigurableResource):
+    """Labelled real firm descriptions (``naics_ml.realtext``): an evaluation-only file and a
+    free-to-use file whose held-out part validates and whose rest trains the query path."""
+
+    local_dir: str | None = Field(
+        default=None, description="Folder of the labelled CSVs; NAICS_REALTEXT_DIR by default."
+    )
+    eval_file: str = Field(
+        default="boston_certified_businesses.csv", description="Never trained on."
+    )
+    val_file: str = Field(default="maryland_mbe_directory.csv", description="Split train/val.")
+    val_share: float = Field(default=0.4, description="Share of val_file held out as validation.")
+
+    def path(self, name: str) -> Path | None:
+        """The file, or None when no folder is set or the file is absent (then skipped)."""
+        if not self.local_dir:
+            return None
+        path = Path(self.local_dir).expanduser() / name
+        return path if path.is_file() else None
+
+    def load(self, six_digit_codes: list[str]) -> dict[str, object]:
+        """``eval`` (the evaluation set), ``val`` and ``train`` frames; a missing file -> None."""
+        from naics_ml.realtext import RealTextSplit, load_labelled_texts, split_labelled_texts
+
+        eval_path, val_path = self.path(self.eval_file), self.path(self.val_file)
+        out: dict[str, object] = {"eval": None, "val": None, "train": None}
+        if eval_path is not None:
+            out["eval"] = load_labelled_texts(eval_path, six_digit_codes)
+        if val_path is not None:
+            split = RealTextSplit(validation=self.val_share)
+            out["train"], out["val"] = split_labelled_texts(
+                load_labelled_texts(val_path, six_digit_codes), split
+            )
+        return out
+
+
 class ArtifactStore(dg.ConfigurableResource):
     """Every file an asset writes lives under ``root/<revision>/`` (storage/artifacts)."""
 

@@ -157,3 +157,36 @@ def tfidf_metrics(
     return cosine_metrics(
         code_vectors, query_vectors, codes, tree_distance, query_true_codes, TFIDF_PREFIX
     )
+
+
+def realtext_baseline_metrics(
+    codes: pl.DataFrame,
+    realtext: dict[str, pl.DataFrame],
+    base_model: str = DEFAULT_BASE_MODEL,
+    *,
+    model=None,
+    tokenizer=None,
+) -> dict[str, float]:
+    """Both baselines on labelled real texts (``naics_ml.realtext``): per set prefix ``p``,
+    ``baseline_zero_shot_<p>*`` and ``baseline_tfidf_<p>*``, same code text as above."""
+    from naics_ml.realtext import realtext_metrics
+
+    if not realtext:
+        return {}
+    six = codes.sort("index").filter(pl.col("level") == 6)
+    candidates, texts = six["code"].to_numpy(), code_texts(six)
+    model = model if model is not None else load_base_model(base_model)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(base_model)
+    dense_codes, _ = _unit_rows(mean_pooled_embeddings(texts, model, tokenizer))
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    sparse_codes = vectorizer.fit_transform(texts)
+    metrics: dict[str, float] = {}
+    for prefix, frame in realtext.items():
+        queries, truth = frame["text"].to_list(), frame["codes"].to_list()
+        dense, _ = _unit_rows(mean_pooled_embeddings(queries, model, tokenizer))
+        lexical = (vectorizer.transform(queries) @ sparse_codes.T).toarray()
+        metrics |= realtext_metrics(
+            dense @ dense_codes.T, candidates, truth, ZERO_SHOT_PREFIX + prefix
+        )
+        metrics |= realtext_metrics(lexical, candidates, truth, TFIDF_PREFIX + prefix)
+    return metrics

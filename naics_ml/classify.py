@@ -34,6 +34,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from naics_ml.blend_tuning import load_blend
 from naics_ml.checkpoint import load_checkpoint, load_stage_codes, resolve_checkpoint
 from naics_ml.entry_memory import (
     MemoryConfig,
@@ -47,7 +48,51 @@ from naics_ml.model.lorentz import check_on_manifold, pairwise_distance, radius
 from naics_ml.model.network import CHANNELS, ModelConfig, NaicsModel, channel_fingerprint
 from naics_ml.stage_points import StagePoints, load_stage_points, save_stage_points
 
-__all__ = ["Classifier", "Prediction", "code_channel_texts"]
+__all__ = ["Classifier", "Prediction", "ScoreParts", "code_channel_texts"]
+
+
+@dataclass(frozen=True)
+class ScoreParts:
+    """The blend's distributions over six-digit codes for n texts, each (n, m); None = off.
+
+    ``distance``: Lorentz distance to each code; ``code``: the query softmax over codes;
+    ``points``/``lexical``: the entry memory as points / as words (``matched``: the text shares
+    a word with some entry); ``base``: the frozen base model's vote.
+    """
+
+    distance: np.ndarray
+    code: np.ndarray
+    points: np.ndarray | None = None
+    lexical: np.ndarray | None = None
+    matched: np.ndarray | None = None
+    base: np.ndarray | None = None
+
+    @staticmethod
+    def concatenate(batches: Sequence[ScoreParts]) -> ScoreParts:
+        fields = {}
+        for name in ("distance", "code", "points", "lexical", "matched", "base"):
+            values = [getattr(b, name) for b in batches]
+            fields[name] = None if values[0] is None else np.concatenate(values)
+        return ScoreParts(**fields)
+
+    def mix(self, config: MemoryConfig) -> np.ndarray:
+        """The probabilities ``predict`` ranks by, under ``config``'s weights."""
+
+        def part(values: np.ndarray | None, weight: float) -> torch.Tensor | None:
+            return None if values is None or weight <= 0 else torch.from_numpy(values)
+
+        lexical = part(self.lexical, config.lexical_weight)
+        probs = mix_probabilities(
+            torch.from_numpy(self.code),
+            part(self.points, config.weight),
+            lexical,
+            None if lexical is None else torch.from_numpy(self.matched),
+            config,
+        )
+        base = part(self.base, config.base_weight)
+        if base is not None:
+            probs = (1.0 - config.base_weight) * probs + config.base_weight * base
+        return probs.numpy()
 
 
 @dataclass(frozen=True)
@@ -136,6 +181,32 @@ class Classifier:
                 check_on_manifold(self._memory_points, self.curvature)
             if self.memory_config.lexical_weight > 0:
                 self._lexical = LexicalIndex(memory["text"].to_list())
+        self._base_vectors: torch.Tensor | None = None
+        self._base_column: torch.Tensor | None = None
+        if self.memory_config.base_weight > 0:
+            self._init_base_part(memory, None if points is None else points.base)
+
+    def _init_base_part(self, memory: pl.DataFrame | None, saved: torch.Tensor | None) -> None:
+        """The frozen base model's texts: each six-digit code's title and description, then
+        every remembered entry, as unit vectors with the column of their code."""
+        from naics_ml.baselines import code_texts
+
+        six = self.codes.filter(pl.col("level") == 6)
+        texts = code_texts(six)
+        column = list(range(six.height))
+        if memory is not None and memory.height:
+            texts += memory["text"].to_list()
+            column += candidate_positions(memory["code"].to_numpy(), self._six_codes).tolist()
+        self._base_column = torch.as_tensor(column, dtype=torch.long)
+        if saved is not None and len(saved) == len(texts):
+            self._base_vectors = saved
+        else:
+            self._base_vectors = self.model.encode_frozen(texts)
+
+    @property
+    def six_digit_codes(self) -> np.ndarray:
+        """The candidates: six-digit codes, in the column order of :meth:`scores`."""
+        return self._six_codes
 
     @property
     def memory_size(self) -> int:
@@ -160,8 +231,10 @@ class Classifier:
         ``base_model`` overrides the config's base model name/path; ``base``/``tokenizer``
         objects are used as-is (tests). An unfinished stage is refused unless
         ``allow_incomplete``. ``memory=False`` ignores the stage's ``memory.parquet``. The
-        stage's ``points.pt`` (``naics_ml.stage_points``) spares embedding the codes and the
-        memory again while it matches the stage's files; ``reuse_points=False`` embeds afresh.
+        stage's ``blend.json`` (``naics_ml.blend_tuning``) gives the blend weights unless
+        ``memory_config`` is passed. The stage's ``points.pt`` (``naics_ml.stage_points``)
+        spares embedding the codes and the memory again while it matches the stage's files;
+        ``reuse_points=False`` embeds afresh.
         """
         file = resolve_checkpoint(path)
         state = load_checkpoint(file)
@@ -178,6 +251,7 @@ class Classifier:
         model.load_trainable_state_dict(state["model_state"])
         temperature = float(state.get("train_config", {}).get("temperature", 0.1))
         entries = load_stage_memory(file) if memory else None
+        memory_config = memory_config or load_blend(file)  # the weights the stage chose
         points = load_stage_points(file) if reuse_points else None
         return cls(
             model, codes, temperature, memory=entries, memory_config=memory_config, points=points
@@ -186,7 +260,10 @@ class Classifier:
     def save_points(self, path: Path | str) -> Path:
         """Save the embedded codes and memory entries as the stage's ``points.pt``, for a
         Classifier built from that stage's own files (as the stage assets do)."""
-        return save_stage_points(path, StagePoints(codes=self._points, memory=self._memory_points))
+        points = StagePoints(
+            codes=self._points, memory=self._memory_points, base=self._base_vectors
+        )
+        return save_stage_points(path, points)
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Hyperboloid points (n, D+1) of free texts."""
@@ -204,48 +281,63 @@ class Classifier:
         self, queries: torch.Tensor, texts: Sequence[str] | None = None, batch_size: int = 512
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`scores` for hyperboloid points (n, D+1) already embedded (e.g. by ``embed``);
-        ``texts`` are the words behind them, needed when the memory has a lexical part."""
-        if self._lexical is not None and (texts is None or len(texts) != len(queries)):
-            raise ValueError("the lexical memory needs the texts of the query points, one each")
-        six_points = self._points[self._six_index]
-        distances, probabilities = [], []
-        for start in range(0, len(queries), batch_size):  # bounds the (rows x entries) matrix
-            rows = queries[start : start + batch_size]
-            distance = pairwise_distance(rows, six_points, self.curvature).double()
-            probs = torch.softmax(-distance / self.temperature, dim=1)
-            if self._memory_column is not None:
-                probs = self._blend_memory(probs, rows, texts, start)
-            distances.append(distance.numpy())
-            probabilities.append(probs.numpy())
-        if not distances:
-            empty = np.zeros((0, len(six_points)))
-            return empty, empty
-        return np.concatenate(distances), np.concatenate(probabilities)
+        ``texts`` are the words behind them, needed by the lexical and base-model parts."""
+        parts = self.score_parts(queries, texts, batch_size)
+        return parts.distance, parts.mix(self.memory_config)
 
-    def _blend_memory(
-        self, code_probs: torch.Tensor, rows: torch.Tensor, texts: Sequence[str] | None, start: int
-    ) -> torch.Tensor:
-        """The module doc's blend for one batch of query points (``rows``, from ``start``)."""
-        config, num_codes = self.memory_config, code_probs.shape[1]
-        point_probs = lexical_probs = matched = None
+    def score_parts(
+        self, queries: torch.Tensor, texts: Sequence[str] | None = None, batch_size: int = 512
+    ) -> ScoreParts:
+        """Each distribution of the blend separately, so that mixing them again with other
+        weights costs no encoding (``naics_ml.blend_tuning`` chooses the weights this way)."""
+        needs_texts = self._lexical is not None or self._base_vectors is not None
+        if needs_texts and (texts is None or len(texts) != len(queries)):
+            raise ValueError("the lexical and base parts need the texts of the query points")
+        batches = [
+            self._batch_parts(queries[start : start + batch_size], texts, start)
+            for start in range(0, len(queries), batch_size)  # bounds the (rows x entries) matrix
+        ]
+        if not batches:
+            empty = np.zeros((0, len(self._six_index)))
+            return ScoreParts(distance=empty, code=empty)
+        return ScoreParts.concatenate(batches)
+
+    def _batch_parts(
+        self, rows: torch.Tensor, texts: Sequence[str] | None, start: int
+    ) -> ScoreParts:
+        """The module doc's parts for one batch of query points (``rows``, from ``start``)."""
+        config = self.memory_config
+        distance = pairwise_distance(rows, self._points[self._six_index], self.curvature).double()
+        num_codes = distance.shape[1]
+        batch_texts = None if texts is None else list(texts[start : start + len(rows)])
+        parts: dict[str, np.ndarray | None] = {}
         if self._memory_points is not None:
             entry_distance = pairwise_distance(rows, self._memory_points, self.curvature)
-            point_probs = memory_probabilities(
+            parts["points"] = memory_probabilities(
                 entry_distance.double(),
                 self._memory_column,
                 num_codes,
                 config.temperature or self.temperature,
-            )
+            ).numpy()
         if self._lexical is not None:
-            cosine, hit = self._lexical.similarity(texts[start : start + len(rows)])
-            lexical_probs = memory_probabilities(  # cosine distance 1 - cos: same softmax
+            cosine, hit = self._lexical.similarity(batch_texts)
+            parts["lexical"] = memory_probabilities(  # cosine distance 1 - cos: same softmax
                 torch.as_tensor(1.0 - cosine),
                 self._memory_column,
                 num_codes,
                 config.lexical_temperature,
-            )
-            matched = torch.as_tensor(hit)
-        return mix_probabilities(code_probs, point_probs, lexical_probs, matched, config)
+            ).numpy()
+            parts["matched"] = np.asarray(hit, dtype=bool)
+        if self._base_vectors is not None:
+            query = self.model.encode_frozen(batch_texts)
+            parts["base"] = memory_probabilities(
+                (1.0 - query @ self._base_vectors.T).double(),
+                self._base_column,
+                num_codes,
+                config.base_temperature,
+            ).numpy()
+        code = torch.softmax(-distance / self.temperature, dim=1).numpy()
+        return ScoreParts(distance=distance.numpy(), code=code, **parts)
 
     def predict(self, texts: Sequence[str], top_k: int = 5) -> list[list[Prediction]]:
         """Per text, the ``top_k`` most probable six-digit codes, best first."""

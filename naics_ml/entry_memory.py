@@ -52,15 +52,19 @@ class MemoryConfig:
     """Shares of the blend: ``weight`` for the entries as points, ``lexical_weight`` for the
     entries as words (the code embedding keeps the rest; 0 turns a part off); ``temperature``
     of the point softmax over entries (None = the stage's training temperature) and
-    ``lexical_temperature`` of the TF-IDF cosine softmax."""
+    ``lexical_temperature`` of the TF-IDF cosine softmax. ``base_weight`` is the share of the
+    frozen base model's own vote in the final mix (its cosine softmax over every code text and
+    remembered entry, at ``base_temperature``): what the base model knew before training."""
 
     weight: float = 0.25
     temperature: float | None = None
     lexical_weight: float = 0.2
     lexical_temperature: float = 0.05
+    base_weight: float = 0.5
+    base_temperature: float = 0.05
 
     def __post_init__(self) -> None:
-        for name in ("weight", "lexical_weight"):
+        for name in ("weight", "lexical_weight", "base_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(
                     f"MemoryConfig.{name} must be in [0, 1], got {getattr(self, name)}"
@@ -72,6 +76,10 @@ class MemoryConfig:
             )
         if self.temperature is not None and not self.temperature > 0:
             raise ValueError(f"MemoryConfig.temperature must be > 0, got {self.temperature}")
+        if not self.base_temperature > 0:
+            raise ValueError(
+                f"MemoryConfig.base_temperature must be > 0, got {self.base_temperature}"
+            )
         if not self.lexical_temperature > 0:
             raise ValueError(
                 f"MemoryConfig.lexical_temperature must be > 0, got {self.lexical_temperature}"

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,48 @@ from naics_ml.io import atomic_write_text
 
 HEADLINE = ("test_top1", "test_top5", "test_mrr", "spearman", "recon_map", "parent_at_1")
 MEMORY_PREFIX = "memory_"  # retrieval with the Classifier's entry memory (naics_ml.entry_memory)
+EMBEDDING_PREFIX = "embedding_"  # real-text retrieval by the embedding alone
+STRICT_SPLIT = "strict_test"  # test entries whose text no training line contains
+_WORDS = re.compile(r"[a-z0-9]+")
+REALTEXT_TABLE = ("hit1", "hit5", "group_at_1", "sector_at_1")  # realtext_* rows, as predict ranks
+
+
+@dataclass(frozen=True)
+class EvaluationSets:
+    """What a stage is measured on besides the index ``test`` split: labelled real texts by
+    metric prefix (``realtext_`` = the evaluation-only set, ``realtext_val_`` = the one that may
+    choose settings; frames of ``naics_ml.realtext.load_labelled_texts``), and every line the
+    model trained on (for the strict test subset)."""
+
+    realtext: Mapping[str, pl.DataFrame] = field(default_factory=dict)
+    training_lines: Sequence[str] = ()
+
+
+def _words(text: str) -> str:
+    return " ".join(_WORDS.findall(text.casefold()))
+
+
+def strict_test_mask(test_texts: Sequence[str], training_lines: Sequence[str]) -> np.ndarray:
+    """True for a test text whose words (lower case, in order) appear in no training line."""
+    haystack = "\n" + "\n".join(f" {_words(line)} " for line in training_lines) + "\n"
+    return np.array([f" {_words(t)} " not in haystack for t in test_texts], dtype=bool)
+
+
+def realtext_model_metrics(
+    classifier: object, realtext: Mapping[str, pl.DataFrame]
+) -> dict[str, float]:
+    """Per labelled set: ``<prefix>*`` as ``predict`` ranks, ``embedding_<prefix>*`` by the
+    embedding alone (``naics_ml.realtext.realtext_metrics``)."""
+    from naics_ml.realtext import realtext_metrics
+
+    metrics: dict[str, float] = {}
+    candidates = classifier.six_digit_codes
+    for prefix, frame in realtext.items():
+        texts, truth = frame["text"].to_list(), frame["codes"].to_list()
+        distance, probability = classifier.scores(texts)
+        metrics |= realtext_metrics(probability, candidates, truth, prefix)
+        metrics |= realtext_metrics(-distance, candidates, truth, EMBEDDING_PREFIX + prefix)
+    return metrics
 
 
 def held_out(entries: pl.DataFrame, split: str = "test") -> tuple[list[str], list[str]]:
@@ -27,14 +72,19 @@ def held_out(entries: pl.DataFrame, split: str = "test") -> tuple[list[str], lis
 
 
 def model_metrics(
-    classifier: object, codes: pl.DataFrame, tree_distance: np.ndarray, entries: pl.DataFrame
+    classifier: object,
+    codes: pl.DataFrame,
+    tree_distance: np.ndarray,
+    entries: pl.DataFrame,
+    sets: EvaluationSets = EvaluationSets(),
 ) -> dict[str, float]:
     """Every metric of ``naics_ml.evaluate`` for a trained ``naics_ml.classify.Classifier``.
 
-    With a memory, the ``memory_test_*`` retrieval metrics rank codes by the blended
-    probability the Classifier predicts with; the plain ``test_*`` ones use the embedding alone.
+    The ``memory_test_*`` retrieval metrics rank codes by the blended probability the
+    Classifier predicts with; the plain ``test_*`` ones use the embedding alone. The same on the
+    strict test subset (``strict_test_*``), and on each real-text set of ``sets``.
     """
-    from naics_ml.evaluate import evaluate_embeddings, spearman_ceiling
+    from naics_ml.evaluate import evaluate_embeddings, retrieval_metrics, spearman_ceiling
 
     texts, truth = held_out(entries)
     table = classifier.code_embeddings().sort("index")
@@ -44,13 +94,20 @@ def model_metrics(
     metrics = evaluate_embeddings(
         points, codes, tree_distance, query_points, truth, classifier.curvature
     )
-    if texts and classifier.memory_size:  # the Classifier's blended scores, same test entries
-        from naics_ml.evaluate import retrieval_metrics, six_digit_codes
-
-        _, probability = classifier.score_points(queries, texts)
-        metrics |= retrieval_metrics(
-            -probability, six_digit_codes(codes), truth, prefix=f"{MEMORY_PREFIX}test_"
-        )
+    if texts:  # the Classifier's blended scores, same test entries
+        distance, probability = classifier.score_points(queries, texts)
+        six, truth = classifier.six_digit_codes, np.asarray(truth, dtype=object)
+        metrics |= retrieval_metrics(-probability, six, truth, prefix=f"{MEMORY_PREFIX}test_")
+        if sets.training_lines:
+            strict = strict_test_mask(texts, sets.training_lines)
+            metrics[f"{STRICT_SPLIT}_count"] = float(strict.sum())
+            metrics |= retrieval_metrics(
+                distance[strict], six, truth[strict], prefix=f"{STRICT_SPLIT}_"
+            )
+            metrics |= retrieval_metrics(
+                -probability[strict], six, truth[strict], prefix=f"{MEMORY_PREFIX}{STRICT_SPLIT}_"
+            )
+    metrics |= realtext_model_metrics(classifier, sets.realtext)
     # what a perfect embedding could score (the tree distances are heavily tied)
     iu, ju = np.triu_indices(len(tree_distance), k=1)
     pairs = np.asarray(tree_distance)[iu, ju]
@@ -60,13 +117,19 @@ def model_metrics(
     return metrics
 
 
-def _cache_key(codes: pl.DataFrame, entries: pl.DataFrame, base_model: str) -> str:
+def _cache_key(
+    codes: pl.DataFrame, entries: pl.DataFrame, base_model: str, sets: EvaluationSets
+) -> str:
     from naics_ml.baselines import code_texts
 
     texts, truth = held_out(entries)
     digest = hashlib.sha256(base_model.encode())
     for item in [*code_texts(codes), *texts, *truth]:
         digest.update(item.encode() + b"\x00")
+    for prefix, frame in sorted(sets.realtext.items()):
+        digest.update(prefix.encode() + b"\x01")
+        for text, labels in frame.select("text", "codes").iter_rows():
+            digest.update(f"{text}\x00{';'.join(labels)}\x00".encode())
     return digest.hexdigest()
 
 
@@ -76,11 +139,13 @@ def baseline_metrics(
     entries: pl.DataFrame,
     base_model: str,
     cache_path: Path | None = None,
+    sets: EvaluationSets = EvaluationSets(),
 ) -> dict[str, float]:
-    """``baseline_zero_shot_*`` and ``baseline_tfidf_*`` metrics, cached at ``cache_path``."""
-    from naics_ml.baselines import tfidf_metrics, zero_shot_metrics
+    """``baseline_zero_shot_*`` and ``baseline_tfidf_*`` metrics (index test split and the
+    real-text sets), cached at ``cache_path``."""
+    from naics_ml.baselines import realtext_baseline_metrics, tfidf_metrics, zero_shot_metrics
 
-    key = _cache_key(codes, entries, base_model)
+    key = _cache_key(codes, entries, base_model, sets)
     if cache_path is not None and Path(cache_path).is_file():
         cached = json.loads(Path(cache_path).read_text())
         if cached.get("key") == key:
@@ -89,6 +154,7 @@ def baseline_metrics(
     metrics = {
         **zero_shot_metrics(codes, tree_distance, texts, truth, base_model),
         **tfidf_metrics(codes, tree_distance, texts, truth),
+        **realtext_baseline_metrics(codes, dict(sets.realtext), base_model),
     }
     if cache_path is not None:
         atomic_write_text(cache_path, json.dumps({"key": key, "metrics": metrics}, indent=1))
@@ -98,7 +164,8 @@ def baseline_metrics(
 def comparison_table(metrics: dict[str, float]) -> str:
     """Markdown: each headline metric for the model and both baselines."""
     rows = ["| metric | model | zero-shot | TF-IDF |", "|---|---|---|---|"]
-    for name in HEADLINE:
+    realtext = [f"{p}{k}" for p in ("realtext_", "realtext_val_") for k in REALTEXT_TABLE]
+    for name in [*HEADLINE, *(r for r in realtext if r in metrics)]:
         cells = [metrics.get(p + name) for p in ("", "baseline_zero_shot_", "baseline_tfidf_")]
         rows.append(
             f"| {name} | " + " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells) + " |"
@@ -115,3 +182,56 @@ def comparison_table(metrics: dict[str, float]) -> str:
             f"over all pairs, {metrics['spearman_within_sector_ceiling']:.3f} within sectors."
         )
     return "\n".join(rows)
+
+
+def tune_stage_blend(
+    classifier: object, entries: pl.DataFrame, sets: EvaluationSets
+) -> tuple[dict[str, float], object | None]:
+    """Choose the classifier's blend weights on the validation sets (index ``validation`` and
+    ``realtext_val_``, never test or evaluation-only data), set them on the classifier, and
+    return them with their score as metrics, and the ``TunedBlend`` (``naics_ml.blend_tuning``;
+    ``({}, None)`` without validation data)."""
+    from naics_ml.blend_tuning import tune_blend
+
+    texts, truth = held_out(entries, "validation")
+    named = {"index_val": (texts, [[c] for c in truth])}
+    if "realtext_val_" in sets.realtext:
+        frame = sets.realtext["realtext_val_"]
+        named["realtext_val"] = (frame["text"].to_list(), frame["codes"].to_list())
+    named = {name: pair for name, pair in named.items() if pair[0]}
+    if not named:
+        return {}, None
+    parts = {name: classifier.score_parts(classifier.embed(t), t) for name, (t, _) in named.items()}
+    tuned = tune_blend(
+        parts,
+        {n: c for n, (_, c) in named.items()},
+        classifier.six_digit_codes,
+        classifier.memory_config,
+    )
+    classifier.memory_config = tuned.config
+    return {
+        "selection_score": tuned.score,
+        "selection_score_untuned": tuned.untuned_score,
+        "blend_weight": tuned.config.weight,
+        "blend_lexical_weight": tuned.config.lexical_weight,
+        "blend_base_weight": tuned.config.base_weight,
+        **{f"val_hit1_{name}": value for name, value in tuned.per_set.items()},
+    }, tuned
+
+
+def evaluate_stage(
+    classifier: object,
+    codes: pl.DataFrame,
+    tree_distance: np.ndarray,
+    entries: pl.DataFrame,
+    sets: EvaluationSets,
+    stage_dir: Path | None = None,
+) -> dict[str, float]:
+    """A finished stage's evaluation: tune the blend on validation data (saved as the stage's
+    ``blend.json`` when ``stage_dir`` is given), then every metric of :func:`model_metrics`."""
+    from naics_ml.blend_tuning import save_blend
+
+    blend, tuned = tune_stage_blend(classifier, entries, sets)
+    if tuned is not None and stage_dir is not None:
+        save_blend(stage_dir, tuned)
+    return blend | model_metrics(classifier, codes, tree_distance, entries, sets)

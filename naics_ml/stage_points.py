@@ -35,10 +35,12 @@ POINTS_NAME = "points.pt"
 @dataclass(frozen=True)
 class StagePoints:
     """Hyperboloid points of every code (``index`` order) and, if saved, of every memory entry
-    (``memory.parquet`` row order)."""
+    (``memory.parquet`` row order); ``base``: the frozen base model's unit vectors of the
+    six-digit code texts, then the memory entries (``Classifier`` base part)."""
 
     codes: Tensor
     memory: Tensor | None
+    base: Tensor | None = None  # frozen base-model vectors of the base part's texts
 
 
 def stage_fingerprint(path: Path | str) -> str:
@@ -63,6 +65,7 @@ def save_stage_points(path: Path | str, points: StagePoints) -> Path:
         "fingerprint": stage_fingerprint(folder),
         "codes": points.codes.detach().float().contiguous(),
         "memory": None if points.memory is None else points.memory.detach().float().contiguous(),
+        "base": None if points.base is None else points.base.detach().float().contiguous(),
     }
     return atomic_save_torch(state, folder / POINTS_NAME)
 
@@ -76,4 +79,4 @@ def load_stage_points(path: Path | str) -> StagePoints | None:
     state = torch.load(file, map_location="cpu", weights_only=True)
     if state.get("fingerprint") != stage_fingerprint(folder):
         return None
-    return StagePoints(codes=state["codes"], memory=state.get("memory"))
+    return StagePoints(codes=state["codes"], memory=state.get("memory"), base=state.get("base"))

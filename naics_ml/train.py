@@ -122,6 +122,7 @@ from naics_ml.index_split import HELD_OUT_SPLITS
 from naics_ml.io import atomic_write_text
 from naics_ml.model.lorentz import check_on_manifold, distance, pairwise_distance, radius
 from naics_ml.model.loss import distortion_loss, hyperbolic_info_nce
+from naics_ml.training_texts import QUERY_SPLITS
 from naics_ml.tree_pairs import TreePairs
 
 if TYPE_CHECKING:
@@ -177,7 +178,8 @@ class TrainConfig:
     bank_live_positives: bool = False  # positives encoded live (default: from the bank)
     bank_live_query_codes: bool = False  # the queries' true codes live (False: from the bank)
     query_candidates: str = "all"  # "all" six-digit codes, or only the "step"'s codes
-    query_splits: tuple[str, ...] = ("train", "examples")  # index splits that train queries
+    # index splits that train queries, and the extra kinds of naics_ml.training_texts
+    query_splits: tuple[str, ...] = QUERY_SPLITS
     hierarchy_loss_weight: float = 4.0  # distortion loss on sampled code pairs (0 = off)
     hierarchy_pairs: int = 3072  # pairs per step (stratified, see naics_ml.tree_pairs)
     hierarchy_scale: float = 0.5  # target Lorentz distance per unit of tree distance

@@ -27,6 +27,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 CENSUS_ROOT = Path(__file__).resolve().parents[2] / "shared" / "census"
+REALTEXT_ROOT = CENSUS_ROOT.parent / "realtext"  # labelled firm descriptions (naics_ml.realtext)
 
 
 @pytest.fixture(scope="session")

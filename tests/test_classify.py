@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -141,7 +142,8 @@ def stage(tmp_path_factory) -> tuple[Path, pl.DataFrame, NaicsModel]:
 
 @pytest.fixture(scope="module")
 def classifier(stage) -> Classifier:
-    return Classifier.from_checkpoint(stage[0])  # nothing but the stage folder
+    # nothing but the stage folder; without the base model's vote, predict ranks by distance
+    return Classifier.from_checkpoint(stage[0], memory_config=MemoryConfig(base_weight=0.0))
 
 
 def test_code_channel_texts_masks_missing_and_blank():
@@ -243,7 +245,8 @@ def ranked_for(classifier: Classifier, text: str) -> list[str]:
 def test_memory_blends_remembered_entries_into_predictions(stage, tmp_path):
     folder, codes, _ = stage
     n_six = int((codes["level"] == 6).sum())
-    plain = Classifier.from_checkpoint(folder)  # train_stage alone writes no memory
+    no_base = MemoryConfig(base_weight=0.0)  # the memory parts alone (the base part: below)
+    plain = Classifier.from_checkpoint(folder, memory_config=no_base)  # no memory written
     assert plain.memory_size == 0
     text = "zebra stripe painting"
     ranked = plain.predict([text], top_k=n_six)[0]
@@ -266,7 +269,7 @@ def test_memory_blends_remembered_entries_into_predictions(stage, tmp_path):
     for j, column in enumerate(columns):
         point_probability[:, column] += weights[:, j]
 
-    points_only = MemoryConfig(weight=0.35, lexical_weight=0.0)
+    points_only = MemoryConfig(weight=0.35, lexical_weight=0.0, base_weight=0.0)
     blended = Classifier.from_checkpoint(copy, memory_config=points_only)
     assert blended.memory_size == 2
     distance, probability = blended.scores(texts)
@@ -277,7 +280,7 @@ def test_memory_blends_remembered_entries_into_predictions(stage, tmp_path):
 
     # the default blend adds the entries as words: the exact wording votes for its code only;
     # a text sharing no word with any entry keeps the embedding and points, renormalised
-    hybrid = Classifier.from_checkpoint(copy)
+    hybrid = Classifier.from_checkpoint(copy, memory_config=no_base)
     _, probability = hybrid.scores(texts)
     lexical = np.zeros(n_six)
     lexical[columns[0]] = 1.0
@@ -294,23 +297,74 @@ def test_memory_blends_remembered_entries_into_predictions(stage, tmp_path):
         hybrid.score_points(hybrid.embed([text]))
 
     only_memory = Classifier.from_checkpoint(
-        copy, memory_config=MemoryConfig(weight=1.0, lexical_weight=0.0)
+        copy, memory_config=MemoryConfig(weight=1.0, lexical_weight=0.0, base_weight=0.0)
     )
     best = only_memory.predict([text], top_k=3)[0]
     assert best[0].code == target and best[0].score > 0.5
     assert [p.score for p in best] == sorted((p.score for p in best), reverse=True)
     only_words = Classifier.from_checkpoint(
-        copy, memory_config=MemoryConfig(weight=0.0, lexical_weight=1.0)
+        copy, memory_config=MemoryConfig(weight=0.0, lexical_weight=1.0, base_weight=0.0)
     )
     assert only_words.predict([text], top_k=1)[0][0].code == target
     unmatched = [p.code for p in only_words.predict(["qqq xyzzy"], top_k=n_six)[0]]
     assert unmatched == ranked_for(plain, "qqq xyzzy")  # no shared word: the embedding alone
-    off = Classifier.from_checkpoint(copy, memory_config=MemoryConfig(weight=0.0, lexical_weight=0))
+    off = Classifier.from_checkpoint(
+        copy, memory_config=MemoryConfig(weight=0.0, lexical_weight=0, base_weight=0)
+    )
     assert off.memory_size == 0 and off.predict([text], top_k=n_six)[0] == ranked
 
     save_stage_memory(copy, pl.DataFrame({"text": ["x"], "code": ["999999"]}))
     with pytest.raises(ValueError, match="999999"):
         Classifier.from_checkpoint(copy)
+
+
+def test_base_part_is_the_frozen_models_cosine_vote(stage, tmp_path):
+    """The base part, by hand: the bare tiny BERT (adapters off) embeds each six-digit code's
+    title + description and each memory entry; a softmax of cosine / 0.05 over them, summed
+    per code, is mixed in at base_weight."""
+    from naics_ml.baselines import code_texts, mean_pooled_embeddings
+    from naics_ml.model.base import load_base_model, load_tokenizer
+
+    folder, codes, model = stage
+    copy = tmp_path / "stage"
+    shutil.copytree(folder, copy)
+    six = codes.sort("index").filter(pl.col("level") == 6)
+    memory = pl.DataFrame({"text": ["zebra stripe painting"], "code": [six["code"][2]]})
+    save_stage_memory(copy, memory)
+    only = MemoryConfig(weight=0.0, lexical_weight=0.0)
+    plain = Classifier.from_checkpoint(copy, memory_config=dataclasses.replace(only, base_weight=0))
+    mixed = Classifier.from_checkpoint(
+        copy, memory_config=dataclasses.replace(only, base_weight=0.4)
+    )
+    texts = ["zebra stripe painting", "gold mine company"]
+    _, plain_probability = plain.scores(texts)
+    _, probability = mixed.scores(texts)
+
+    bare = load_base_model(model.config.base_model)  # the same weights, never adapted
+    tokenizer = load_tokenizer(model.config.base_model)
+    targets = mean_pooled_embeddings(code_texts(six) + memory["text"].to_list(), bare, tokenizer)
+    queries = mean_pooled_embeddings(texts, bare, tokenizer)
+    targets /= np.linalg.norm(targets, axis=1, keepdims=True)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    weights = torch.softmax(torch.as_tensor(queries @ targets.T, dtype=torch.float64) / 0.05, 1)
+    base = weights[:, : six.height].numpy().copy()
+    base[:, 2] += weights[:, six.height].numpy()
+    np.testing.assert_allclose(probability, 0.6 * plain_probability + 0.4 * base, atol=1e-5)
+    assert probability[0].argmax() == 2  # the exact remembered wording wins through the base
+    # a prepared text starts from its cached (fp16) prefix: the same vector, to fp16 precision
+    prepared = f"{six['title'][0]} company"
+    assert prepared in model._text_ids
+    np.testing.assert_allclose(
+        model.encode_frozen([prepared]).numpy()[0],
+        mean_pooled_embeddings([prepared], bare, tokenizer)[0]
+        / np.linalg.norm(mean_pooled_embeddings([prepared], bare, tokenizer)[0]),
+        atol=2e-3,
+    )
+
+    # saved with the stage's points: a reload reuses the vectors instead of re-encoding
+    mixed.save_points(copy)
+    reloaded = Classifier.from_checkpoint(copy, memory_config=mixed.memory_config)
+    np.testing.assert_allclose(reloaded.scores(texts)[1], probability, atol=1e-9)
 
 
 def test_saved_points_spare_embedding_until_the_stage_changes(stage, tmp_path, monkeypatch):

@@ -18,14 +18,16 @@ from naics_assets.assets.embeddings import naics_embeddings
 from naics_assets.assets.stages import stage_01_easy, stage_02_medium, stage_03_hard
 from naics_assets.assets.triplets import naics_triplets
 from naics_assets.partitions import revision_partitions
-from naics_assets.resources import ArtifactStore, CensusSource
+from naics_assets.resources import ArtifactStore, CensusSource, RealTextSource
 from naics_assets.tracking import MlflowTracker
+from naics_ml.blend_tuning import served_stage_dir
 from naics_ml.checkpoint import load_checkpoint
 from naics_ml.classify import Classifier
 from naics_ml.evaluate import METRIC_KEYS
+from naics_ml.index_split import normalize_text
 from naics_ml.stage_points import load_stage_points
 
-from .conftest import metadata_of
+from .conftest import REALTEXT_ROOT, metadata_of
 from .tiny import save_tiny_bert
 
 ASSETS = [
@@ -78,6 +80,7 @@ def chain(slice_root: Path, tiny_base: Path, tmp_path_factory: pytest.TempPathFa
         "census": CensusSource(local_dir=str(slice_root)),
         "store": ArtifactStore(root=str(root / "artifacts")),
         "mlflow": MlflowTracker(tracking_uri=uri),
+        "realtext": RealTextSource(local_dir=str(REALTEXT_ROOT)),
     }
     torch.set_num_threads(1)
     with dg.DagsterInstance.ephemeral() as instance:
@@ -111,14 +114,39 @@ def test_the_three_stages_materialize_with_checkpoints_and_metrics(chain) -> Non
         assert {f"memory_test_{m}" for m in ("top1", "top5", "mrr")} <= set(meta["all_metrics"])
 
 
-def test_each_stage_remembers_only_its_training_entries(chain) -> None:
-    _, root, _ = chain
+def test_each_stage_remembers_only_its_training_texts(chain) -> None:
+    from naics_ml.realtext import EVAL_FILE, load_labelled_texts
+
+    result, root, _ = chain
     entries = pl.read_parquet(root / "artifacts/2022/naics_index_entries.parquet")
     trained = entries.filter(pl.col("split").is_in(["train", "examples"])).select("text", "code")
+    held_out = set(entries.filter(pl.col("split").is_in(["validation", "test"]))["key"])
+    evaluation_only = set(load_labelled_texts(REALTEXT_ROOT / EVAL_FILE)["text"])
     for stage in STAGES:
         memory = pl.read_parquet(root / f"artifacts/2022/models/{stage}/memory.parquet")
-        assert memory.height == trained.height > 0
-        assert memory.sort("text", "code").equals(trained.sort("text", "code"))
+        # the index entries it trained on, plus the extra queries (cross-references, ...)
+        assert trained.join(memory, on=["text", "code"], how="anti").height == 0
+        assert memory.height > trained.height > 0
+        assert not {normalize_text(t) for t in memory["text"]} & held_out
+        assert not set(memory["text"]) & evaluation_only
+        kinds = metadata_of(result, stage)["training_queries"]
+        assert {"crossref", "description", "realtext"} <= set(kinds)
+
+
+def test_each_stage_reports_real_text_and_strict_test_metrics_and_its_blend(chain) -> None:
+    result, root, _ = chain
+    for stage in STAGES:
+        metrics = metadata_of(result, stage)["all_metrics"]
+        for prefix in ("realtext_", "realtext_val_", "embedding_realtext_"):
+            assert {f"{prefix}{k}" for k in ("hit1", "hit5", "group_at_1", "sector_at_1")} <= set(
+                metrics
+            )
+        assert {"baseline_zero_shot_realtext_hit1", "baseline_tfidf_realtext_hit1"} <= set(metrics)
+        assert metrics["strict_test_count"] > 0
+        assert {"strict_test_top1", "memory_strict_test_top1", "selection_score"} <= set(metrics)
+        blend = json.loads((root / f"artifacts/2022/models/{stage}/blend.json").read_text())
+        assert blend["selection_score"] == pytest.approx(metrics["selection_score"])
+        assert "realtext_hit1" in metadata_of(result, stage)["evaluation"]
 
 
 def test_each_stage_starts_from_the_previous_one(chain) -> None:
@@ -186,11 +214,21 @@ def test_embeddings_cover_every_code_and_the_classifier_predicts(chain) -> None:
     [predictions] = classifier.predict(["electric power distribution"], top_k=3)
     assert len(predictions) == 3
     assert all(len(p.code) == 6 and p.code[:2] in {"22", "55"} for p in predictions)
+
     assert [p.score for p in predictions] == sorted((p.score for p in predictions), reverse=True)
-    trained = pl.read_parquet(root / "artifacts/2022/naics_index_entries.parquet").filter(
-        pl.col("split").is_in(["train", "examples"])
-    )
-    assert classifier.memory_size == trained.height
+    memory = pl.read_parquet(stage_dir / "memory.parquet")
+    assert classifier.memory_size in (0, memory.height)  # 0 when the tuned blend drops it
+
+
+def test_the_stage_best_on_validation_serves_predict(chain) -> None:
+    result, root, _ = chain
+    models = root / "artifacts/2022/models"
+    scores = {
+        s: json.loads((models / s / "blend.json").read_text())["selection_score"] for s in STAGES
+    }
+    served = metadata_of(result, "naics_embeddings")["served_stage"]
+    assert scores[served] == max(scores.values())
+    assert served_stage_dir(models) == models / served
 
 
 def test_stage_checks_run_on_each_stage_metrics(chain) -> None:

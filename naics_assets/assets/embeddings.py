@@ -8,6 +8,8 @@ from naics_assets.assets.stages import stage_03_hard
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore
 
+STAGES = ("stage_01_easy", "stage_02_medium", "stage_03_hard")
+
 
 @dg.asset(
     partitions_def=revision_partitions,
@@ -18,9 +20,11 @@ from naics_assets.resources import ArtifactStore
 def naics_embeddings(
     context: dg.AssetExecutionContext, store: ArtifactStore
 ) -> dg.MaterializeResult:
-    """Code, level, title, Lorentz coordinates and radius of every code, with the evaluation."""
+    """Code, level, title, Lorentz coordinates and radius of every code, with the evaluation;
+    also records which stage serves ``predict`` (``models/serving.json``, best on validation)."""
     import polars as pl
 
+    from naics_ml.blend_tuning import choose_served_stage, selection_scores
     from naics_ml.classify import Classifier
     from naics_ml.parquet import write_parquet_atomic
     from naics_ml.stage_metrics import comparison_table
@@ -37,6 +41,8 @@ def naics_embeddings(
         for lvl, n, mean, std in by_level.sort("level").iter_rows()
     )
     metrics = json.loads((stage_dir / "metrics.json").read_text())
+    models = store.revision_dir(revision) / "models"
+    served = choose_served_stage(models, STAGES)  # by validation, not by position
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
@@ -46,5 +52,7 @@ def naics_embeddings(
                 "| level | codes | mean radius | std |\n|---|---|---|---|\n" + rows
             ),
             "evaluation": dg.MetadataValue.md(comparison_table(metrics)),
+            "served_stage": served.name,
+            "selection_scores": dg.MetadataValue.json(selection_scores(models, STAGES)),
         }
     )

@@ -20,7 +20,7 @@ from naics_assets.assets.triplets import naics_triplets
 from naics_assets.checks import result as check_result
 from naics_assets.checks import stage_checks
 from naics_assets.partitions import revision_partitions
-from naics_assets.resources import ArtifactStore
+from naics_assets.resources import ArtifactStore, RealTextSource
 from naics_assets.tracking import MlflowTracker
 from naics_ml import validation
 
@@ -66,8 +66,9 @@ class StageConfig(dg.Config):
         default="all", description="'all' six-digit codes in the query softmax, or 'step'."
     )
     query_splits: list[str] = Field(
-        default=["train", "examples"],
-        description="Index-entry splits that train the query path (never validation/test).",
+        default=["train", "examples", "crossref", "description", "composite", "realtext"],
+        description="Query kinds that train the query path: index-entry splits (never "
+        "validation/test) and naics_ml.training_texts' extra kinds.",
     )
     hierarchy_loss_weight: float = Field(
         default=4.0, description="Stress loss: Lorentz distance = scale * tree distance."
@@ -117,6 +118,7 @@ def train_stage_asset(
     mlflow: MlflowTracker,
     stage: str,
     previous: str | None,
+    realtext: RealTextSource,
 ) -> dg.MaterializeResult:
     """Shared body of the three stage assets (heavy imports stay inside)."""
     import dataclasses
@@ -131,9 +133,16 @@ def train_stage_asset(
     from naics_ml.io import atomic_write_text
     from naics_ml.model.network import ModelConfig
     from naics_ml.plots import plot_history
-    from naics_ml.stage_metrics import HEADLINE, baseline_metrics, comparison_table, model_metrics
+    from naics_ml.stage_metrics import (
+        HEADLINE,
+        EvaluationSets,
+        baseline_metrics,
+        comparison_table,
+        evaluate_stage,
+    )
     from naics_ml.taxonomy import matrix_from_pairs
     from naics_ml.train import TrainConfig
+    from naics_ml.training_texts import training_lines, training_queries
 
     revision = context.partition_key
     if config.curriculum.endswith((".yaml", ".yml")):
@@ -155,6 +164,23 @@ def train_stage_asset(
     codes = pl.read_parquet(store.codes_path(revision))
     entries = pl.read_parquet(store.index_entries_path(revision))
     tree = matrix_from_pairs(pl.read_parquet(store.distances_path(revision)), codes.height)
+    labelled = realtext.load(codes.filter(pl.col("level") == 6)["code"].to_list())
+    for name, file in (("eval", realtext.eval_file), ("val", realtext.val_file)):
+        if labelled[name] is None:
+            context.log.info(f"real-text {name} set skipped: no {file} in {realtext.local_dir!r}")
+    extra = training_queries(codes, entries, labelled["train"], seed=train_config.seed)
+    queries = pl.concat([entries, extra], how="vertical_relaxed")
+    sets = EvaluationSets(
+        realtext={
+            prefix: frame
+            for prefix, frame in (
+                ("realtext_", labelled["eval"]),
+                ("realtext_val_", labelled["val"]),
+            )
+            if frame is not None
+        },
+        training_lines=training_lines(codes, queries, train_config.query_splits),
+    )
 
     tags = {
         "dagster_run_id": context.run.run_id,
@@ -181,7 +207,7 @@ def train_stage_asset(
             out_dir,
             model_config,
             train_config,
-            queries=entries,
+            queries=queries,
             init_from=init_from,
             extra={"revision": revision, "stage": stage},
             progress=True,
@@ -191,7 +217,7 @@ def train_stage_asset(
         # the in-memory model is already prepared for these codes: no second prepare
         memory = load_stage_memory(result.checkpoint)  # what from_checkpoint will load
         classifier = Classifier(result.model, codes, train_config.temperature, memory=memory)
-        metrics = model_metrics(classifier, codes, tree, entries)
+        metrics = evaluate_stage(classifier, codes, tree, entries, sets, out_dir)
         classifier.save_points(out_dir)  # Classifier.from_checkpoint loads in seconds
         metrics |= baseline_metrics(
             codes,
@@ -201,6 +227,7 @@ def train_stage_asset(
             store.revision_dir(revision)
             / "baselines"
             / f"{Path(model_config.base_model).name}.json",
+            sets,
         )
         metrics |= {"train_wall_s": result.wall_time_s, "skipped_steps": result.skipped_steps}
         run.log_metrics(metrics, result.steps)
@@ -231,6 +258,9 @@ def train_stage_asset(
             "train_wall_s": round(result.wall_time_s, 1),
             "curriculum": dg.MetadataValue.path(str(curriculum_path)),
             "init_from": str(init_from) if init_from else "base model",
+            "training_queries": dg.MetadataValue.json(
+                dict(queries.group_by("split").len().sort("split").iter_rows())
+            ),
             "evaluation": dg.MetadataValue.md(comparison_table(metrics)),
             "expert_utilization": dg.MetadataValue.json(utilization),
             **{name: dg.MetadataValue.float(float(metrics[name])) for name in HEADLINE},
@@ -257,9 +287,10 @@ def stage_01_easy(
     config: EasyStageConfig,
     store: ArtifactStore,
     mlflow: MlflowTracker,
+    realtext: RealTextSource,
 ) -> dg.MaterializeResult:
     """Stage 1: sibling six-digit codes against easy negatives, from the frozen base model."""
-    return train_stage_asset(context, config, store, mlflow, "stage_01_easy", None)
+    return train_stage_asset(context, config, store, mlflow, "stage_01_easy", None, realtext)
 
 
 @dg.asset(
@@ -274,9 +305,12 @@ def stage_02_medium(
     config: MediumStageConfig,
     store: ArtifactStore,
     mlflow: MlflowTracker,
+    realtext: RealTextSource,
 ) -> dg.MaterializeResult:
     """Stage 2: five- and six-digit codes, closer negatives; starts from stage 1's weights."""
-    return train_stage_asset(context, config, store, mlflow, "stage_02_medium", "stage_01_easy")
+    return train_stage_asset(
+        context, config, store, mlflow, "stage_02_medium", "stage_01_easy", realtext
+    )
 
 
 @dg.asset(
@@ -291,6 +325,9 @@ def stage_03_hard(
     config: HardStageConfig,
     store: ArtifactStore,
     mlflow: MlflowTracker,
+    realtext: RealTextSource,
 ) -> dg.MaterializeResult:
     """Stage 3: all levels, hardest negatives and exclusions; starts from stage 2's weights."""
-    return train_stage_asset(context, config, store, mlflow, "stage_03_hard", "stage_02_medium")
+    return train_stage_asset(
+        context, config, store, mlflow, "stage_03_hard", "stage_02_medium", realtext
+    )

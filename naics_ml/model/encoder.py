@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,6 +299,19 @@ class ChannelEncoder(nn.Module):
             parts.append(mean_pool(out, mask))
             order.append(bucket)
         return torch.cat(parts)[torch.argsort(torch.cat(order))]
+
+    @contextmanager
+    def adapters_off(self) -> Iterator[None]:
+        """Run the bare frozen base inside the block (every LoRA adapter bypassed)."""
+        for module in self._lora_modules:
+            module.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for module in self._lora_modules:
+                module.enable_adapters(True)
+            for param in self._lora_params:  # enable_adapters freezes the inactive ones
+                param.requires_grad_(True)
 
     def encode_uncached(self, texts: Sequence[str], channel: str) -> Tensor:
         """Frozen prefix on the fly, then the top layers: for texts that were never prepared."""

@@ -412,19 +412,7 @@ class NaicsModel(nn.Module):
             texts = list(texts)
             if not texts:
                 return torch.zeros(0, self.config.embedding_dim + 1)
-            vectors = torch.empty(len(texts), self.encoder.hidden_size)
-            cached = [i for i, t in enumerate(texts) if t in self._text_ids]
-            if cached:
-                ids = torch.tensor([self._text_ids[texts[i]] for i in cached], dtype=torch.long)
-                vectors[cached] = self.encoder.encode_cached(self._cache, ids, QUERY_CHANNEL)
-            fresh = sorted(
-                (i for i, t in enumerate(texts) if t not in self._text_ids),
-                key=lambda i: len(texts[i]),  # similar lengths batch together
-            )
-            for start in range(0, len(fresh), batch_size):
-                rows = fresh[start : start + batch_size]
-                chunk = [texts[i] for i in rows]
-                vectors[rows] = self.encoder.encode_uncached(chunk, QUERY_CHANNEL)
+            vectors = self._pooled_texts(texts, batch_size)
             q = CHANNELS.index(QUERY_CHANNEL)
             mask = torch.zeros(len(texts), len(CHANNELS), dtype=torch.bool)
             mask[:, q] = True
@@ -437,6 +425,33 @@ class NaicsModel(nn.Module):
             return torch.cat(out)
         finally:
             self.train(was_training)
+
+    @torch.inference_mode()
+    def encode_frozen(self, texts: Sequence[str], batch_size: int = 64) -> Tensor:
+        """Unit vectors (n, H) of the bare base model, every adapter bypassed: what it knew
+        before training (the Classifier's base part). Prepared texts start from their cached
+        prefix, as in :meth:`encode_texts`."""
+        texts = list(texts)
+        if not texts:
+            return torch.zeros(0, self.encoder.hidden_size)
+        with self.encoder.adapters_off():
+            return self._pooled_texts(texts, batch_size)
+
+    def _pooled_texts(self, texts: list[str], batch_size: int) -> Tensor:
+        """Pooled (n, H) vectors through the examples adapter (the query path)."""
+        vectors = torch.empty(len(texts), self.encoder.hidden_size)
+        cached = [i for i, t in enumerate(texts) if t in self._text_ids]
+        if cached:
+            ids = torch.tensor([self._text_ids[texts[i]] for i in cached], dtype=torch.long)
+            vectors[cached] = self.encoder.encode_cached(self._cache, ids, QUERY_CHANNEL)
+        fresh = sorted(
+            (i for i, t in enumerate(texts) if t not in self._text_ids),
+            key=lambda i: len(texts[i]),  # similar lengths batch together
+        )
+        for start in range(0, len(fresh), batch_size):
+            rows = fresh[start : start + batch_size]
+            vectors[rows] = self.encoder.encode_uncached([texts[i] for i in rows], QUERY_CHANNEL)
+        return vectors
 
     @torch.inference_mode()
     def encode_all_codes(self, batch_size: int = 512) -> Tensor:

@@ -1,0 +1,148 @@
+"""Real-text figures of the materialized stages, next to the index-entry and hierarchy ones.
+
+    DAGSTER_HOME=$PWD NAICS_REALTEXT_DIR=$PWD/../shared/realtext python benchmarks/realtext.py
+
+Reads each stage's ``metrics.json`` (written at the end of the stage, with the blend weights it
+chose on validation data) and prints JSON: per stage the evaluation-only real-text set
+(``realtext_*``: Boston, as ``predict`` ranks and by the embedding alone), the real-text
+validation set (``realtext_val_*``), the index test split as ``predict`` ranks
+(``memory_test_*``) and the hierarchy; the baselines once; and the stage that serves
+``predict`` (best validation ``selection_score``). ``--reevaluate`` re-runs the evaluation
+with the current code on the saved checkpoints (tuning the blend again, on validation data
+only) instead of reading ``metrics.json``; ``--sectors`` adds per-sector hit@1 on the
+evaluation set for the served stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+STAGES = ("stage_01_easy", "stage_02_medium", "stage_03_hard")
+HIERARCHY = ("recon_map", "parent_at_1", "spearman_within_sector", "spearman")
+REALTEXT = ("hit1", "hit5", "group_at_1", "sector_at_1")
+
+
+def pick(metrics: dict[str, float], prefix: str, keys: tuple[str, ...]) -> dict[str, float]:
+    return {k: round(metrics[prefix + k], 4) for k in keys if prefix + k in metrics}
+
+
+def stage_report(metrics: dict[str, float]) -> dict[str, object]:
+    return {
+        "realtext": pick(metrics, "realtext_", REALTEXT),
+        "realtext_embedding_alone": pick(metrics, "embedding_realtext_", REALTEXT),
+        "realtext_val": pick(metrics, "realtext_val_", REALTEXT),
+        "index_test_predict": pick(metrics, "memory_test_", ("top1", "top5", "mrr")),
+        "index_test_embedding": pick(metrics, "test_", ("top1", "top5", "mrr")),
+        "strict_test_predict": pick(metrics, "memory_strict_test_", ("top1", "top5")),
+        "strict_test_count": metrics.get("strict_test_count"),
+        "hierarchy": pick(metrics, "", HIERARCHY),
+        "blend": pick(metrics, "blend_", ("weight", "lexical_weight", "base_weight")),
+        "selection_score": metrics.get("selection_score"),
+    }
+
+
+def reevaluate(artifacts: Path, stage: str) -> dict[str, float]:
+    """The stage asset's evaluation, again, from the saved checkpoint (current code)."""
+    import polars as pl
+
+    from naics_assets.resources import RealTextSource
+    from naics_ml.classify import Classifier
+    from naics_ml.entry_memory import MemoryConfig
+    from naics_ml.stage_metrics import EvaluationSets, evaluate_stage
+    from naics_ml.taxonomy import matrix_from_pairs
+    from naics_ml.train import TrainConfig
+    from naics_ml.training_texts import training_lines, training_queries
+
+    codes = pl.read_parquet(artifacts / "naics_codes.parquet")
+    entries = pl.read_parquet(artifacts / "naics_index_entries.parquet")
+    tree = matrix_from_pairs(pl.read_parquet(artifacts / "naics_distances.parquet"), codes.height)
+    source = RealTextSource(local_dir=os.environ.get("NAICS_REALTEXT_DIR"))
+    labelled = source.load(codes.filter(pl.col("level") == 6)["code"].to_list())
+    queries = pl.concat([entries, training_queries(codes, entries, labelled["train"])])
+    sets = EvaluationSets(
+        realtext={
+            p: f
+            for p, f in (("realtext_", labelled["eval"]), ("realtext_val_", labelled["val"]))
+            if f is not None
+        },
+        training_lines=training_lines(codes, queries, TrainConfig().query_splits),
+    )
+    folder = artifacts / "models" / stage
+    classifier = Classifier.from_checkpoint(folder, memory_config=MemoryConfig())
+    return evaluate_stage(classifier, codes, tree, entries, sets, folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--revision", default="2022")
+    parser.add_argument("--reevaluate", action="store_true")
+    parser.add_argument("--sectors", action="store_true")
+    args = parser.parse_args()
+    if "DAGSTER_HOME" not in os.environ:
+        raise SystemExit("set DAGSTER_HOME to the project root")
+    artifacts = Path(os.environ["DAGSTER_HOME"]) / "storage" / "artifacts" / args.revision
+    from naics_ml.blend_tuning import choose_served_stage
+
+    report: dict[str, object] = {"revision": args.revision, "stages": {}}
+    metrics = {}
+    for stage in STAGES:
+        if not (artifacts / "models" / stage / "metrics.json").is_file():
+            continue
+        if args.reevaluate:
+            metrics[stage] = reevaluate(artifacts, stage)
+        else:
+            metrics[stage] = json.loads((artifacts / "models" / stage / "metrics.json").read_text())
+        report["stages"][stage] = stage_report(metrics[stage])
+    if metrics:
+        last = metrics[list(metrics)[-1]]
+        report["baselines"] = {
+            name: {
+                "realtext": pick(last, f"baseline_{name}_realtext_", REALTEXT),
+                "realtext_val": pick(last, f"baseline_{name}_realtext_val_", REALTEXT),
+                "index_test": pick(last, f"baseline_{name}_test_", ("top1", "top5", "mrr")),
+            }
+            for name in ("zero_shot", "tfidf")
+        }
+        report["served_stage"] = choose_served_stage(artifacts / "models", list(metrics)).name
+    if args.sectors and metrics:
+        report["sectors"] = sector_table(artifacts, report["served_stage"])
+    print(json.dumps(report, indent=1))
+
+
+def sector_table(artifacts: Path, stage: str) -> dict[str, list[dict[str, object]]]:
+    """Per-sector hit@1 of the served stage on the evaluation set, with the main confusion,
+    and the most frequent (listed code -> predicted code) errors by 4-digit group."""
+    import polars as pl
+
+    from naics_assets.resources import RealTextSource
+    from naics_ml.classify import Classifier
+    from naics_ml.realtext import sector_hit_rates
+
+    classifier = Classifier.from_checkpoint(artifacts / "models" / stage)
+    source = RealTextSource(local_dir=os.environ.get("NAICS_REALTEXT_DIR"))
+    frame = source.load(classifier.six_digit_codes.tolist())["eval"]
+    _, probability = classifier.scores(frame["text"].to_list())
+    truth = frame["codes"].to_list()
+    table = sector_hit_rates(probability, classifier.six_digit_codes, truth)
+    top = classifier.six_digit_codes[probability.argmax(axis=1)]
+    errors = pl.DataFrame(
+        {
+            "listed_group": [codes[0][:4] for codes in truth],
+            "predicted_group": [str(c)[:4] for c in top],
+            "miss": [str(c) not in codes for c, codes in zip(top, truth, strict=True)],
+        }
+    ).filter(pl.col("miss") & (pl.col("listed_group") != pl.col("predicted_group")))
+    confusions = (
+        errors.group_by("listed_group", "predicted_group").len().sort("len", descending=True)
+    ).head(12)
+    return {
+        "sectors": table.with_columns(pl.col("hit1").round(3)).to_dicts(),
+        "top_group_confusions": confusions.to_dicts(),
+    }
+
+
+if __name__ == "__main__":
+    main()
