@@ -18,8 +18,11 @@ Scores: ``score`` is the probability of the code over *all* six-digit codes. Wit
 is the model's query softmax ``softmax(-distance / temperature)`` with the stage's training
 temperature (the distribution the query loss trains); with one it is that softmax blended with
 the memory's, which reads the remembered entries both as points and as words
-(``naics_ml.entry_memory``). ``distance`` is the Lorentz geodesic distance to the
-code. Results are sorted by score, best first (without a memory: by distance, nearest first).
+(``naics_ml.entry_memory``), and with the frozen base model's own vote (its cosine softmax over
+the code texts and remembered entries: what it knew before training). A stage's ``blend.json``
+holds the weights it chose on validation data (``naics_ml.blend_tuning``). ``distance`` is the
+Lorentz geodesic distance to the code. Results are sorted by score, best first (by distance,
+nearest first, when the embedding is the only part).
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ and renormalises the other two. ``w = v = 0`` is the plain embedding. The defaul
 v = 0.2, T = the training temperature, T_v = 0.05) were chosen on the validation split with the
 previous defaults' ``03_hard`` checkpoint: top-1 0.687 (embedding) -> 0.718 (w = 0.35,
 v = 0) -> 0.738, MRR 0.782 -> 0.807 -> 0.822. The code embeddings and every hierarchy metric
-are unaffected.
+are unaffected. ``MemoryConfig.base_weight`` mixes in a fourth part, the frozen base model's
+vote (``naics_ml.classify``); each stage chooses all three weights on validation data
+(``naics_ml.blend_tuning``).
 """
 
 from __future__ import annotations

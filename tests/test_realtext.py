@@ -155,3 +155,13 @@ def test_blend_tuning_picks_the_weights_that_win_on_validation(tmp_path) -> None
     save_blend(models / "stage_01_easy", TunedBlend(MemoryConfig(), 0.9, {}, 0.5))
     assert choose_served_stage(models, stages).name == "stage_01_easy"
     assert served_stage_dir(models) == models / "stage_01_easy"
+
+
+def test_missing_real_text_folder_or_file_is_skipped_not_an_error(tmp_path) -> None:
+    from naics_assets.resources import RealTextSource
+
+    assert RealTextSource().load(["111110"]) == {"eval": None, "val": None, "train": None}
+    (tmp_path / VAL_FILE).write_text("text,naics_codes\nSOYBEAN FARM,111110\nWHEAT,111140\n")
+    loaded = RealTextSource(local_dir=str(tmp_path), val_share=1.0).load(["111110", "111140"])
+    assert loaded["eval"] is None  # no Boston file here: skipped
+    assert loaded["val"].height == 2 and loaded["train"].height == 0

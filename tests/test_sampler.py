@@ -348,11 +348,17 @@ def test_rank_split_is_disjoint_and_complete(shards) -> None:
     assert seen[0] | seen[1] == set(_eligible(truth, levels, spec))
 
 
-def test_infinite_by_default_and_first_batch_is_quick(shards) -> None:
-    root, levels, _ = shards
+def test_infinite_by_default_keeps_cycling_through_every_pair(shards) -> None:
+    root, levels, truth = shards
+    eligible = set(_eligible(truth, levels, SPECS["easy"]))
     it = iter(TripletSampler(root, levels, SPECS["easy"], batch_size=4, seed=0))
-    batches = [next(it) for _ in range(500)]  # far more than one epoch
-    assert len(batches) == 500
+    seen: Counter = Counter()
+    for _ in range(500):  # far more than one epoch: the sampler must start over, not stop
+        batch = next(it)
+        assert len(batch.anchor) == 4
+        seen.update(zip(batch.anchor.tolist(), batch.positive.tolist(), strict=True))
+    assert set(seen) == eligible
+    assert 2 * len(eligible) <= 2000 and min(seen.values()) >= 2  # every pair again
 
 
 def test_errors(tmp_path: Path, shards) -> None:

@@ -106,7 +106,6 @@ def test_the_three_stages_materialize_with_checkpoints_and_metrics(chain) -> Non
         state = load_checkpoint(checkpoint)
         assert state["complete"] and state["step"] == 4
         assert state["extra"]["stage"] == stage and state["extra"]["revision"] == "2022"
-        assert meta["mlflow_run"].startswith("http")
         assert set(METRICS) <= set(meta["all_metrics"])
         assert {f"baseline_tfidf_{m}" for m in METRICS} <= set(meta["all_metrics"])
         assert {f"baseline_zero_shot_{m}" for m in METRICS} <= set(meta["all_metrics"])
@@ -165,6 +164,10 @@ def test_later_stages_reuse_the_first_stage_prefix_cache(chain) -> None:
     # one base model, one set of texts: one file, written by stage 1 and loaded by stages 2-3
     (cache,) = (root / "artifacts/2022/prefix_cache").glob("*.pt")
     assert len(cache.stem) == 64 and cache.stat().st_size > 0
+    # written before stage 1's checkpoint and never again: a rebuild by a later stage would
+    # have replaced the file (atomic rename) after stage 1 finished
+    first = root / "artifacts/2022/models/stage_01_easy/checkpoint.pt"
+    assert cache.stat().st_mtime_ns < first.stat().st_mtime_ns
 
 
 def test_mlflow_holds_one_run_per_stage(chain) -> None:
@@ -179,6 +182,14 @@ def test_mlflow_holds_one_run_per_stage(chain) -> None:
         assert run.info.status == "FINISHED"
         assert run.data.tags["dagster_run_id"] == result.run_id
         assert run.data.tags["naics_revision"] == "2022"
+        meta = metadata_of(result, run.data.tags["stage"])  # its link opens this very run
+        assert meta["mlflow_run_id"] == run.info.run_id
+        assert meta["mlflow_run"] == (
+            f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+        )
+        assert run.data.metrics["realtext_hit1"] == pytest.approx(
+            meta["all_metrics"]["realtext_hit1"]
+        )
         assert run.data.params["train.steps"] == "4"
         assert "curriculum.name" in run.data.params
         assert {"spearman", "spearman_ceiling", "test_mrr", "baseline_tfidf_test_mrr"} <= set(
@@ -234,7 +245,6 @@ def test_the_stage_best_on_validation_serves_predict(chain) -> None:
 def test_stage_checks_run_on_each_stage_metrics(chain) -> None:
     from naics_assets.definitions import defs
     from naics_ml.stage_metrics import HEADLINE
-    from naics_ml.validation import check_beats_baselines
 
     result, root, _ = chain
     graph = defs.resolve_asset_graph()
@@ -247,7 +257,15 @@ def test_stage_checks_run_on_each_stage_metrics(chain) -> None:
         assert {(stage, "beats_baselines"), (stage, "experts_balanced")} <= declared
         metrics = json.loads((root / f"artifacts/2022/models/{stage}/metrics.json").read_text())
         beats = evaluations[(stage, "beats_baselines")]
-        assert beats.passed == check_beats_baselines(metrics, HEADLINE)[0]
+        # known values: the metrics where the 4-step tiny model is not ahead of both baselines
+        behind = [
+            name
+            for name in HEADLINE
+            if metrics[name]
+            <= max(metrics[f"baseline_zero_shot_{name}"], metrics[f"baseline_tfidf_{name}"])
+        ]
+        assert beats.metadata["not_ahead"].value == behind
+        assert beats.passed == (behind == [])
         assert beats.severity == dg.AssetCheckSeverity.ERROR
         experts = evaluations[(stage, "experts_balanced")]
         assert experts.severity == dg.AssetCheckSeverity.WARN
