@@ -50,6 +50,7 @@ def reevaluate(artifacts: Path, stage: str) -> dict[str, float]:
 
     from naics_assets.resources import RealTextSource
     from naics_ml.classify import Classifier
+    from naics_ml.codes import six_digit_codes
     from naics_ml.entry_memory import MemoryConfig
     from naics_ml.stage_metrics import EvaluationSets, evaluate_stage
     from naics_ml.taxonomy import matrix_from_pairs
@@ -60,7 +61,7 @@ def reevaluate(artifacts: Path, stage: str) -> dict[str, float]:
     entries = pl.read_parquet(artifacts / "naics_index_entries.parquet")
     tree = matrix_from_pairs(pl.read_parquet(artifacts / "naics_distances.parquet"), codes.height)
     source = RealTextSource(local_dir=os.environ.get("NAICS_REALTEXT_DIR"))
-    labelled = source.load(codes.filter(pl.col("level") == 6)["code"].to_list())
+    labelled = source.load(six_digit_codes(codes).tolist())
     queries = pl.concat([entries, training_queries(codes, entries, labelled["train"])])
     sets = EvaluationSets(
         realtext={

@@ -18,7 +18,7 @@ import torch
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from naics_ml.evaluate import evaluate_distances, six_digit_mask
+from naics_ml.evaluate import evaluate_distances, six_digit_codes, six_digit_mask
 from naics_ml.model.base import DEFAULT_BASE_MODEL, load_base_model, load_tokenizer
 
 ZERO_SHOT_PREFIX = "baseline_zero_shot_"
@@ -173,8 +173,9 @@ def realtext_baseline_metrics(
 
     if not realtext:
         return {}
-    six = codes.sort("index").filter(pl.col("level") == 6)
-    candidates, texts = six["code"].to_numpy(), code_texts(six)
+    mask = six_digit_mask(codes)
+    candidates = six_digit_codes(codes)
+    texts = [t for t, six in zip(code_texts(codes), mask, strict=True) if six]
     model = model if model is not None else load_base_model(base_model)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(base_model)
     dense_codes, _ = _unit_rows(mean_pooled_embeddings(texts, model, tokenizer))

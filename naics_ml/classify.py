@@ -39,6 +39,7 @@ import torch
 
 from naics_ml.blend_tuning import load_blend
 from naics_ml.checkpoint import load_checkpoint, load_stage_codes, resolve_checkpoint
+from naics_ml.codes import six_digit_mask
 from naics_ml.entry_memory import (
     MemoryConfig,
     candidate_positions,
@@ -159,7 +160,7 @@ class Classifier:
             with torch.no_grad():
                 self._points = model.encode_all_codes()
         check_on_manifold(self._points, self.curvature)
-        six = (self.codes["level"] == 6).to_numpy()
+        six = six_digit_mask(self.codes)
         if not six.any():
             raise ValueError("the code table has no six-digit codes")
         self._six_index = torch.as_tensor(np.flatnonzero(six))
@@ -194,9 +195,12 @@ class Classifier:
         every remembered entry, as unit vectors with the column of their code."""
         from naics_ml.baselines import code_texts
 
-        six = self.codes.filter(pl.col("level") == 6)
-        texts = code_texts(six)
-        column = list(range(six.height))
+        texts = [
+            t
+            for t, six in zip(code_texts(self.codes), six_digit_mask(self.codes), strict=True)
+            if six
+        ]
+        column = list(range(len(texts)))
         if memory is not None and memory.height:
             texts += memory["text"].to_list()
             column += candidate_positions(memory["code"].to_numpy(), self._six_codes).tolist()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from naics_ml.census import CensusFormatError, CensusTables, read_census
@@ -35,6 +36,17 @@ def sector_of(code: str) -> str:
     """Two-digit sector of a code, with 32/33 merged into 31, 45 into 44, 49 into 48."""
     head = code[:2]
     return RANGE_SECTORS.get(head, head)
+
+
+def six_digit_mask(codes: pl.DataFrame) -> np.ndarray:
+    """Boolean mask over the code table's rows in ``index`` order: the six-digit codes, the
+    candidates of every classification and retrieval metric."""
+    return (codes.sort("index")["level"] == 6).to_numpy()
+
+
+def six_digit_codes(codes: pl.DataFrame) -> np.ndarray:
+    """The six-digit codes (object array) in ``index`` order."""
+    return codes.sort("index")["code"].to_numpy().astype(object)[six_digit_mask(codes)]
 
 
 def parent_of(code: str) -> str | None:

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from naics_ml.classify import code_channel_texts
+from naics_ml.codes import six_digit_mask
 from naics_ml.curriculum import load_curriculum
 from naics_ml.entry_memory import MEMORY_NAME, memory_entries, save_stage_memory
 from naics_ml.model.network import ModelConfig, NaicsModel
@@ -136,7 +137,7 @@ def run_stage(
 
     validate = None
     if val_q.height:
-        six = codes.filter(pl.col("level") == 6)["index"].to_numpy()
+        six = codes["index"].to_numpy()[six_digit_mask(codes)]  # codes sorted by index
         val_ids = np.arange(train_q.height, train_q.height + val_q.height)
         validate = query_validator(val_ids, query_codes[val_ids], six, train_config.temperature)
     use_queries = train_q.height > 0 and train_config.query_batch_size > 0

@@ -17,6 +17,8 @@ import numpy as np
 import polars as pl
 from scipy.stats import spearmanr
 
+from naics_ml.codes import sector_of, six_digit_codes, six_digit_mask
+
 HIERARCHY_KEYS = (
     "spearman",
     "spearman_within_sector",
@@ -28,8 +30,6 @@ HIERARCHY_KEYS = (
 RETRIEVAL_KEYS = ("top1", "top5", "mrr", "sector_at_1", "group_at_1")
 METRIC_KEYS = HIERARCHY_KEYS + tuple(f"test_{k}" for k in RETRIEVAL_KEYS)
 
-# Range sectors: Census writes 31-33, 44-45, 48-49; the code table folds them onto the first.
-_SECTOR_ALIASES = {"32": "31", "33": "31", "45": "44", "49": "48"}
 _EDGE_CHUNK = 512  # directed edges per block in the reconstruction metrics (bounds memory)
 
 
@@ -200,8 +200,7 @@ def hierarchy_metrics(
 # ---------------------------------------------------------------------------------------------
 def naics_sector(codes: Sequence[str] | np.ndarray) -> np.ndarray:
     """Two-digit sector per code, range sectors merged (32/33 -> 31, 45 -> 44, 49 -> 48)."""
-    two = np.array([str(c)[:2] for c in codes], dtype=object)
-    return np.array([_SECTOR_ALIASES.get(s, s) for s in two], dtype=object)
+    return np.array([sector_of(str(c)) for c in codes], dtype=object)
 
 
 def retrieval_metrics(
@@ -286,16 +285,6 @@ def evaluate_distances(
         )
     )
     return out
-
-
-def six_digit_codes(codes: pl.DataFrame) -> np.ndarray:
-    """The retrieval candidates: six-digit codes in ``index`` order."""
-    return codes.sort("index").filter(pl.col("level") == 6)["code"].to_numpy().astype(object)
-
-
-def six_digit_mask(codes: pl.DataFrame) -> np.ndarray:
-    """Boolean mask over rows (``index`` order) selecting the six-digit codes."""
-    return (codes.sort("index")["level"] == 6).to_numpy()
 
 
 def evaluate_embeddings(

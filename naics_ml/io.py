@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_save_torch", "atomic_write", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_save_torch", "atomic_write_text"]
 
 
 @contextmanager
@@ -38,7 +38,6 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-atomic_write = atomic_path
 """Alias of :func:`atomic_path`."""
 
 

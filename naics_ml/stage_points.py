@@ -52,8 +52,7 @@ def stage_fingerprint(path: Path | str) -> str:
         digest.update(name.encode() + b"\x00")
         if file.is_file():
             with file.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+                hashlib.file_digest(handle, lambda: digest)  # feeds the shared digest
         digest.update(b"\x01")
     return digest.hexdigest()
 

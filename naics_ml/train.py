@@ -118,6 +118,7 @@ from naics_ml.checkpoint import (
     save_stage_bundle,
     stage_folder,
 )
+from naics_ml.codes import six_digit_mask
 from naics_ml.index_split import HELD_OUT_SPLITS
 from naics_ml.io import atomic_write_text
 from naics_ml.model.lorentz import check_on_manifold, distance, pairwise_distance, radius
@@ -816,7 +817,7 @@ def _six_digit_mask(codes: pl.DataFrame | None, device: torch.device) -> Tensor 
     frame = codes.sort("index")
     if frame["index"].to_list() != list(range(frame.height)):
         raise ValueError("the code table's index column must be 0..n-1")
-    return torch.as_tensor((frame["level"] == 6).to_numpy(), device=device)
+    return torch.as_tensor(six_digit_mask(frame), device=device)
 
 
 def _open(source: BatchSource, start: int) -> Iterator[Any]:

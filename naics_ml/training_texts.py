@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from naics_ml.codes import referenced_codes
+from naics_ml.codes import referenced_codes, six_digit_codes, six_digit_mask
 from naics_ml.index_split import HELD_OUT_SPLITS, normalize_text
 
 EXTRA_SPLITS = ("crossref", "description", "composite", "realtext")
@@ -51,7 +51,7 @@ def strip_lead(text: str) -> str:
 
 def crossref_queries(codes: pl.DataFrame) -> list[tuple[str, str]]:
     """(text, target six-digit code) for every cross-reference line naming one six-digit code."""
-    six = set(codes.filter(pl.col("level") == 6)["code"].to_list())
+    six = set(six_digit_codes(codes))
     out = []
     for block in codes["excluded"].drop_nulls().to_list():
         for line in block.splitlines():
@@ -68,7 +68,7 @@ def crossref_queries(codes: pl.DataFrame) -> list[tuple[str, str]]:
 def description_queries(codes: pl.DataFrame) -> list[tuple[str, str]]:
     """(sentence, code) for each sentence of every six-digit code's description."""
     out = []
-    six = codes.filter(pl.col("level") == 6).drop_nulls("description")
+    six = codes.sort("index").filter(six_digit_mask(codes)).drop_nulls("description")
     for code, description in six.select("code", "description").iter_rows():
         for sentence in _SENTENCE.split(description):
             text = strip_lead(sentence)

@@ -127,6 +127,7 @@ def train_stage_asset(
 
     from naics_ml.checkpoint import is_complete, load_checkpoint
     from naics_ml.classify import Classifier
+    from naics_ml.codes import six_digit_codes
     from naics_ml.curriculum import load_curriculum, packaged_curriculum_path
     from naics_ml.distributed import run_stage
     from naics_ml.entry_memory import load_stage_memory
@@ -164,7 +165,7 @@ def train_stage_asset(
     codes = pl.read_parquet(store.codes_path(revision))
     entries = pl.read_parquet(store.index_entries_path(revision))
     tree = matrix_from_pairs(pl.read_parquet(store.distances_path(revision)), codes.height)
-    labelled = realtext.load(codes.filter(pl.col("level") == 6)["code"].to_list())
+    labelled = realtext.load(six_digit_codes(codes).tolist())
     for name, file in (("eval", realtext.eval_file), ("val", realtext.val_file)):
         if labelled[name] is None:
             context.log.info(f"real-text {name} set skipped: no {file} in {realtext.local_dir!r}")

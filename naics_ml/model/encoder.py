@@ -225,8 +225,9 @@ class ChannelEncoder(nn.Module):
     def cached_prefix(
         self, texts: Sequence[str], dtype: torch.dtype, folder: Path | str | None
     ) -> PrefixCache:
-        """:meth:`build_cache`, reusing ``folder/<fingerprint>.pt`` when an earlier call (an
-        earlier stage, another process) computed the same prefix; the result is identical."""
+        """The frozen prefix of every text (call with distinct texts), reusing
+        ``folder/<fingerprint>.pt`` when an earlier call (an earlier stage, another process)
+        computed the same prefix; the result is identical."""
         token_ids = self.tokenize(texts) if texts else []
         if folder is None:
             return self._cache_from_ids(token_ids, dtype)
@@ -242,11 +243,6 @@ class ChannelEncoder(nn.Module):
         cache = self._cache_from_ids(token_ids, dtype)
         cache.save(path)
         return cache
-
-    @torch.no_grad()
-    def build_cache(self, texts: Sequence[str], dtype: torch.dtype = torch.float16) -> PrefixCache:
-        """Compute the frozen prefix once for every text (call with distinct texts)."""
-        return self._cache_from_ids(self.tokenize(texts) if texts else [], dtype)
 
     @torch.no_grad()
     def _cache_from_ids(self, token_ids: list[list[int]], dtype: torch.dtype) -> PrefixCache:
