@@ -15,8 +15,8 @@ Data parallelism (see :func:`naics_ml.train.train_stage`): every rank builds the
 draws its own (anchor, positive) pairs and query batches (the samplers split them by rank),
 gradients are averaged with one all-reduce per step, and rank 0 writes the checkpoint. The
 per-rank batch is ``TrainConfig.batch_size``, so the global batch is ``world_size`` times that.
-Each rank prints one JSON line at the end with its weights' fingerprint; the run fails if the
-replicas' weights differ.
+Run as a command, each rank prints one JSON line at the end with its weights' fingerprint (the
+library call prints nothing); the run fails if the replicas' weights differ.
 """
 
 from __future__ import annotations
@@ -161,21 +161,25 @@ def run_stage(
             save_stage_memory(out_dir, memory_entries(queries, train_config.query_splits))
         else:
             (Path(out_dir) / MEMORY_NAME).unlink(missing_ok=True)  # never a stale memory
+    return dataclasses.replace(result, model=model)
+
+
+def _print_summary(result: StageResult) -> None:
+    """One JSON line per rank (as a command only): steps, checkpoint, weights' fingerprint."""
     print(
         json.dumps(
             {
-                "rank": rank,
-                "world_size": world,
+                "rank": int(os.environ.get("RANK", "0")),
+                "world_size": int(os.environ.get("WORLD_SIZE", "1")),
                 "steps": result.steps,
                 "skipped_steps": result.skipped_steps,
                 "checkpoint": str(result.checkpoint),
-                "weights_sha256": weights_fingerprint(model.trainable_state_dict()),
+                "weights_sha256": weights_fingerprint(result.model.trainable_state_dict()),
                 "wall_time_s": round(result.wall_time_s, 3),
             }
         ),
         flush=True,
     )
-    return dataclasses.replace(result, model=model)
 
 
 def _split(queries: pl.DataFrame | None, *splits: str) -> pl.DataFrame:
@@ -224,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        run_stage(
+        result = run_stage(
             pl.read_parquet(args.codes),
             args.triplets,
             args.curriculum,
@@ -236,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             prefix_cache_dir=args.prefix_cache,
         )
+        _print_summary(result)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
