@@ -3,7 +3,7 @@ so every partition's checks are recorded against the run that produced it."""
 
 import dagster as dg
 
-from naics_ml import validation
+from naics_ml import invariants
 
 
 def spec(asset: str, name: str, description: str) -> dg.AssetCheckSpec:
@@ -12,7 +12,7 @@ def spec(asset: str, name: str, description: str) -> dg.AssetCheckSpec:
 
 def result(
     name: str,
-    outcome: validation.Result,
+    outcome: invariants.Result,
     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
 ) -> dg.AssetCheckResult:
     passed, details = outcome

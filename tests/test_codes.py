@@ -15,7 +15,7 @@ from naics_ml.codes import (
     sector_of,
     split_description,
 )
-from naics_ml.validation import check_level_counts, check_parents
+from naics_ml.invariants import check_level_counts, check_parents
 
 COLUMNS = {
     "index": pl.Int32,

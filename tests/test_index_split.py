@@ -13,7 +13,7 @@ from naics_ml.index_split import (
     split_index_entries,
     split_sizes,
 )
-from naics_ml.validation import check_split_leakage
+from naics_ml.invariants import check_split_leakage
 
 
 @pytest.fixture(scope="module")

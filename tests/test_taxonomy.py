@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from naics_ml.invariants import check_pairs, check_symmetric, check_triangle
 from naics_ml.taxonomy import (
     CROSS_SECTOR_DISTANCE,
     build_tree,
@@ -16,7 +17,6 @@ from naics_ml.taxonomy import (
     tree_distance_matrix,
     validate_tree,
 )
-from naics_ml.validation import check_pairs, check_symmetric, check_triangle
 
 N_2022 = 2_125
 

@@ -10,6 +10,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
+from naics_ml.invariants import check_shard_coverage, check_triplet_order
 from naics_ml.taxonomy import exclusion_matrix
 from naics_ml.triplet_shards import build_triplet_shards, sector_dir, shard_sectors
 from naics_ml.triplets import (
@@ -20,7 +21,6 @@ from naics_ml.triplets import (
     sector_seed,
     sector_triplet_batches,
 )
-from naics_ml.validation import check_shard_coverage, check_triplet_order
 
 SMALL_SECTORS = ("22", "55")
 K = 6

@@ -7,7 +7,7 @@ from naics_assets.assets.census import census_workbooks
 from naics_assets.checks import CODES_CHECKS, INDEX_CHECKS, result
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore
-from naics_ml import validation
+from naics_ml import invariants
 from naics_ml.census import read_census
 from naics_ml.codes import build_code_table, level_counts
 from naics_ml.index_split import SplitConfig, split_index_entries, split_sizes
@@ -51,7 +51,7 @@ def naics_index_entries(
             "codes_with_entries": entries["code"].n_unique(),
             **{f"split_{name}": n for name, n in sizes.items()},
         },
-        check_results=[result("no_split_leakage", validation.check_split_leakage(entries, bare))],
+        check_results=[result("no_split_leakage", invariants.check_split_leakage(entries, bare))],
     )
 
 
@@ -88,7 +88,7 @@ def naics_codes(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.M
             "excluded_code_links": int(codes["excluded_codes"].list.len().sum()),
         },
         check_results=[
-            result("level_counts", validation.check_level_counts(codes, revision)),
-            result("parents_exist", validation.check_parents(codes)),
+            result("level_counts", invariants.check_level_counts(codes, revision)),
+            result("parents_exist", invariants.check_parents(codes)),
         ],
     )

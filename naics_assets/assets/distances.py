@@ -7,7 +7,7 @@ from naics_assets.assets.codes import naics_codes
 from naics_assets.checks import DISTANCE_CHECKS, result
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore
-from naics_ml import validation
+from naics_ml import invariants
 from naics_ml.parquet import write_parquet_atomic
 from naics_ml.taxonomy import (
     build_tree,
@@ -53,8 +53,8 @@ def naics_distances(
             "pairs_by_relation": dg.MetadataValue.md(table),
         },
         check_results=[
-            result("pair_count", validation.check_pairs(pairs, codes.height)),
-            result("symmetric", validation.check_symmetric(matrix, tree_distance_matrix(codes))),
-            result("triangle_inequality", validation.check_triangle(matrix)),
+            result("pair_count", invariants.check_pairs(pairs, codes.height)),
+            result("symmetric", invariants.check_symmetric(matrix, tree_distance_matrix(codes))),
+            result("triangle_inequality", invariants.check_triangle(matrix)),
         ],
     )

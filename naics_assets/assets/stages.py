@@ -22,7 +22,7 @@ from naics_assets.checks import stage_checks
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore, RealTextSource
 from naics_assets.tracking import MlflowTracker
-from naics_ml import validation
+from naics_ml import invariants
 
 
 class ModelSettings(dg.Config):
@@ -243,10 +243,10 @@ def train_stage_asset(
     utilization = {k: v for k, v in last.items() if k.startswith("expert_utilization")}
     return dg.MaterializeResult(
         check_results=[
-            check_result("beats_baselines", validation.check_beats_baselines(metrics, HEADLINE)),
+            check_result("beats_baselines", invariants.check_beats_baselines(metrics, HEADLINE)),
             check_result(
                 "experts_balanced",
-                validation.check_expert_balance(utilization),
+                invariants.check_expert_balance(utilization),
                 dg.AssetCheckSeverity.WARN,
             ),
         ],

@@ -9,7 +9,7 @@ from naics_assets.assets.distances import naics_distances
 from naics_assets.checks import TRIPLET_CHECKS, result
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore
-from naics_ml import validation
+from naics_ml import invariants
 from naics_ml.taxonomy import matrix_from_pairs
 from naics_ml.triplet_shards import build_triplet_shards, shard_sectors
 from naics_ml.triplets import TripletConfig
@@ -75,7 +75,7 @@ def naics_triplets(
             **{f"hardness_{h}": n for h, n in report.rows_by_hardness.items()},
         },
         check_results=[
-            result("distance_order", validation.check_triplet_order(out)),
-            result("sector_coverage", validation.check_shard_coverage(shard_sectors(out), codes)),
+            result("distance_order", invariants.check_triplet_order(out)),
+            result("sector_coverage", invariants.check_shard_coverage(shard_sectors(out), codes)),
         ],
     )
