@@ -34,27 +34,28 @@ _EDGE_CHUNK = 512  # directed edges per block in the reconstruction metrics (bou
 
 
 # ---------------------------------------------------------------------------------------------
-# Lorentz geometry (numpy twin of naics_ml.model.lorentz, for evaluation without torch)
+# Lorentz geometry: the model's own (naics_ml.model.lorentz), in float64, as numpy arrays
 # ---------------------------------------------------------------------------------------------
 def lorentz_distance_matrix(x: np.ndarray, y: np.ndarray, curvature: float) -> np.ndarray:
-    """Pairwise geodesic distances (n, m) in float64.
+    """Pairwise geodesic distances (n, m) in float64, by the geometry training uses
+    (``naics_ml.model.lorentz.pairwise_distance``), so the ``test_*`` and ``memory_test_*``
+    metrics and the training loss measure one distance."""
+    import torch
 
-    geoopt's convention: points satisfy <x, x>_L = -k with <x, y>_L = -x0*y0 + sum_i xi*yi, and
-    d(x, y) = sqrt(k) * arccosh(-<x, y>_L / k). The argument is clamped to >= 1 because rounding
-    pushes it just below 1 for (nearly) identical points.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    inner = x[:, 1:] @ y[:, 1:].T - np.outer(x[:, 0], y[:, 0])
-    arg = np.maximum(-inner / curvature, 1.0)
-    return np.sqrt(curvature) * np.arccosh(arg)
+    from naics_ml.model.lorentz import pairwise_distance
+
+    x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(y, dtype=np.float64))
+    return pairwise_distance(x, y, curvature).numpy()
 
 
 def lorentz_radius(x: np.ndarray, curvature: float) -> np.ndarray:
-    """Distance from the origin (sqrt(k), 0, ..., 0): sqrt(k) * arccosh(x0 / sqrt(k))."""
-    x0 = np.asarray(x, dtype=np.float64)[:, 0]
-    sqrt_k = np.sqrt(curvature)
-    return sqrt_k * np.arccosh(np.maximum(x0 / sqrt_k, 1.0))
+    """Distance from the origin (``naics_ml.model.lorentz.radius``), float64."""
+    import torch
+
+    from naics_ml.model.lorentz import radius
+
+    return radius(torch.as_tensor(np.asarray(x, dtype=np.float64)), curvature).numpy()
 
 
 # ---------------------------------------------------------------------------------------------

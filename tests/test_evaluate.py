@@ -205,12 +205,14 @@ def test_lorentz_distance_against_hand_computation() -> None:
         assert d[0, 2] == pytest.approx(s * 2.0)
         # right angle at the origin: cosh(c) = cosh(a) cosh(b)
         assert d[1, 2] == pytest.approx(s * math.acosh(math.cosh(1.0) * math.cosh(2.0)))
-        assert np.allclose(np.diag(d), 0.0, atol=1e-6)
+        # the model's distance clamps arcosh's argument at 1 + 1e-12 (a bounded gradient for
+        # identical points): sqrt(k) * acosh(1 + 1e-12) ~ 1.4e-6 * sqrt(k), never more
+        assert np.allclose(np.diag(d), 0.0, atol=1.5e-6 * s)
         assert lorentz_radius(pts, k) == pytest.approx([0.0, s, 2 * s])
         manifold = geoopt.Lorentz(k=k)
         t = torch.tensor(pts)
         ref = manifold.dist(t[:, None], t[None]).numpy()
-        assert np.allclose(d, ref, atol=1e-6)
+        assert np.allclose(d, ref, atol=1.5e-6 * s)  # geoopt clamps less: see the diagonal
 
 
 def test_lorentz_distance_is_finite_for_float32_noise() -> None:
