@@ -1,6 +1,7 @@
-"""Hierarchy and retrieval metrics for NAICS code embeddings, in plain numpy/scipy.
+"""Hierarchy and retrieval metrics for NAICS code embeddings, in numpy/scipy.
 
-Every metric works on a precomputed distance matrix, so the trained Lorentz model and the
+Every metric works on a precomputed distance matrix (Lorentz distances come from the model's
+own geometry, ``naics_ml.model.lorentz``), so the trained Lorentz model and the
 baselines (cosine over frozen or TF-IDF vectors, see ``naics_ml.baselines``) are scored by exactly
 the same code. Definitions follow DESIGN.md, "Evaluation, precisely".
 
