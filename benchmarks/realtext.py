@@ -10,7 +10,8 @@ validation set (``realtext_val_*``), the index test split as ``predict`` ranks
 ``predict`` (best validation ``selection_score``). ``--reevaluate`` re-runs the evaluation
 with the current code on the saved checkpoints (tuning the blend again, on validation data
 only) instead of reading ``metrics.json``; ``--sectors`` adds per-sector hit@1 on the
-evaluation set for the served stage.
+evaluation set for the served stage; ``--without-base`` adds, per stage, the best blend
+without the base model's vote (chosen on the same validation data) and its figures.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--revision", default="2022")
     parser.add_argument("--reevaluate", action="store_true")
     parser.add_argument("--sectors", action="store_true")
+    parser.add_argument("--without-base", action="store_true")
     args = parser.parse_args()
     if "DAGSTER_HOME" not in os.environ:
         raise SystemExit("set DAGSTER_HOME to the project root")
@@ -97,6 +99,8 @@ def main() -> None:
         else:
             metrics[stage] = json.loads((artifacts / "models" / stage / "metrics.json").read_text())
         report["stages"][stage] = stage_report(metrics[stage])
+        if args.without_base:
+            report["stages"][stage]["without_base_vote"] = without_base(artifacts, stage)
     if metrics:
         last = metrics[list(metrics)[-1]]
         report["baselines"] = {
@@ -111,6 +115,51 @@ def main() -> None:
     if args.sectors and metrics:
         report["sectors"] = sector_table(artifacts, report["served_stage"])
     print(json.dumps(report, indent=1))
+
+
+def without_base(artifacts: Path, stage: str) -> dict[str, object]:
+    """The stage's blend re-chosen on validation with the base model's vote off, and what it
+    gives on every set: what the vote adds."""
+    import dataclasses
+
+    import polars as pl
+
+    from naics_assets.resources import RealTextSource
+    from naics_ml import blend_tuning
+    from naics_ml.classify import Classifier
+    from naics_ml.entry_memory import MemoryConfig
+    from naics_ml.realtext import realtext_metrics
+    from naics_ml.stage_metrics import held_out
+
+    classifier = Classifier.from_checkpoint(
+        artifacts / "models" / stage, memory_config=MemoryConfig()
+    )
+    labelled = RealTextSource(local_dir=os.environ.get("NAICS_REALTEXT_DIR")).load(
+        classifier.six_digit_codes.tolist()
+    )
+    entries = pl.read_parquet(artifacts / "naics_index_entries.parquet")
+    sets = {}
+    for name, split in (("index_val", "validation"), ("index_test", "test")):
+        texts, truth = held_out(entries, split)
+        sets[name] = (texts, [[c] for c in truth])
+    for name, key in (("realtext_val", "val"), ("realtext", "eval")):
+        sets[name] = (labelled[key]["text"].to_list(), labelled[key]["codes"].to_list())
+    parts = {n: classifier.score_parts(classifier.embed(t), t) for n, (t, _) in sets.items()}
+    truth = {n: c for n, (_, c) in sets.items()}
+    grid = dict(blend_tuning.GRID)
+    blend_tuning.GRID = {**grid, "base_weight": (0.0,)}
+    try:
+        validation = {n: parts[n] for n in ("index_val", "realtext_val")}
+        tuned = blend_tuning.tune_blend(validation, truth, classifier.six_digit_codes)
+    finally:
+        blend_tuning.GRID = grid
+    config = dataclasses.asdict(tuned.config)
+    out: dict[str, object] = {"blend": config, "selection_score": round(tuned.score, 4)}
+    for name in ("realtext", "index_test"):
+        probability = parts[name].mix(tuned.config)
+        found = realtext_metrics(probability, classifier.six_digit_codes, truth[name], "")
+        out[name] = {k: round(found[k], 4) for k in ("hit1", "hit5", "sector_at_1")}
+    return out
 
 
 def sector_table(artifacts: Path, stage: str) -> dict[str, list[dict[str, object]]]:
