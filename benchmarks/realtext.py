@@ -146,13 +146,9 @@ def without_base(artifacts: Path, stage: str) -> dict[str, object]:
         sets[name] = (labelled[key]["text"].to_list(), labelled[key]["codes"].to_list())
     parts = {n: classifier.score_parts(classifier.embed(t), t) for n, (t, _) in sets.items()}
     truth = {n: c for n, (_, c) in sets.items()}
-    grid = dict(blend_tuning.GRID)
-    blend_tuning.GRID = {**grid, "base_weight": (0.0,)}
-    try:
-        validation = {n: parts[n] for n in ("index_val", "realtext_val")}
-        tuned = blend_tuning.tune_blend(validation, truth, classifier.six_digit_codes)
-    finally:
-        blend_tuning.GRID = grid
+    validation = {n: parts[n] for n in ("index_val", "realtext_val")}
+    grid = {**blend_tuning.GRID, "base_weight": (0.0,)}
+    tuned = blend_tuning.tune_blend(validation, truth, classifier.six_digit_codes, grid=grid)
     config = dataclasses.asdict(tuned.config)
     out: dict[str, object] = {"blend": config, "selection_score": round(tuned.score, 4)}
     for name in ("realtext", "index_test"):

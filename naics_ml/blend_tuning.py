@@ -52,8 +52,9 @@ def tune_blend(
     truth: Mapping[str, Sequence[Sequence[str]]],
     candidates: Sequence[str] | np.ndarray,
     start: MemoryConfig = MemoryConfig(),
+    grid: Mapping[str, Sequence[float]] = GRID,
 ) -> TunedBlend:
-    """Grid-search ``GRID`` for the best mean hit@1 over the sets (``parts[name]`` are that
+    """Grid-search ``grid`` (weights by MemoryConfig field) for the best mean hit@1 over the sets (``parts[name]`` are that
     set's ``naics_ml.classify.ScoreParts``, ``truth[name]`` its true codes per text). Ties go
     to the earlier grid point (smaller weights). Temperatures stay those of ``start``."""
     if not parts:
@@ -67,10 +68,11 @@ def tune_blend(
 
     best: TunedBlend | None = None
     untuned = float(np.mean(list(evaluate(start).values())))
-    for weight, lexical, base in itertools.product(*GRID.values()):
-        if weight + lexical > 1.0:
-            continue
-        config = dataclasses.replace(start, weight=weight, lexical_weight=lexical, base_weight=base)
+    for values in itertools.product(*grid.values()):
+        weights = {**dataclasses.asdict(start), **dict(zip(grid, values, strict=True))}
+        if weights["weight"] + weights["lexical_weight"] > 1.0:
+            continue  # not a valid MemoryConfig
+        config = MemoryConfig(**weights)
         per_set = evaluate(config)
         score = float(np.mean(list(per_set.values())))
         if best is None or score > best.score + 1e-12:
