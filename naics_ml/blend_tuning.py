@@ -54,9 +54,10 @@ def tune_blend(
     start: MemoryConfig = MemoryConfig(),
     grid: Mapping[str, Sequence[float]] = GRID,
 ) -> TunedBlend:
-    """Grid-search ``grid`` (weights by MemoryConfig field) for the best mean hit@1 over the sets (``parts[name]`` are that
-    set's ``naics_ml.classify.ScoreParts``, ``truth[name]`` its true codes per text). Ties go
-    to the earlier grid point (smaller weights). Temperatures stay those of ``start``."""
+    """Grid-search ``grid`` (values per ``MemoryConfig`` weight) for the best mean hit@1 over
+    the sets (``parts[name]`` are that set's ``naics_ml.classify.ScoreParts``, ``truth[name]``
+    its true codes per text). Ties go to the earlier grid point (smaller weights); the other
+    fields, temperatures included, stay those of ``start``."""
     if not parts:
         raise ValueError("tune_blend needs at least one validation set")
 
