@@ -23,6 +23,7 @@ from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore, RealTextSource
 from naics_assets.tracking import MlflowTracker
 from naics_ml import invariants
+from naics_ml.train_config import TrainConfig
 
 
 class ModelSettings(dg.Config):
@@ -46,45 +47,53 @@ class ModelSettings(dg.Config):
     )
 
 
+_TRAIN = TrainConfig()  # the one set of training defaults; the launchpad shows them
+
+
 class StageConfig(dg.Config):
-    """Hyperparameters of one stage, editable in the launchpad."""
+    """Hyperparameters of one stage, editable in the launchpad (defaults: ``TrainConfig``)."""
 
     curriculum: str = Field(default="", description="Packaged name or YAML path; empty = default.")
-    steps: int = 500
-    batch_size: int = 32
-    learning_rate: float = Field(default=1e-4, description="LoRA adapters.")
+    steps: int = _TRAIN.steps
+    batch_size: int = _TRAIN.batch_size
+    learning_rate: float = Field(default=_TRAIN.learning_rate, description="LoRA adapters.")
     fusion_learning_rate: float = Field(
-        default=1e-3, description="Fusion/MoE (trained from scratch); 0 = learning_rate."
+        default=_TRAIN.fusion_learning_rate,
+        description="Fusion/MoE (trained from scratch); 0 = learning_rate.",
     )
-    warmup_steps: int = 50
-    temperature: float = 0.1
+    warmup_steps: int = _TRAIN.warmup_steps
+    temperature: float = _TRAIN.temperature
     query_batch_size: int = Field(
-        default=256, description="Index-entry queries per step (cheap: short texts)."
+        default=_TRAIN.query_batch_size, description="Labelled queries per step (short texts)."
     )
-    query_loss_weight: float = 1.0
+    query_loss_weight: float = _TRAIN.query_loss_weight
     query_candidates: str = Field(
-        default="all", description="'all' six-digit codes in the query softmax, or 'step'."
+        default=_TRAIN.query_candidates,
+        description="'all' six-digit codes in the query softmax, or 'step'.",
     )
     query_splits: list[str] = Field(
-        default=["train", "examples", "crossref", "description", "composite", "realtext"],
+        default=list(_TRAIN.query_splits),
         description="Query kinds that train the query path: index-entry splits (never "
         "validation/test) and naics_ml.training_texts' extra kinds.",
     )
     hierarchy_loss_weight: float = Field(
-        default=4.0, description="Stress loss: Lorentz distance = scale * tree distance."
+        default=_TRAIN.hierarchy_loss_weight,
+        description="Stress loss: Lorentz distance = scale * tree distance.",
     )
-    hierarchy_pairs: int = 3072
-    hierarchy_scale: float = 0.5
-    seed: int = 0
-    checkpoint_every: int = 100
-    validation_every: int = 200
-    log_every: int = 10
+    hierarchy_pairs: int = _TRAIN.hierarchy_pairs
+    hierarchy_scale: float = _TRAIN.hierarchy_scale
+    seed: int = _TRAIN.seed
+    checkpoint_every: int = _TRAIN.checkpoint_every
+    validation_every: int = _TRAIN.validation_every
+    log_every: int = _TRAIN.log_every
     negative_bank: bool = Field(
-        default=True, description="Negatives from a memory bank (fast); False = exact loss."
+        default=_TRAIN.negative_bank,
+        description="Negatives from the negative bank (fast); False = exact loss.",
     )
-    bank_refresh_every: int = 100
+    bank_refresh_every: int = _TRAIN.bank_refresh_every
     bank_live_positives: bool = Field(
-        default=False, description="Encode triplet positives live (slower) instead of the bank."
+        default=_TRAIN.bank_live_positives,
+        description="Encode triplet positives live (slower) instead of the bank.",
     )
 
 
@@ -142,7 +151,6 @@ def train_stage_asset(
         evaluate_stage,
     )
     from naics_ml.taxonomy import matrix_from_pairs
-    from naics_ml.train import TrainConfig
     from naics_ml.training_texts import training_lines, training_queries
 
     revision = context.partition_key
