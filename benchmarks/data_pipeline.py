@@ -36,7 +36,7 @@ def run_stage(stage: str, census_dir: Path, revision: str, work: Path) -> int:
     from naics_ml.codes import build_code_table
     from naics_ml.download import fetch_workbooks
     from naics_ml.index_split import split_index_entries
-    from naics_ml.parquet import write_parquet_atomic
+    from naics_ml.io import write_parquet_atomic
     from naics_ml.taxonomy import matrix_from_pairs, pair_table
     from naics_ml.triplet_shards import build_triplet_shards
 

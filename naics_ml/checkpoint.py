@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from naics_ml.io import atomic_path, atomic_save_torch
+from naics_ml.io import atomic_save_torch, write_parquet_atomic
 
 __all__ = [
     "BANK_NAME",
@@ -90,10 +90,7 @@ def is_complete(path: Path | str) -> bool:
 
 def save_stage_bundle(out_dir: Path | str, codes: pl.DataFrame) -> Path:
     """Write the code table snapshot next to the checkpoint (``codes.parquet``), atomically."""
-    target = Path(out_dir) / CODES_NAME
-    with atomic_path(target) as tmp:
-        codes.write_parquet(tmp)
-    return target
+    return write_parquet_atomic(codes, Path(out_dir) / CODES_NAME)
 
 
 def stage_folder(path: Path | str) -> Path:

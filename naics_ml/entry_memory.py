@@ -32,7 +32,7 @@ from torch import Tensor
 
 from naics_ml.checkpoint import stage_folder
 from naics_ml.index_split import HELD_OUT_SPLITS
-from naics_ml.io import atomic_path
+from naics_ml.io import write_parquet_atomic
 
 __all__ = [
     "MEMORY_NAME",
@@ -106,10 +106,7 @@ def memory_entries(entries: pl.DataFrame, splits: tuple[str, ...]) -> pl.DataFra
 
 def save_stage_memory(out_dir: Path | str, memory: pl.DataFrame) -> Path:
     """Write the memory table (``text``, ``code``) next to a stage's checkpoint, atomically."""
-    target = Path(out_dir) / MEMORY_NAME
-    with atomic_path(target) as tmp:
-        memory.select("text", "code").write_parquet(tmp)
-    return target
+    return write_parquet_atomic(memory.select("text", "code"), Path(out_dir) / MEMORY_NAME)
 
 
 def load_stage_memory(path: Path | str) -> pl.DataFrame | None:

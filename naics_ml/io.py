@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_save_torch", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_save_torch", "atomic_write_text", "write_parquet_atomic"]
 
 
 @contextmanager
@@ -38,7 +38,11 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-"""Alias of :func:`atomic_path`."""
+def write_parquet_atomic(frame: Any, path: Path | str) -> Path:
+    """Write a polars ``frame`` (zstd) through a temp file renamed over ``path``."""
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp, compression="zstd")
+    return Path(path)
 
 
 def atomic_write_text(path: Path | str, text: str) -> Path:

@@ -11,7 +11,7 @@ from naics_ml import invariants
 from naics_ml.census import read_census
 from naics_ml.codes import build_code_table, level_counts
 from naics_ml.index_split import SplitConfig, split_index_entries, split_sizes
-from naics_ml.parquet import write_parquet_atomic
+from naics_ml.io import write_parquet_atomic
 
 
 class IndexSplitConfig(dg.Config):

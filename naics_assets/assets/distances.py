@@ -8,7 +8,7 @@ from naics_assets.checks import DISTANCE_CHECKS, result
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore
 from naics_ml import invariants
-from naics_ml.parquet import write_parquet_atomic
+from naics_ml.io import write_parquet_atomic
 from naics_ml.taxonomy import (
     build_tree,
     matrix_from_pairs,

@@ -26,7 +26,7 @@ def naics_embeddings(
 
     from naics_ml.blend_tuning import choose_served_stage, selection_scores
     from naics_ml.classify import Classifier
-    from naics_ml.parquet import write_parquet_atomic
+    from naics_ml.io import write_parquet_atomic
     from naics_ml.stage_metrics import comparison_table
 
     revision = context.partition_key
