@@ -41,6 +41,7 @@ from naics_ml.classify import code_channel_texts
 from naics_ml.codes import six_digit_mask
 from naics_ml.curriculum import load_curriculum
 from naics_ml.entry_memory import MEMORY_NAME, memory_entries, save_stage_memory
+from naics_ml.model.encoder import digest_tensors
 from naics_ml.model.network import ModelConfig, NaicsModel
 from naics_ml.sampler import QuerySampler, TripletSampler
 from naics_ml.train import StageResult, TrainConfig, query_validator, seed_everything, train_stage
@@ -69,9 +70,7 @@ def init_distributed() -> tuple[int, int]:
 def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 of a (trainable) state dict, names and float32 bytes, to compare replicas."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(state.items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    digest_tensors(digest, {name: t.float() for name, t in sorted(state.items())})
     return digest.hexdigest()
 
 
