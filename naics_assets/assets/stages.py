@@ -23,26 +23,32 @@ from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore, RealTextSource
 from naics_assets.tracking import MlflowTracker
 from naics_ml import invariants
+from naics_ml.model_config import ModelConfig
 from naics_ml.train_config import TrainConfig
+
+_MODEL = ModelConfig()  # the one set of model defaults; the launchpad shows them
 
 
 class ModelSettings(dg.Config):
     """The model of the first stage; later stages inherit it from their starting checkpoint."""
 
-    base_model: str = Field(
-        default="all-MiniLM-L6-v2", description="Hugging Face name or local path."
+    base_model: str = Field(default=_MODEL.base_model, description="Hugging Face name or path.")
+    lora_r: int = _MODEL.lora_r
+    lora_alpha: int = _MODEL.lora_alpha
+    lora_dropout: float = Field(
+        default=_MODEL.lora_dropout, description="Dropout on the LoRA adapters' input."
     )
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = Field(default=0.1, description="Dropout on the LoRA adapters' input.")
-    lora_layers: int = Field(default=2, description="LoRA on the top N layers (rest cached).")
-    embedding_dim: int = 384
-    curvature: float = 1.0
+    lora_layers: int = Field(
+        default=_MODEL.lora_layers, description="LoRA on the top N layers (rest cached)."
+    )
+    embedding_dim: int = _MODEL.embedding_dim
+    curvature: float = _MODEL.curvature
     balance_weight: float = Field(
-        default=0.1, description="λ of the expert load-balancing loss (0.01 let experts collapse)."
+        default=_MODEL.balance_weight,
+        description="λ of the expert load-balancing loss (0.01 let experts collapse).",
     )
     line_channels: list[str] = Field(
-        default=["examples"],
+        default=list(_MODEL.line_channels),
         description="Channels read line by line (mean of the lines' vectors); [] = whole texts.",
     )
 
@@ -143,7 +149,6 @@ def train_stage_asset(
     from naics_ml.distributed import run_stage
     from naics_ml.entry_memory import load_stage_memory
     from naics_ml.io import atomic_write_text
-    from naics_ml.model.network import ModelConfig
     from naics_ml.plots import plot_history
     from naics_ml.stage_metrics import (
         HEADLINE,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -10,7 +9,6 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +21,7 @@ from naics_ml.model.fusion import MoEFusion
 from naics_ml.model.lorentz import expmap0, project
 from naics_ml.model.loss import load_balance_loss
 from naics_ml.model.text_groups import TextGroups, group_mean, split_lines
+from naics_ml.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,47 +34,6 @@ def use_all_cores() -> None:
     """``torch.set_num_threads(os.cpu_count())`` unless several processes share the machine."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         torch.set_num_threads(os.cpu_count() or 1)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild the model; the base weights come from ``base_model``."""
-
-    base_model: str = "all-MiniLM-L6-v2"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1  # on the adapters' input; 0.1 added 0.01 validation top-1
-    lora_target_modules: tuple[str, ...] = ("query", "value")
-    lora_layers: int = 2  # LoRA only on the top N layers; the frozen lower layers are cached
-    max_length: int = 128
-    num_experts: int = 4
-    top_k: int = 2
-    embedding_dim: int = 384  # tangent dimension; points have embedding_dim + 1 coordinates
-    curvature: float = 1.0  # geoopt's k: hyperboloid -x0^2 + |x|^2 = -k, curvature -1/k
-    balance_weight: float = 0.1  # λ: loss + λ * balance_loss; at 0.01 one expert took every row
-    gate_noise: float = 0.5  # std of the router-logit noise in training mode
-    expert_hidden: int = 768
-    max_tangent_norm: float = 12.0  # numerical safety only; radii stay far below it
-    cache_dtype: str = "float16"  # dtype of the cached frozen prefix
-    line_channels: tuple[str, ...] = ("examples",)  # read line by line; the lines' mean vector
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["lora_target_modules"] = list(self.lora_target_modules)
-        d["line_channels"] = list(self.line_channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
-        values = dict(d)
-        for key in ("lora_target_modules", "line_channels"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
 
 
 def channel_fingerprint(channel_texts: dict[str, list[str | None]]) -> str:
