@@ -53,10 +53,10 @@ def reevaluate(artifacts: Path, stage: str) -> dict[str, float]:
     from naics_ml.classify import Classifier
     from naics_ml.codes import six_digit_codes
     from naics_ml.entry_memory import MemoryConfig
-    from naics_ml.stage_metrics import EvaluationSets, evaluate_stage
+    from naics_ml.stage_metrics import evaluate_stage, evaluation_sets
     from naics_ml.taxonomy import matrix_from_pairs
     from naics_ml.train import TrainConfig
-    from naics_ml.training_texts import training_lines, training_queries
+    from naics_ml.training_texts import training_queries
 
     codes = pl.read_parquet(artifacts / "naics_codes.parquet")
     entries = pl.read_parquet(artifacts / "naics_index_entries.parquet")
@@ -64,13 +64,8 @@ def reevaluate(artifacts: Path, stage: str) -> dict[str, float]:
     source = RealTextSource(local_dir=os.environ.get("NAICS_REALTEXT_DIR"))
     labelled = source.load(six_digit_codes(codes).tolist())
     queries = pl.concat([entries, training_queries(codes, entries, labelled["train"])])
-    sets = EvaluationSets(
-        realtext={
-            p: f
-            for p, f in (("realtext_", labelled["eval"]), ("realtext_val_", labelled["val"]))
-            if f is not None
-        },
-        training_lines=training_lines(codes, queries, TrainConfig().query_splits),
+    sets = evaluation_sets(
+        codes, queries, TrainConfig().query_splits, labelled["eval"], labelled["val"]
     )
     folder = artifacts / "models" / stage
     classifier = Classifier.from_checkpoint(folder, memory_config=MemoryConfig())

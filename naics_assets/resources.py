@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from naics_ml.census import validate_revision
+from naics_ml.realtext import EVAL_FILE, VAL_FILE, RealTextSplit
 
 _STAGE = re.compile(r"^stage_\d\d_[a-z]+$")
 
@@ -56,11 +57,11 @@ class RealTextSource(dg.ConfigurableResource):
     local_dir: str | None = Field(
         default=None, description="Folder of the labelled CSVs; NAICS_REALTEXT_DIR by default."
     )
-    eval_file: str = Field(
-        default="boston_certified_businesses.csv", description="Never trained on."
+    eval_file: str = Field(default=EVAL_FILE, description="Never trained on.")
+    val_file: str = Field(default=VAL_FILE, description="Split train/val.")
+    val_share: float = Field(
+        default=RealTextSplit().validation, description="Share of val_file held out."
     )
-    val_file: str = Field(default="maryland_mbe_directory.csv", description="Split train/val.")
-    val_share: float = Field(default=0.4, description="Share of val_file held out as validation.")
 
     def path(self, name: str) -> Path | None:
         """The file, or None when no folder is set or the file is absent (then skipped)."""
@@ -71,7 +72,7 @@ class RealTextSource(dg.ConfigurableResource):
 
     def load(self, six_digit_codes: list[str]) -> dict[str, object]:
         """``eval`` (the evaluation set), ``val`` and ``train`` frames; a missing file -> None."""
-        from naics_ml.realtext import RealTextSplit, load_labelled_texts, split_labelled_texts
+        from naics_ml.realtext import load_labelled_texts, split_labelled_texts
 
         eval_path, val_path = self.path(self.eval_file), self.path(self.val_file)
         out: dict[str, object] = {"eval": None, "val": None, "train": None}

@@ -125,7 +125,6 @@ def realtext_metrics(
         rank[row] = (score[row] >= best).sum() if cols else np.inf
         group_hit[row] = any(str(top[row])[:4] == c[:4] for c in codes)
         sector_hit[row] = top_sector[row] in set(naics_sector(list(codes)))
-    # pessimistic top code: a tie with a true code is not a hit, so recompute hit@1 from rank
     return {
         f"{prefix}hit1": float(np.mean(rank <= 1)),
         f"{prefix}hit5": float(np.mean(rank <= 5)),

@@ -38,6 +38,25 @@ class EvaluationSets:
     training_lines: Sequence[str] = ()
 
 
+def evaluation_sets(
+    codes: pl.DataFrame,
+    queries: pl.DataFrame,
+    splits: Sequence[str],
+    realtext_eval: pl.DataFrame | None,
+    realtext_val: pl.DataFrame | None,
+) -> EvaluationSets:
+    """The sets of a stage's evaluation: the real-text frames present (a missing one is
+    skipped) and every line it trains on (``queries`` of ``splits`` and the code texts)."""
+    from naics_ml.realtext import EVAL_PREFIX, VAL_PREFIX
+    from naics_ml.training_texts import training_lines
+
+    named = ((EVAL_PREFIX, realtext_eval), (VAL_PREFIX, realtext_val))
+    return EvaluationSets(
+        realtext={prefix: frame for prefix, frame in named if frame is not None},
+        training_lines=training_lines(codes, queries, splits),
+    )
+
+
 def _words(text: str) -> str:
     return " ".join(_WORDS.findall(text.casefold()))
 
@@ -164,7 +183,9 @@ def baseline_metrics(
 def comparison_table(metrics: dict[str, float]) -> str:
     """Markdown: each headline metric for the model and both baselines."""
     rows = ["| metric | model | zero-shot | TF-IDF |", "|---|---|---|---|"]
-    realtext = [f"{p}{k}" for p in ("realtext_", "realtext_val_") for k in REALTEXT_TABLE]
+    from naics_ml.realtext import EVAL_PREFIX, VAL_PREFIX
+
+    realtext = [f"{p}{k}" for p in (EVAL_PREFIX, VAL_PREFIX) for k in REALTEXT_TABLE]
     for name in [*HEADLINE, *(r for r in realtext if r in metrics)]:
         cells = [metrics.get(p + name) for p in ("", "baseline_zero_shot_", "baseline_tfidf_")]
         rows.append(
@@ -195,8 +216,10 @@ def tune_stage_blend(
 
     texts, truth = held_out(entries, "validation")
     named = {"index_val": (texts, [[c] for c in truth])}
-    if "realtext_val_" in sets.realtext:
-        frame = sets.realtext["realtext_val_"]
+    from naics_ml.realtext import VAL_PREFIX
+
+    if VAL_PREFIX in sets.realtext:
+        frame = sets.realtext[VAL_PREFIX]
         named["realtext_val"] = (frame["text"].to_list(), frame["codes"].to_list())
     named = {name: pair for name, pair in named.items() if pair[0]}
     if not named:

@@ -152,13 +152,13 @@ def train_stage_asset(
     from naics_ml.plots import plot_history
     from naics_ml.stage_metrics import (
         HEADLINE,
-        EvaluationSets,
         baseline_metrics,
         comparison_table,
         evaluate_stage,
+        evaluation_sets,
     )
     from naics_ml.taxonomy import matrix_from_pairs
-    from naics_ml.training_texts import training_lines, training_queries
+    from naics_ml.training_texts import training_queries
 
     revision = context.partition_key
     if config.curriculum.endswith((".yaml", ".yml")):
@@ -186,16 +186,8 @@ def train_stage_asset(
             context.log.info(f"real-text {name} set skipped: no {file} in {realtext.local_dir!r}")
     extra = training_queries(codes, entries, labelled["train"], seed=train_config.seed)
     queries = pl.concat([entries, extra], how="vertical_relaxed")
-    sets = EvaluationSets(
-        realtext={
-            prefix: frame
-            for prefix, frame in (
-                ("realtext_", labelled["eval"]),
-                ("realtext_val_", labelled["val"]),
-            )
-            if frame is not None
-        },
-        training_lines=training_lines(codes, queries, train_config.query_splits),
+    sets = evaluation_sets(
+        codes, queries, train_config.query_splits, labelled["eval"], labelled["val"]
     )
 
     tags = {
