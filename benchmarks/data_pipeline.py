@@ -32,13 +32,13 @@ def run_stage(stage: str, census_dir: Path, revision: str, work: Path) -> int:
     """Do one stage's work (in this process) and return its row count."""
     import polars as pl
 
-    from naics_ml.census import read_census
-    from naics_ml.codes import build_code_table
-    from naics_ml.download import fetch_workbooks
-    from naics_ml.index_split import split_index_entries
+    from naics_ml.data.census import read_census
+    from naics_ml.data.codes import build_code_table
+    from naics_ml.data.download import fetch_workbooks
+    from naics_ml.data.index_split import split_index_entries
+    from naics_ml.data.taxonomy import matrix_from_pairs, pair_table
     from naics_ml.io import write_parquet_atomic
-    from naics_ml.taxonomy import matrix_from_pairs, pair_table
-    from naics_ml.triplet_shards import build_triplet_shards
+    from naics_ml.triplets.shards import build_triplet_shards
 
     raw = work / "census"
     if stage == "census_workbooks":

@@ -50,13 +50,13 @@ def reevaluate(artifacts: Path, stage: str) -> dict[str, float]:
     import polars as pl
 
     from naics_assets.resources import RealTextSource
-    from naics_ml.classify import Classifier
-    from naics_ml.codes import six_digit_codes
-    from naics_ml.entry_memory import MemoryConfig
-    from naics_ml.stage_metrics import evaluate_stage, evaluation_sets
-    from naics_ml.taxonomy import matrix_from_pairs
-    from naics_ml.train import TrainConfig
-    from naics_ml.training_texts import training_queries
+    from naics_ml.data.codes import six_digit_codes
+    from naics_ml.data.taxonomy import matrix_from_pairs
+    from naics_ml.data.training_texts import training_queries
+    from naics_ml.evaluation.stage_report import evaluate_stage, evaluation_sets
+    from naics_ml.inference.classifier import Classifier
+    from naics_ml.inference.entry_memory import MemoryConfig
+    from naics_ml.training.loop import TrainConfig
 
     codes = pl.read_parquet(artifacts / "naics_codes.parquet")
     entries = pl.read_parquet(artifacts / "naics_index_entries.parquet")
@@ -82,7 +82,7 @@ def main() -> None:
     if "DAGSTER_HOME" not in os.environ:
         raise SystemExit("set DAGSTER_HOME to the project root")
     artifacts = Path(os.environ["DAGSTER_HOME"]) / "storage" / "artifacts" / args.revision
-    from naics_ml.blend_tuning import choose_served_stage
+    from naics_ml.inference.serving import choose_served_stage
 
     report: dict[str, object] = {"revision": args.revision, "stages": {}}
     metrics = {}
@@ -120,11 +120,11 @@ def without_base(artifacts: Path, stage: str) -> dict[str, object]:
     import polars as pl
 
     from naics_assets.resources import RealTextSource
-    from naics_ml import blend_tuning
-    from naics_ml.classify import Classifier
-    from naics_ml.entry_memory import MemoryConfig
-    from naics_ml.realtext import realtext_metrics
-    from naics_ml.stage_metrics import held_out
+    from naics_ml.evaluation import blend_tuning
+    from naics_ml.evaluation.realtext_metrics import realtext_metrics
+    from naics_ml.evaluation.stage_report import held_out
+    from naics_ml.inference.classifier import Classifier
+    from naics_ml.inference.entry_memory import MemoryConfig
 
     classifier = Classifier.from_checkpoint(
         artifacts / "models" / stage, memory_config=MemoryConfig()
@@ -159,8 +159,8 @@ def sector_table(artifacts: Path, stage: str) -> dict[str, list[dict[str, object
     import polars as pl
 
     from naics_assets.resources import RealTextSource
-    from naics_ml.classify import Classifier
-    from naics_ml.realtext import sector_hit_rates
+    from naics_ml.evaluation.realtext_metrics import sector_hit_rates
+    from naics_ml.inference.classifier import Classifier
 
     classifier = Classifier.from_checkpoint(artifacts / "models" / stage)
     source = RealTextSource(local_dir=os.environ.get("NAICS_REALTEXT_DIR"))

@@ -6,9 +6,9 @@ Batches come from the real triplet shards (``storage/artifacts/<rev>/triplets``)
 ``TripletSampler`` with the ``03_hard`` curriculum; without shards, from a random stand-in
 sampler (the output's ``batches`` says which). Query batches are not part of this step.
 
-* fast (``triplets_per_s``): the default training step (``TrainConfig()``, through
-  ``naics_ml.train``'s own step function): LoRA on the top 2 layers, cached frozen prefix, each
-  distinct code encoded once, length-bucketed padding, and the negative memory bank: only the
+* fast (``triplets_per_s``): the default training step (``TrainConfig()``, through the
+  training loop's own loss, ``StageObjective``): LoRA on the top 2 layers, cached frozen prefix,
+  each distinct code encoded once, length-bucketed padding, and the negative bank: only the
   anchors run through the LoRA layers, every other code's channel vectors come from the bank
   (refreshed once before timing; its cost is ``bank_refresh_s``, paid every
   ``TrainConfig.bank_refresh_every`` steps); the fusion runs over all 2,125 codes and the step
@@ -46,10 +46,12 @@ import numpy as np
 import polars as pl
 import torch
 
-from naics_ml.model import CHANNELS, ModelConfig, NaicsModel, hyperbolic_info_nce
-from naics_ml.sampler import TripletBatch
-from naics_ml.train import TrainConfig, _compute_loss, _pair_batch
-from naics_ml.tree_pairs import TreePairs
+from naics_ml.model.channels import code_channel_texts
+from naics_ml.model.loss import hyperbolic_info_nce
+from naics_ml.model.network import ModelConfig, NaicsModel
+from naics_ml.training.config import TrainConfig
+from naics_ml.training.objective import StageObjective
+from naics_ml.triplets.sampler import TripletBatch
 
 CENSUS = Path(__file__).resolve().parents[1] / "../shared/census/2022"
 
@@ -61,7 +63,7 @@ SKIP_BATCHES = 300  # the shuffle buffer (8,192 pairs) is full after ~256 batche
 def load_codes() -> pl.DataFrame:
     if (ARTIFACTS / "naics_codes.parquet").is_file():
         return pl.read_parquet(ARTIFACTS / "naics_codes.parquet").sort("index")
-    from naics_ml.codes import load_code_table
+    from naics_ml.data.codes import load_code_table
 
     census = CENSUS if CENSUS.exists() else Path("/work/shared/census/2022")
     return load_code_table(census, "2022").sort("index")
@@ -77,8 +79,8 @@ def shard_batches(codes: pl.DataFrame, n: int, batch: int, seed: int) -> list[np
     folder = ARTIFACTS / "triplets"
     if not folder.is_dir() or not any(folder.glob("sector=*/*.parquet")):
         return None
-    from naics_ml.curriculum import load_curriculum
-    from naics_ml.sampler import TripletSampler
+    from naics_ml.triplets.curriculum import load_curriculum
+    from naics_ml.triplets.sampler import TripletSampler
 
     sampler = TripletSampler(
         folder,
@@ -125,30 +127,11 @@ def sample_batches(codes: pl.DataFrame, n: int, batch: int, k: int, seed: int) -
     return out
 
 
-def default_step(
-    model: NaicsModel, ids: np.ndarray, tree_pairs: TreePairs, rng: np.random.Generator
-) -> None:
-    """Forward + backward of the default training step (no query batch)."""
-    config = TrainConfig()
+def default_step(model: NaicsModel, objective: StageObjective, ids: np.ndarray, n: int) -> None:
+    """Forward + backward of the default training step (no query batch), step number ``n``."""
     negatives = ids[:, 2:]
     batch = TripletBatch(ids[:, 0], ids[:, 1], negatives, np.zeros_like(negatives))
-    device = torch.device("cpu")
-    loss, parts, _ = _compute_loss(
-        model,
-        batch,
-        None,
-        None,
-        None,
-        config,
-        model.config.curvature,
-        device,
-        use_bank=True,
-        live_positives=config.bank_live_positives,
-        live_query_codes=False,
-        every_code=model.num_codes,
-        pairs=_pair_batch(tree_pairs, rng, config, device),
-    )
-    (loss + model.config.balance_weight * parts["balance"]).backward()
+    objective(model, batch, None, step=n).total.backward()
 
 
 def step(model: NaicsModel, ids: torch.Tensor, naive: bool) -> None:
@@ -201,10 +184,7 @@ def main() -> None:
     k = batches[0].shape[1] - 2
     distinct = [len(np.unique(b)) for b in batches]
     live = [len(np.unique(b[:, 0])) for b in batches]
-    channel_texts = {
-        c: [v if isinstance(v, str) and v.strip() else None for v in codes[c].to_list()]
-        for c in CHANNELS
-    }
+    channel_texts = code_channel_texts(codes)
     # the naive design encodes every channel, an empty string where a text is missing
     naive_texts = {c: ["" if t is None else t for t in texts] for c, texts in channel_texts.items()}
     fast, fast_opt, prepare_s = make(ModelConfig(), channel_texts)
@@ -213,13 +193,13 @@ def main() -> None:
     bank_refresh_s = time.perf_counter() - t0
     naive, naive_opt, _ = make(ModelConfig(lora_layers=6, line_channels=()), naive_texts)
 
-    tree_pairs = TreePairs.from_codes(codes)
-    pair_rng = np.random.default_rng(2)
+    objective = StageObjective(fast, TrainConfig(), codes)
+    steps_done = iter(range(10**9))
 
     def fast_step(ids: np.ndarray, bank: bool = True) -> None:
         fast_opt.zero_grad(set_to_none=True)
         if bank:
-            default_step(fast, ids, tree_pairs, pair_rng)
+            default_step(fast, objective, ids, next(steps_done))
         else:
             step(fast, torch.from_numpy(ids), naive=False)
         fast_opt.step()

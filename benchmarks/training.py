@@ -24,8 +24,8 @@ from pathlib import Path
 import psutil
 from measure import run_measured
 
-from naics_ml.evaluate import RETRIEVAL_KEYS
-from naics_ml.stage_metrics import HEADLINE, MEMORY_PREFIX
+from naics_ml.evaluation.metrics import RETRIEVAL_KEYS
+from naics_ml.evaluation.stage_report import HEADLINE, MEMORY_PREFIX
 
 REALTEXT_PREFIXES = ("realtext_", "embedding_realtext_", "baseline_zero_shot_realtext_")
 ASSETS = ("stage_01_easy", "stage_02_medium", "stage_03_hard", "naics_embeddings")

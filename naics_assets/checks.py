@@ -3,7 +3,7 @@ so every partition's checks are recorded against the run that produced it."""
 
 import dagster as dg
 
-from naics_ml import invariants
+from naics_ml.data import invariants
 
 
 def spec(asset: str, name: str, description: str) -> dg.AssetCheckSpec:

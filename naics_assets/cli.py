@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from naics_ml.census import validate_revision
+from naics_ml.data.census import validate_revision
 
 
 def add_revisions(revisions: list[str]) -> list[str]:

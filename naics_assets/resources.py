@@ -9,8 +9,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from naics_ml.census import validate_revision
-from naics_ml.realtext import EVAL_FILE, VAL_FILE, RealTextSplit
+from naics_ml.data.census import validate_revision
+from naics_ml.data.realtext import EVAL_FILE, VAL_FILE, RealTextSplit
 
 _STAGE = re.compile(r"^stage_\d\d_[a-z]+$")
 
@@ -36,14 +36,14 @@ class CensusSource(dg.ConfigurableResource):
         return Path(self.local_dir).expanduser().resolve() / validate_revision(revision)
 
     def fetch(self, revision: str, dest_dir: Path) -> list:
-        from naics_ml.download import DownloadConfig, fetch_workbooks
+        from naics_ml.data.download import DownloadConfig, fetch_workbooks
 
         config = DownloadConfig(self.timeout_s, self.retries, self.backoff_s)
         return fetch_workbooks(revision, dest_dir, self.revision_dir(revision), config=config)
 
     def available_revisions(self, known: list[str]) -> list[str]:
         """Revisions on offer: local subfolders, or later five-yearly Census releases."""
-        from naics_ml.download import local_revisions, probe_revisions
+        from naics_ml.data.download import local_revisions, probe_revisions
 
         if self.local_dir:
             return local_revisions(Path(self.local_dir).expanduser())
@@ -51,7 +51,7 @@ class CensusSource(dg.ConfigurableResource):
 
 
 class RealTextSource(dg.ConfigurableResource):
-    """Labelled real firm descriptions (``naics_ml.realtext``): an evaluation-only file and a
+    """Labelled real firm descriptions (``naics_ml.data.realtext``): an evaluation-only file and a
     free-to-use file whose held-out part validates and whose rest trains the query path."""
 
     local_dir: str | None = Field(
@@ -72,7 +72,7 @@ class RealTextSource(dg.ConfigurableResource):
 
     def load(self, six_digit_codes: list[str]) -> dict[str, object]:
         """``eval`` (the evaluation set), ``val`` and ``train`` frames; a missing file -> None."""
-        from naics_ml.realtext import load_labelled_texts, split_labelled_texts
+        from naics_ml.data.realtext import load_labelled_texts, split_labelled_texts
 
         eval_path, val_path = self.path(self.eval_file), self.path(self.val_file)
         out: dict[str, object] = {"eval": None, "val": None, "train": None}

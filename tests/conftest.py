@@ -16,7 +16,7 @@ import openpyxl
 import polars as pl
 import pytest
 
-from naics_ml.census import workbook_specs
+from naics_ml.data.census import workbook_specs
 
 # Telemetry off before any library that reports usage is imported by a test module.
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -27,7 +27,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 CENSUS_ROOT = Path(__file__).resolve().parents[2] / "shared" / "census"
-REALTEXT_ROOT = CENSUS_ROOT.parent / "realtext"  # labelled firm descriptions (naics_ml.realtext)
+REALTEXT_ROOT = (
+    CENSUS_ROOT.parent / "realtext"
+)  # labelled firm descriptions (naics_ml.data.realtext)
 
 
 @pytest.fixture(scope="session")
@@ -41,35 +43,35 @@ def census_root() -> Path:
 
 @pytest.fixture(scope="session")
 def tables_2022(census_root: Path):
-    from naics_ml.census import read_census
+    from naics_ml.data.census import read_census
 
     return read_census(census_root / "2022", "2022")
 
 
 @pytest.fixture(scope="session")
 def tables_2017(census_root: Path):
-    from naics_ml.census import read_census
+    from naics_ml.data.census import read_census
 
     return read_census(census_root / "2017", "2017")
 
 
 @pytest.fixture(scope="session")
 def codes_2022(census_root: Path) -> pl.DataFrame:
-    from naics_ml.codes import load_code_table
+    from naics_ml.data.codes import load_code_table
 
     return load_code_table(census_root / "2022", "2022")
 
 
 @pytest.fixture(scope="session")
 def codes_2017(census_root: Path) -> pl.DataFrame:
-    from naics_ml.codes import load_code_table
+    from naics_ml.data.codes import load_code_table
 
     return load_code_table(census_root / "2017", "2017")
 
 
 @pytest.fixture(scope="session")
 def distance_2022(codes_2022: pl.DataFrame) -> np.ndarray:
-    from naics_ml.taxonomy import tree_distance_matrix
+    from naics_ml.data.taxonomy import tree_distance_matrix
 
     matrix = tree_distance_matrix(codes_2022)
     matrix.flags.writeable = False  # shared across tests: nobody may change it

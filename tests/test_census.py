@@ -12,14 +12,14 @@ import polars as pl
 import pytest
 import requests
 
-from naics_ml.census import (
+from naics_ml.data.census import (
     CensusFormatError,
     read_census,
     read_workbook,
     validate_revision,
     workbook_specs,
 )
-from naics_ml.download import DownloadConfig, download, fetch_workbooks
+from naics_ml.data.download import DownloadConfig, download, fetch_workbooks
 
 CODE = re.compile(r"^\d{2,6}$")
 
@@ -61,8 +61,9 @@ def test_specs_follow_the_revision_year_and_reject_bad_revisions() -> None:
 
 
 def test_revision_with_trailing_newline_is_rejected() -> None:
-    """BUG (naics_ml/census.py ``_REVISION``): ``re.match`` with ``$`` accepts "2022\\n", which then
-    becomes a path component, a URL part and a Dagster partition key. Use ``fullmatch``/``\\Z``."""
+    """BUG (naics_ml/data/census.py ``_REVISION``): ``re.match`` with ``$`` accepts "2022\\n",
+    which then becomes a path component, a URL part and a Dagster partition key. Use
+    ``fullmatch``/``\\Z``."""
     with pytest.raises(ValueError, match="four-digit"):
         validate_revision("2022\n")
 
@@ -365,7 +366,7 @@ class DroppingResponse(FakeResponse):
 
 
 def test_connection_drop_mid_body_is_retried(tmp_path: Path) -> None:
-    """BUG (naics_ml/download.py ``download``): only ``session.get`` is inside the retry's
+    """BUG (naics_ml/data/download.py ``download``): only ``session.get`` is inside the retry's
     ``except``; a network error while streaming the body (the usual failure of a large download)
     escapes at once as a bare ``requests.ConnectionError`` that names no file, with no retry."""
     body = b"PK\x03\x04" + bytes(500)

@@ -15,15 +15,16 @@ import polars as pl
 import pytest
 import torch
 
-from naics_ml.checkpoint import load_checkpoint
-from naics_ml.classify import Classifier, Prediction, code_channel_texts
-from naics_ml.entry_memory import MemoryConfig, save_stage_memory
-from naics_ml.evaluate import six_digit_codes
+from naics_ml.evaluation.metrics import six_digit_codes
+from naics_ml.inference.classifier import Classifier, Prediction
+from naics_ml.inference.entry_memory import MemoryConfig, save_stage_memory
+from naics_ml.inference.stage_points import load_stage_points
+from naics_ml.model.channels import code_channel_texts
 from naics_ml.model.lorentz import check_on_manifold, pairwise_distance
 from naics_ml.model.network import ModelConfig, NaicsModel
-from naics_ml.sampler import TripletBatch
-from naics_ml.stage_points import load_stage_points
-from naics_ml.train import TrainConfig, train_stage
+from naics_ml.training.checkpoint import load_checkpoint
+from naics_ml.training.loop import StageData, StageHooks, TrainConfig, train_stage
+from naics_ml.triplets.sampler import TripletBatch
 
 from .tiny import save_tiny_bert
 
@@ -127,16 +128,8 @@ def stage(tmp_path_factory) -> tuple[Path, pl.DataFrame, NaicsModel]:
         validation_every=25,
         temperature=0.2,
     )
-    train_stage(
-        model,
-        triplets,
-        query_batches,
-        cfg,
-        root / "stage",
-        progress=False,
-        query_codes=query_codes,
-        codes=codes,
-    )
+    data = StageData(triplets, query_batches, query_codes, codes)
+    train_stage(model, data, cfg, root / "stage", hooks=StageHooks(progress=False))
     return root / "stage", codes, model
 
 
@@ -322,8 +315,9 @@ def test_base_part_is_the_frozen_models_cosine_vote(stage, tmp_path):
     """The base part, by hand: the bare tiny BERT (adapters off) embeds each six-digit code's
     title + description and each memory entry; a softmax of cosine / 0.05 over them, summed
     per code, is mixed in at base_weight."""
-    from naics_ml.baselines import code_texts, mean_pooled_embeddings
+    from naics_ml.evaluation.baselines import mean_pooled_embeddings
     from naics_ml.model.base import load_base_model, load_tokenizer
+    from naics_ml.model.channels import code_texts
 
     folder, codes, model = stage
     copy = tmp_path / "stage"

@@ -7,7 +7,7 @@ import re
 import polars as pl
 import pytest
 
-from naics_ml.codes import (
+from naics_ml.data.codes import (
     build_code_table,
     level_counts,
     parent_of,
@@ -15,7 +15,7 @@ from naics_ml.codes import (
     sector_of,
     split_description,
 )
-from naics_ml.invariants import check_level_counts, check_parents
+from naics_ml.data.invariants import check_level_counts, check_parents
 
 COLUMNS = {
     "index": pl.Int32,
@@ -157,7 +157,7 @@ def test_illustrative_examples_move_to_examples(
 def test_examples_include_only_the_examples_split_of_the_index(
     codes_2022: pl.DataFrame, tables_2022
 ) -> None:
-    from naics_ml.index_split import split_index_entries
+    from naics_ml.data.index_split import split_index_entries
 
     entries = split_index_entries(tables_2022.index, build_code_table(tables_2022))
     lines = {  # the examples channel keeps one copy of lines equal up to case
@@ -239,7 +239,7 @@ def test_split_description_unit_cases() -> None:
 def test_code_pattern_rejects_malformed_codes(tables_2022) -> None:
     from dataclasses import replace
 
-    from naics_ml.census import CensusFormatError
+    from naics_ml.data.census import CensusFormatError
 
     bad = tables_2022.codes.with_columns(
         pl.when(pl.col("code") == "111110")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from naics_ml.curriculum import (
+from naics_ml.triplets.curriculum import (
     CurriculumError,
     CurriculumSpec,
     load_curriculum,

@@ -21,8 +21,8 @@ from naics_assets.assets.triplets import naics_triplets
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore, CensusSource
 from naics_assets.sensors import new_revision_sensor
-from naics_ml.census import workbook_specs
-from naics_ml.taxonomy import tree_distance_matrix
+from naics_ml.data.census import workbook_specs
+from naics_ml.data.taxonomy import tree_distance_matrix
 
 from .conftest import SLICE, metadata_of
 

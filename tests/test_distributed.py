@@ -14,9 +14,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from naics_ml.checkpoint import load_checkpoint
-from naics_ml.distributed import weights_fingerprint
 from naics_ml.model.network import ModelConfig
+from naics_ml.training.checkpoint import load_checkpoint
+from naics_ml.training.distributed import weights_fingerprint
 
 from .tiny import save_tiny_bert
 
@@ -136,7 +136,7 @@ def test_torchrun_two_ranks_train_in_lockstep(tmp_path):
         "--nproc_per_node",
         "2",
         "-m",
-        "naics_ml.distributed",
+        "naics_ml.training.distributed",
         "--codes",
         str(inputs["codes"]),
         "--queries",

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import torch
 
-from naics_ml.entry_memory import (
+from naics_ml.inference.entry_memory import (
     MemoryConfig,
     blend_probabilities,
     candidate_positions,
@@ -19,7 +19,7 @@ from naics_ml.entry_memory import (
     mix_probabilities,
     save_stage_memory,
 )
-from naics_ml.lexical_memory import LexicalIndex
+from naics_ml.inference.lexical_memory import LexicalIndex
 
 ENTRIES = pl.DataFrame(
     {

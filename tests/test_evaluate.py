@@ -12,15 +12,14 @@ import torch
 from sklearn.metrics import average_precision_score
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from naics_ml.baselines import (
+from naics_ml.evaluation.baselines import (
     TFIDF_PREFIX,
     ZERO_SHOT_PREFIX,
-    code_texts,
     mean_pooled_embeddings,
     tfidf_metrics,
     zero_shot_metrics,
 )
-from naics_ml.evaluate import (
+from naics_ml.evaluation.metrics import (
     METRIC_KEYS,
     evaluate_embeddings,
     hierarchy_metrics,
@@ -29,6 +28,7 @@ from naics_ml.evaluate import (
     naics_sector,
     retrieval_metrics,
 )
+from naics_ml.model.channels import code_texts
 
 
 def tree_distance(parent: np.ndarray, sector: np.ndarray) -> np.ndarray:
@@ -332,7 +332,7 @@ def test_zero_shot_baseline_with_tiny_bert(tiny_bert) -> None:
 def test_spearman_ceiling_is_what_a_perfect_tie_free_score_reaches():
     from scipy.stats import spearmanr
 
-    from naics_ml.evaluate import spearman_ceiling
+    from naics_ml.evaluation.metrics import spearman_ceiling
 
     assert spearman_ceiling(np.array([1.0, 2.0, 3.0])) == pytest.approx(1.0)
     assert spearman_ceiling(np.array([1.0, 1.0, 2.0, 2.0])) == pytest.approx(np.sqrt(0.8))
@@ -343,7 +343,7 @@ def test_spearman_ceiling_is_what_a_perfect_tie_free_score_reaches():
 
 
 def test_spearman_ceiling_of_the_2022_tree(distance_2022: np.ndarray):
-    from naics_ml.evaluate import spearman_ceiling
+    from naics_ml.evaluation.metrics import spearman_ceiling
 
     iu, ju = np.triu_indices(len(distance_2022), k=1)
     # 88 % of the pairs share the cross-sector distance: rho cannot exceed ~0.57

@@ -5,15 +5,15 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from naics_ml.codes import build_code_table
-from naics_ml.index_split import (
+from naics_ml.data.codes import build_code_table
+from naics_ml.data.index_split import (
     SPLITS,
     SplitConfig,
     normalize_text,
     split_index_entries,
     split_sizes,
 )
-from naics_ml.invariants import check_split_leakage
+from naics_ml.data.invariants import check_split_leakage
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_split_config_validation_and_shares(tables_2022, bare_2022) -> None:
 
 
 def test_unknown_index_code_is_rejected(bare_2022: pl.DataFrame) -> None:
-    from naics_ml.census import CensusFormatError
+    from naics_ml.data.census import CensusFormatError
 
     with pytest.raises(CensusFormatError, match="999999"):
         split_index_entries(index_frame([("999999", "Nothing")]), bare_2022)

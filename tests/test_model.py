@@ -13,16 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest
 import torch
 
-from naics_ml.checkpoint import load_checkpoint, save_checkpoint
-from naics_ml.model import (
-    CHANNELS,
-    ModelConfig,
-    NaicsModel,
-    hyperbolic_info_nce,
-    load_balance_loss,
-    load_tokenizer,
-    resolve_base_model,
-)
+from naics_ml.model.base import load_tokenizer, resolve_base_model
+from naics_ml.model.channels import CHANNELS
 from naics_ml.model.lorentz import (
     check_on_manifold,
     distance,
@@ -30,6 +22,9 @@ from naics_ml.model.lorentz import (
     pairwise_distance,
     radius,
 )
+from naics_ml.model.loss import hyperbolic_info_nce, load_balance_loss
+from naics_ml.model.network import ModelConfig, NaicsModel
+from naics_ml.training.checkpoint import load_checkpoint, save_checkpoint
 
 from .tiny import tiny_bert
 
@@ -504,7 +499,8 @@ def test_exact_path_reads_a_current_bank_until_a_weight_changes(tokenizer, monke
 def test_classifier_reuses_a_model_prepared_for_the_same_codes(tokenizer, monkeypatch):
     import polars as pl
 
-    from naics_ml.classify import Classifier, code_channel_texts
+    from naics_ml.inference.classifier import Classifier
+    from naics_ml.model.channels import code_channel_texts
 
     n = len(CODE_TEXTS["title"])
     codes = pl.DataFrame(

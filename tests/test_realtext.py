@@ -6,28 +6,27 @@ import numpy as np
 import polars as pl
 import pytest
 
-from naics_ml.blend_tuning import (
+from naics_ml.data.index_split import normalize_text
+from naics_ml.data.realtext import (
+    EVAL_FILE,
+    VAL_FILE,
+    RealTextFormatError,
+    load_labelled_texts,
+    split_labelled_texts,
+)
+from naics_ml.data.training_texts import crossref_queries, strip_lead, training_queries
+from naics_ml.evaluation.blend_tuning import tune_blend
+from naics_ml.evaluation.realtext_metrics import realtext_metrics, sector_hit_rates
+from naics_ml.evaluation.stage_report import strict_test_mask
+from naics_ml.inference.classifier import ScoreParts
+from naics_ml.inference.entry_memory import MemoryConfig
+from naics_ml.inference.serving import (
     TunedBlend,
     choose_served_stage,
     load_blend,
     save_blend,
     served_stage_dir,
-    tune_blend,
 )
-from naics_ml.classify import ScoreParts
-from naics_ml.entry_memory import MemoryConfig
-from naics_ml.index_split import normalize_text
-from naics_ml.realtext import (
-    EVAL_FILE,
-    VAL_FILE,
-    RealTextFormatError,
-    load_labelled_texts,
-    realtext_metrics,
-    sector_hit_rates,
-    split_labelled_texts,
-)
-from naics_ml.stage_metrics import strict_test_mask
-from naics_ml.training_texts import crossref_queries, strip_lead, training_queries
 
 from .conftest import REALTEXT_ROOT
 
@@ -97,7 +96,7 @@ def test_crossrefs_become_queries_for_the_code_they_point_to(codes_2022) -> None
 def test_training_queries_never_hold_a_held_out_phrasing_nor_an_evaluation_text(
     codes_2022, tmp_path
 ) -> None:
-    from naics_ml.index_split import split_index_entries
+    from naics_ml.data.index_split import split_index_entries
 
     index = pl.DataFrame(
         {

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from naics_ml.curriculum import CurriculumSpec, load_curriculum
-from naics_ml.sampler import (
+from naics_ml.triplets.curriculum import CurriculumSpec, load_curriculum
+from naics_ml.triplets.sampler import (
     QuerySampler,
     TripletBatch,
     TripletSampler,

@@ -20,12 +20,12 @@ from naics_assets.assets.triplets import naics_triplets
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore, CensusSource, RealTextSource
 from naics_assets.tracking import MlflowTracker
-from naics_ml.blend_tuning import served_stage_dir
-from naics_ml.checkpoint import load_checkpoint
-from naics_ml.classify import Classifier
-from naics_ml.evaluate import METRIC_KEYS
-from naics_ml.index_split import normalize_text
-from naics_ml.stage_points import load_stage_points
+from naics_ml.data.index_split import normalize_text
+from naics_ml.evaluation.metrics import METRIC_KEYS
+from naics_ml.inference.classifier import Classifier
+from naics_ml.inference.serving import served_stage_dir
+from naics_ml.inference.stage_points import load_stage_points
+from naics_ml.training.checkpoint import load_checkpoint
 
 from .conftest import REALTEXT_ROOT, metadata_of
 from .tiny import save_tiny_bert
@@ -114,7 +114,7 @@ def test_the_three_stages_materialize_with_checkpoints_and_metrics(chain) -> Non
 
 
 def test_each_stage_remembers_only_its_training_texts(chain) -> None:
-    from naics_ml.realtext import EVAL_FILE, load_labelled_texts
+    from naics_ml.data.realtext import EVAL_FILE, load_labelled_texts
 
     result, root, _ = chain
     entries = pl.read_parquet(root / "artifacts/2022/naics_index_entries.parquet")
@@ -244,7 +244,7 @@ def test_the_stage_best_on_validation_serves_predict(chain) -> None:
 
 def test_stage_checks_run_on_each_stage_metrics(chain) -> None:
     from naics_assets.definitions import defs
-    from naics_ml.stage_metrics import HEADLINE
+    from naics_ml.evaluation.stage_report import HEADLINE
 
     result, root, _ = chain
     graph = defs.resolve_asset_graph()

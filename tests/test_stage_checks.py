@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from naics_ml.invariants import check_beats_baselines, check_expert_balance
+from naics_ml.evaluation.stage_checks import check_beats_baselines, check_expert_balance
 
 NAMES = ("test_mrr", "recon_map")
 

@@ -7,8 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from naics_ml.invariants import check_pairs, check_symmetric, check_triangle
-from naics_ml.taxonomy import (
+from naics_ml.data.invariants import check_pairs, check_symmetric, check_triangle
+from naics_ml.data.taxonomy import (
     CROSS_SECTOR_DISTANCE,
     build_tree,
     exclusion_matrix,

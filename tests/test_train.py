@@ -14,17 +14,26 @@ import polars as pl
 import pytest
 import torch
 
-import naics_ml.train as train_mod
-from naics_ml.checkpoint import load_checkpoint, save_stage_bundle
-from naics_ml.classify import code_channel_texts
+import naics_ml.training.objective as train_mod
 from naics_ml.io import atomic_path, atomic_save_torch
 from naics_ml.model.base import load_tokenizer
+from naics_ml.model.channels import code_channel_texts
 from naics_ml.model.network import ModelConfig, NaicsModel
-from naics_ml.sampler import TripletBatch
-from naics_ml.train import NonFiniteLossError, TrainConfig, lr_factor, query_validator, train_stage
+from naics_ml.training.checkpoint import load_checkpoint, save_stage_bundle
+from naics_ml.training.loop import (
+    NonFiniteLossError,
+    StageData,
+    StageHooks,
+    TrainConfig,
+    lr_factor,
+    train_stage,
+)
+from naics_ml.training.validation import query_validator
+from naics_ml.triplets.sampler import TripletBatch
 
 from .tiny import tiny_bert
 
+QUIET = StageHooks(progress=False)
 WORDS = ["wheat", "corn", "cattle", "dairy", "coal", "gold", "oil", "gas", "water", "power"]
 
 
@@ -161,18 +170,10 @@ def run(tmp: Path, codes: pl.DataFrame, cfg: TrainConfig, model=None, query_code
     if model is None:
         model, query_codes = prepared(codes)
     metrics: list[tuple[int, dict]] = []
-    kw.setdefault("on_metrics", lambda s, m: metrics.append((s, m)))
-    result = train_stage(
-        model,
-        triplet_source(codes),
-        query_source(len(query_codes)),
-        cfg,
-        tmp,
-        progress=False,
-        query_codes=query_codes,
-        codes=codes,
-        **kw,
-    )
+    on_metrics = kw.pop("on_metrics", lambda s, m: metrics.append((s, m)))
+    hooks = StageHooks(kw.pop("validate", None), on_metrics, progress=False)
+    data = StageData(triplet_source(codes), query_source(len(query_codes)), query_codes, codes)
+    result = train_stage(model, data, cfg, tmp, hooks=hooks, **kw)
     return model, result, metrics
 
 
@@ -201,21 +202,14 @@ def test_config_roundtrip_and_validation():
 def test_hierarchy_loss_needs_the_code_table(tmp_path, codes):
     model, _ = prepared(codes)
     with pytest.raises(ValueError, match="hierarchy_loss_weight"):
-        train_stage(
-            model,
-            triplet_source(codes),
-            None,
-            config(steps=2),
-            tmp_path,
-            progress=False,
-        )
+        train_stage(model, StageData(triplet_source(codes)), config(steps=2), tmp_path, hooks=QUIET)
 
 
 def test_hierarchy_loss_pulls_distances_towards_the_tree(tmp_path, codes):
     """With the stress loss dominating, Lorentz distances approach scale * tree distance."""
+    from naics_ml.data.taxonomy import tree_distance_matrix
     from naics_ml.model.lorentz import pairwise_distance
     from naics_ml.model.loss import distortion_loss
-    from naics_ml.taxonomy import tree_distance_matrix
 
     model, query_codes = prepared(codes)
     tree = torch.as_tensor(tree_distance_matrix(codes.sort("index")))

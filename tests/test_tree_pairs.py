@@ -7,9 +7,9 @@ import polars as pl
 import pytest
 import torch
 
+from naics_ml.data.taxonomy import CROSS_SECTOR_DISTANCE
 from naics_ml.model.loss import distortion_loss
-from naics_ml.taxonomy import CROSS_SECTOR_DISTANCE
-from naics_ml.tree_pairs import TreePairs
+from naics_ml.training.tree_pairs import TreePairs
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,9 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from naics_ml.invariants import check_shard_coverage, check_triplet_order
-from naics_ml.taxonomy import exclusion_matrix
-from naics_ml.triplet_shards import build_triplet_shards, sector_dir, shard_sectors
-from naics_ml.triplets import (
+from naics_ml.data.invariants import check_shard_coverage, check_triplet_order
+from naics_ml.data.taxonomy import exclusion_matrix
+from naics_ml.triplets.generate import (
     SCHEMA,
     TripletConfig,
     anchor_triplets,
@@ -21,6 +20,7 @@ from naics_ml.triplets import (
     sector_seed,
     sector_triplet_batches,
 )
+from naics_ml.triplets.shards import build_triplet_shards, sector_dir, shard_sectors
 
 SMALL_SECTORS = ("22", "55")
 K = 6
@@ -271,7 +271,7 @@ def test_unknown_or_malformed_sector_is_rejected(tmp_path: Path, codes_2022) -> 
 
 
 def test_sector_with_trailing_newline_is_rejected(tmp_path: Path) -> None:
-    """BUG (naics_ml/triplet_shards.py ``_SECTOR``): ``match`` with ``$`` accepts "22\\n" and
+    """BUG (naics_ml/triplets/shards.py ``_SECTOR``): ``match`` with ``$`` accepts "22\\n" and
     builds the folder ``sector=22\\n``. Use ``fullmatch``/``\\Z``."""
     with pytest.raises(ValueError, match="two digits"):
         sector_dir(tmp_path, "22\n")

@@ -7,10 +7,10 @@ from naics_assets.assets.census import census_workbooks
 from naics_assets.checks import CODES_CHECKS, INDEX_CHECKS, result
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore
-from naics_ml import invariants
-from naics_ml.census import read_census
-from naics_ml.codes import build_code_table, level_counts
-from naics_ml.index_split import SplitConfig, split_index_entries, split_sizes
+from naics_ml.data import invariants
+from naics_ml.data.census import read_census
+from naics_ml.data.codes import build_code_table, level_counts
+from naics_ml.data.index_split import SplitConfig, split_index_entries, split_sizes
 from naics_ml.io import write_parquet_atomic
 
 

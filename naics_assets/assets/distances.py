@@ -7,15 +7,15 @@ from naics_assets.assets.codes import naics_codes
 from naics_assets.checks import DISTANCE_CHECKS, result
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore
-from naics_ml import invariants
-from naics_ml.io import write_parquet_atomic
-from naics_ml.taxonomy import (
+from naics_ml.data import invariants
+from naics_ml.data.taxonomy import (
     build_tree,
     matrix_from_pairs,
     pair_table,
     tree_distance_matrix,
     validate_tree,
 )
+from naics_ml.io import write_parquet_atomic
 
 
 @dg.asset(

@@ -24,10 +24,10 @@ def naics_embeddings(
     also records which stage serves ``predict`` (``models/serving.json``, best on validation)."""
     import polars as pl
 
-    from naics_ml.blend_tuning import choose_served_stage, selection_scores
-    from naics_ml.classify import Classifier
+    from naics_ml.evaluation.stage_report import comparison_table
+    from naics_ml.inference.classifier import Classifier
+    from naics_ml.inference.serving import choose_served_stage, selection_scores
     from naics_ml.io import write_parquet_atomic
-    from naics_ml.stage_metrics import comparison_table
 
     revision = context.partition_key
     stage_dir = store.model_dir(revision, "stage_03_hard")

@@ -8,8 +8,7 @@ beat both baselines, and no expert may starve.
 Re-materializing an interrupted stage resumes from its last checkpoint.
 """
 
-import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
@@ -22,9 +21,11 @@ from naics_assets.checks import stage_checks
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore, RealTextSource
 from naics_assets.tracking import MlflowTracker
-from naics_ml import invariants
-from naics_ml.model_config import ModelConfig
-from naics_ml.train_config import TrainConfig
+from naics_ml.model.config import ModelConfig
+from naics_ml.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from naics_ml.stage import StageReport, StageRequest
 
 _MODEL = ModelConfig()  # the one set of model defaults; the launchpad shows them
 
@@ -80,7 +81,7 @@ class StageConfig(dg.Config):
     query_splits: list[str] = Field(
         default=list(_TRAIN.query_splits),
         description="Query kinds that train the query path: index-entry splits (never "
-        "validation/test) and naics_ml.training_texts' extra kinds.",
+        "validation/test) and naics_ml.data.training_texts' extra kinds.",
     )
     hierarchy_loss_weight: float = Field(
         default=_TRAIN.hierarchy_loss_weight,
@@ -118,13 +119,66 @@ class HardStageConfig(StageConfig):
     # the query loss weighs more too, to keep retrieval. From the same 02_medium (validation):
     # stress 16 / query 1: MAP 0.864, parent@1 0.951, top-1 0.679; 32 / 1: MAP 0.902, top-1
     # 0.653; 32 / 2: MAP 0.899, top-1 0.684; 40 / 2: MAP 0.913, parent@1 0.968, top-1 0.679.
-    # With the extra real-text-like queries (naics_ml.training_texts), 40 ended at MAP 0.906,
+    # With the extra real-text-like queries (naics_ml.data.training_texts), 40 ended at MAP 0.906,
     # within-sector Spearman 0.771; 60 at MAP 0.935, 0.825, same validation (docs/results.md).
     hierarchy_loss_weight: float = Field(
         default=60.0, description="Stress loss: Lorentz distance = scale * tree distance."
     )
     query_loss_weight: float = Field(
         default=2.0, description="Index-entry query InfoNCE (1 in the earlier stages)."
+    )
+
+
+def stage_request(
+    context: dg.AssetExecutionContext,
+    config: StageConfig,
+    store: ArtifactStore,
+    realtext: RealTextSource,
+    stage: str,
+    previous: str | None,
+) -> "StageRequest":
+    """Dagster config and resources -> the library's request (configs and paths)."""
+    import polars as pl
+
+    from naics_ml.data.codes import six_digit_codes
+    from naics_ml.stage import (
+        StageOrderError,
+        StagePaths,
+        StageRequest,
+        resolve_curriculum,
+        stage_model_config,
+    )
+
+    revision = context.partition_key
+    init_from = store.model_dir(revision, previous) if previous else None
+    first = ModelConfig.from_dict(config.model.model_dump()) if previous is None else None
+    try:
+        model_config = stage_model_config(init_from, first)
+    except StageOrderError as error:
+        raise dg.Failure(f"{stage} starts from {previous}: {error}") from error
+    codes = pl.read_parquet(store.codes_path(revision))
+    labelled = realtext.load(six_digit_codes(codes).tolist())
+    for name, file in (("eval", realtext.eval_file), ("val", realtext.val_file)):
+        if labelled[name] is None:
+            context.log.info(f"real-text {name} set skipped: no {file} in {realtext.local_dir!r}")
+    paths = StagePaths(
+        codes=store.codes_path(revision),
+        entries=store.index_entries_path(revision),
+        distances=store.distances_path(revision),
+        triplets=store.triplets_dir(revision),
+        out_dir=store.model_dir(revision, stage),
+        prefix_cache=store.revision_dir(revision) / "prefix_cache",
+        baselines=store.revision_dir(revision) / "baselines",
+        init_from=init_from,
+    )
+    return StageRequest(
+        name=f"{revision}/{stage}",
+        paths=paths,
+        curriculum=resolve_curriculum(config.curriculum, stage),
+        model_config=model_config,
+        train_config=TrainConfig.from_dict(config.model_dump(exclude={"curriculum", "model"})),
+        realtext=labelled,
+        extra={"revision": revision, "stage": stage},
     )
 
 
@@ -137,147 +191,75 @@ def train_stage_asset(
     previous: str | None,
     realtext: RealTextSource,
 ) -> dg.MaterializeResult:
-    """Shared body of the three stage assets (heavy imports stay inside)."""
-    import dataclasses
+    """Shared body of the three stage assets: one MLflow run around ``naics_ml.stage``."""
+    from naics_ml.stage import run_stage
 
-    import polars as pl
-
-    from naics_ml.checkpoint import is_complete, load_checkpoint
-    from naics_ml.classify import Classifier
-    from naics_ml.codes import six_digit_codes
-    from naics_ml.curriculum import load_curriculum, packaged_curriculum_path
-    from naics_ml.distributed import run_stage
-    from naics_ml.entry_memory import load_stage_memory
-    from naics_ml.io import atomic_write_text
-    from naics_ml.plots import plot_history
-    from naics_ml.stage_metrics import (
-        HEADLINE,
-        baseline_metrics,
-        comparison_table,
-        evaluate_stage,
-        evaluation_sets,
-    )
-    from naics_ml.taxonomy import matrix_from_pairs
-    from naics_ml.training_texts import training_queries
-
-    revision = context.partition_key
-    if config.curriculum.endswith((".yaml", ".yml")):
-        curriculum_path = Path(config.curriculum)
-    else:
-        curriculum_path = packaged_curriculum_path(config.curriculum or stage.split("_", 1)[1])
-    spec = load_curriculum(curriculum_path)
-    out_dir = store.model_dir(revision, stage)
-    init_from = None
-    if previous is not None:
-        init_from = store.model_dir(revision, previous)
-        if not is_complete(init_from):
-            raise dg.Failure(f"{stage} starts from {previous}, which has no finished checkpoint")
-        model_config = ModelConfig.from_dict(load_checkpoint(init_from)["model_config"])
-    else:
-        model_config = ModelConfig.from_dict(config.model.model_dump())
-    settings = config.model_dump(exclude={"curriculum", "model"})
-    train_config = TrainConfig.from_dict(settings)  # every other field is a TrainConfig field
-    codes = pl.read_parquet(store.codes_path(revision))
-    entries = pl.read_parquet(store.index_entries_path(revision))
-    tree = matrix_from_pairs(pl.read_parquet(store.distances_path(revision)), codes.height)
-    labelled = realtext.load(six_digit_codes(codes).tolist())
-    for name, file in (("eval", realtext.eval_file), ("val", realtext.val_file)):
-        if labelled[name] is None:
-            context.log.info(f"real-text {name} set skipped: no {file} in {realtext.local_dir!r}")
-    extra = training_queries(codes, entries, labelled["train"], seed=train_config.seed)
-    queries = pl.concat([entries, extra], how="vertical_relaxed")
-    sets = evaluation_sets(
-        codes, queries, train_config.query_splits, labelled["eval"], labelled["val"]
-    )
-
+    request = stage_request(context, config, store, realtext, stage, previous)
     tags = {
         "dagster_run_id": context.run.run_id,
         "dagster_asset_key": context.asset_key.to_user_string(),
-        "naics_revision": revision,
+        "naics_revision": context.partition_key,
         "stage": stage,
-        "init_from": str(init_from or ""),
+        "init_from": str(request.paths.init_from or ""),
     }
-    with mlflow.start_run(f"{revision}/{stage}", tags) as run:
-        params = {f"model.{k}": v for k, v in model_config.to_dict().items()}
-        params |= {f"train.{k}": v for k, v in train_config.to_dict().items()}
-        params |= {f"curriculum.{k}": v for k, v in spec.to_dict().items()}
-        run.log_params(params)
-        history: list[tuple[int, dict[str, float]]] = []
-
-        def on_metrics(step: int, metrics: dict[str, float]) -> None:
-            run.log_metrics(metrics, step)
-            history.append((step, dict(metrics)))
-
-        result = run_stage(
-            codes,
-            store.triplets_dir(revision),
-            curriculum_path,
-            out_dir,
-            model_config,
-            train_config,
-            queries=queries,
-            init_from=init_from,
-            extra={"revision": revision, "stage": stage},
-            progress=True,
-            on_metrics=on_metrics,
-            prefix_cache_dir=store.revision_dir(revision) / "prefix_cache",
-        )
-        # the in-memory model is already prepared for these codes: no second prepare
-        memory = load_stage_memory(result.checkpoint)  # what from_checkpoint will load
-        classifier = Classifier(result.model, codes, train_config.temperature, memory=memory)
-        metrics = evaluate_stage(classifier, codes, tree, entries, sets, out_dir)
-        classifier.save_points(out_dir)  # Classifier.from_checkpoint loads in seconds
-        metrics |= baseline_metrics(
-            codes,
-            tree,
-            entries,
-            model_config.base_model,
-            store.revision_dir(revision)
-            / "baselines"
-            / f"{Path(model_config.base_model).name}.json",
-            sets,
-        )
-        metrics |= {"train_wall_s": result.wall_time_s, "skipped_steps": result.skipped_steps}
-        run.log_metrics(metrics, result.steps)
-        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1))
-        plot = plot_history(history, out_dir / "metrics.png", title=f"{revision}/{stage}")
-        run.log_artifact(curriculum_path)
-        run.log_artifact(plot)
-        run.log_artifact(out_dir / "metrics.json")
-        link, run_id = run.link, run.run_id
-
-    last = history[-1][1] if history else {}
-    utilization = {k: v for k, v in last.items() if k.startswith("expert_utilization")}
+    with mlflow.start_run(request.name, tags) as run:
+        run.log_params(stage_params(request))
+        report = run_stage(request, lambda step, metrics: run.log_metrics(metrics, step))
+        run.log_metrics(report.metrics, report.steps)
+        for artifact in (request.curriculum, report.folder.plot, report.folder.metrics):
+            run.log_artifact(artifact)
     return dg.MaterializeResult(
-        check_results=[
-            check_result("beats_baselines", invariants.check_beats_baselines(metrics, HEADLINE)),
-            check_result(
-                "experts_balanced",
-                invariants.check_expert_balance(utilization),
-                dg.AssetCheckSeverity.WARN,
-            ),
-        ],
-        metadata={
-            "checkpoint": dg.MetadataValue.path(str(result.checkpoint)),
-            "mlflow_run": dg.MetadataValue.url(link),
-            "mlflow_run_id": run_id,
-            "steps": result.steps,
-            "skipped_steps": result.skipped_steps,
-            "train_wall_s": round(result.wall_time_s, 1),
-            "curriculum": dg.MetadataValue.path(str(curriculum_path)),
-            "init_from": str(init_from) if init_from else "base model",
-            "training_queries": dg.MetadataValue.json(
-                dict(queries.group_by("split").len().sort("split").iter_rows())
-            ),
-            "evaluation": dg.MetadataValue.md(comparison_table(metrics)),
-            "expert_utilization": dg.MetadataValue.json(utilization),
-            **{name: dg.MetadataValue.float(float(metrics[name])) for name in HEADLINE},
-            "all_metrics": dg.MetadataValue.json(
-                {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
-            ),
-            "model_config": dg.MetadataValue.json(dataclasses.asdict(model_config)),
-        },
+        check_results=stage_check_results(report),
+        metadata=stage_metadata(request, report, run.link, run.run_id),
     )
+
+
+def stage_params(request: "StageRequest") -> dict:
+    """MLflow params: the model, train and curriculum settings, prefixed."""
+    from naics_ml.triplets.curriculum import load_curriculum
+
+    params = {f"model.{k}": v for k, v in request.model_config.to_dict().items()}
+    params |= {f"train.{k}": v for k, v in request.train_config.to_dict().items()}
+    spec = load_curriculum(request.curriculum)
+    return params | {f"curriculum.{k}": v for k, v in spec.to_dict().items()}
+
+
+def stage_check_results(report: "StageReport") -> list[dg.AssetCheckResult]:
+    from naics_ml.evaluation.stage_checks import check_beats_baselines, check_expert_balance
+    from naics_ml.evaluation.stage_report import HEADLINE
+
+    beats = check_beats_baselines(report.metrics, HEADLINE)
+    balanced = check_expert_balance(report.expert_utilization)
+    return [
+        check_result("beats_baselines", beats),
+        check_result("experts_balanced", balanced, dg.AssetCheckSeverity.WARN),
+    ]
+
+
+def stage_metadata(
+    request: "StageRequest", report: "StageReport", link: str, run_id: str
+) -> dict[str, object]:
+    from naics_ml.evaluation.stage_report import HEADLINE, comparison_table
+
+    metrics = report.metrics
+    return {
+        "checkpoint": dg.MetadataValue.path(str(report.folder.checkpoint)),
+        "mlflow_run": dg.MetadataValue.url(link),
+        "mlflow_run_id": run_id,
+        "steps": report.steps,
+        "skipped_steps": report.skipped_steps,
+        "train_wall_s": round(report.train_wall_s, 1),
+        "curriculum": dg.MetadataValue.path(str(request.curriculum)),
+        "init_from": str(request.paths.init_from or "base model"),
+        "training_queries": dg.MetadataValue.json(report.training_queries),
+        "evaluation": dg.MetadataValue.md(comparison_table(metrics)),
+        "expert_utilization": dg.MetadataValue.json(report.expert_utilization),
+        **{name: dg.MetadataValue.float(float(metrics[name])) for name in HEADLINE},
+        "all_metrics": dg.MetadataValue.json(
+            {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        ),
+        "model_config": dg.MetadataValue.json(request.model_config.to_dict()),
+    }
 
 
 STAGE_DEPS = [naics_codes, naics_index_entries, naics_distances, naics_triplets]

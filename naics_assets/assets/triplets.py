@@ -9,10 +9,10 @@ from naics_assets.assets.distances import naics_distances
 from naics_assets.checks import TRIPLET_CHECKS, result
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore
-from naics_ml import invariants
-from naics_ml.taxonomy import matrix_from_pairs
-from naics_ml.triplet_shards import build_triplet_shards, shard_sectors
-from naics_ml.triplets import TripletConfig
+from naics_ml.data import invariants
+from naics_ml.data.taxonomy import matrix_from_pairs
+from naics_ml.triplets.generate import TripletConfig
+from naics_ml.triplets.shards import build_triplet_shards, shard_sectors
 
 HARDNESS_NAMES = {
     8: "exclusion",

@@ -32,6 +32,8 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 
+from naics_ml.model.config import ModelConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -113,16 +115,15 @@ class ChannelEncoder(nn.Module):
         base: PreTrainedModel,
         tokenizer,
         channels: Sequence[str],
-        lora_r: int = 8,
-        lora_alpha: int = 16,
-        lora_dropout: float = 0.0,
-        target_modules: Sequence[str] = ("query", "value"),
-        lora_layers: int = 2,
-        max_length: int = 128,
+        config: ModelConfig,
         max_tokens: int = 2048,
         max_rows: int = 64,
     ) -> None:
+        """LoRA settings (rank, alpha, dropout, target modules, top layers) and the token
+        limit come from ``config``; ``max_tokens``/``max_rows`` bound one padded batch."""
         super().__init__()
+        lora_layers, target_modules = config.lora_layers, config.lora_target_modules
+        max_length = config.max_length
         num_layers = base.config.num_hidden_layers
         if not 1 <= lora_layers <= num_layers:
             raise ValueError(f"lora_layers must be in 1..{num_layers}, got {lora_layers}")
@@ -136,9 +137,9 @@ class ChannelEncoder(nn.Module):
             if isinstance(module, nn.Dropout) and "lora" not in name:
                 module.p = 0.0
         lora_config = LoraConfig(
-            r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
             target_modules=list(target_modules),
             layers_to_transform=list(range(self.first_lora_layer, num_layers)),
             layers_pattern="layer",

@@ -14,19 +14,18 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from naics_ml.io import atomic_save_torch
 from naics_ml.model.base import load_base_model, load_tokenizer
+from naics_ml.model.channels import CHANNELS, QUERY_CHANNEL, channel_fingerprint
+from naics_ml.model.config import ModelConfig
 from naics_ml.model.encoder import ChannelEncoder, PrefixCache, digest_tensors
 from naics_ml.model.fusion import MoEFusion
 from naics_ml.model.lorentz import expmap0, project
 from naics_ml.model.loss import load_balance_loss
+from naics_ml.model.negative_bank import NegativeBank
 from naics_ml.model.text_groups import TextGroups, group_mean, split_lines
-from naics_ml.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("title", "description", "excluded", "examples")
-QUERY_CHANNEL = "examples"
 _CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -34,14 +33,6 @@ def use_all_cores() -> None:
     """``torch.set_num_threads(os.cpu_count())`` unless several processes share the machine."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         torch.set_num_threads(os.cpu_count() or 1)
-
-
-def channel_fingerprint(channel_texts: dict[str, list[str | None]]) -> str:
-    """SHA-256 of the code channel texts (channel order fixed): "prepared for this table"."""
-    digest = hashlib.sha256()
-    for channel in CHANNELS:
-        digest.update(json.dumps([channel, list(channel_texts[channel])]).encode())
-    return digest.hexdigest()
 
 
 @dataclass
@@ -75,17 +66,7 @@ class NaicsModel(nn.Module):
         self.config = config
         base = base if base is not None else load_base_model(config.base_model)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.base_model)
-        self.encoder = ChannelEncoder(
-            base.eval(),
-            tokenizer,
-            CHANNELS,
-            lora_r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules,
-            lora_layers=config.lora_layers,
-            max_length=config.max_length,
-        )
+        self.encoder = ChannelEncoder(base.eval(), tokenizer, CHANNELS, config)
         hidden = self.encoder.hidden_size
         self.fusion = MoEFusion(
             hidden=hidden,
@@ -102,8 +83,7 @@ class NaicsModel(nn.Module):
         self._groups = TextGroups.build([])  # slot id -> the text ids it averages
         self._code_slots: Tensor | None = None  # (n_codes, C) slot ids, -1 = missing
         self._query_slots: Tensor | None = None  # (n_queries,) slot ids
-        self._bank: Tensor | None = None  # (n_codes, C, H) float32 pooled channel vectors
-        self._bank_versions: tuple[int, ...] = ()  # trainable weights' versions at the refresh
+        self._bank = NegativeBank()  # every code's pooled channel vectors, for training
         self.code_fingerprint: str | None = None  # channel_fingerprint of the prepared codes
 
     # --- preparation ------------------------------------------------------------------------
@@ -154,7 +134,7 @@ class NaicsModel(nn.Module):
             n_codes, len(CHANNELS)
         )
         self._query_slots = torch.tensor(query_slots, dtype=torch.long)
-        self._bank = None
+        self._bank.clear()
         self.code_fingerprint = None
         dtype = _CACHE_DTYPES[self.config.cache_dtype]
         self._cache = self.encoder.cached_prefix(self._texts, dtype, cache_dir)
@@ -234,36 +214,35 @@ class NaicsModel(nn.Module):
         distinct, inverse = torch.unique(code_ids.reshape(-1), return_inverse=True)
         slots = self._code_slots[distinct]
         if live is None and self._bank_equals_exact():  # the bank is what we would compute
-            enc = self._fuse(self._bank[distinct], slots >= 0)
-        elif self._bank is None or live is None:
+            enc = self._fuse(self._bank.rows[distinct], slots >= 0)
+        elif not self._bank.filled or live is None:
             enc = self._encode_slots(slots)
         else:
             live_ids = torch.as_tensor(
                 live if isinstance(live, Tensor) else sorted(live), dtype=torch.long
             )
             is_live = torch.isin(distinct, live_ids.reshape(-1))
-            channels = self._bank[distinct]  # a copy: bank rows of the non-live codes
+            channels = self._bank.rows[distinct]  # a copy: bank rows of the non-live codes
             live_rows = is_live.nonzero().squeeze(1)
             if len(live_rows):
                 fresh = self._channel_vectors(slots[live_rows])
-                self._bank[distinct[live_rows]] = fresh.detach().float()
-                self._bank_versions = ()  # rows from a training-mode pass: no longer exact
+                self._bank.overwrite(distinct[live_rows], fresh)
                 channels = channels.index_put((live_rows,), fresh)
             enc = self._fuse(channels, slots >= 0)
         return self._expand(enc, inverse, code_ids.shape)
 
-    # --- negative memory bank -----------------------------------------------------------------
+    # --- negative bank (naics_ml.model.negative_bank) -----------------------------------------
     @property
     def has_bank(self) -> bool:
-        return self._bank is not None
+        return self._bank.filled
 
     def bank(self) -> Tensor | None:
-        """The bank (n_codes, C, H) float32 itself (not a copy), or None."""
-        return self._bank
+        """The bank's rows (n_codes, C, H) float32 themselves (not a copy), or None."""
+        return self._bank.rows
 
     def drop_bank(self) -> None:
         """Forget the bank: ``encode_codes`` is exact again whatever ``live`` says."""
-        self._bank = None
+        self._bank.clear()
 
     def bank_is_current(self) -> bool:
         """True while no trainable weight changed since the last :meth:`refresh_bank`.
@@ -274,7 +253,7 @@ class NaicsModel(nn.Module):
         exact path of :meth:`encode_codes` in eval mode without gradients (validation, the final
         evaluation) reads the bank instead of running the transformer again.
         """
-        return self._bank is not None and self._bank_versions == self._trainable_versions()
+        return self._bank.is_current(self._trainable_versions())
 
     def bank_key(self) -> str:
         """SHA-256 of everything a bank row depends on: every weight (frozen and trainable),
@@ -293,27 +272,14 @@ class NaicsModel(nn.Module):
         on 2 cores). Returns None, writing nothing, when there is no current bank."""
         if not self.bank_is_current():
             return None
-        return atomic_save_torch({"key": self.bank_key(), "bank": self._bank}, path)
+        return self._bank.save(path, self.bank_key())
 
     def load_bank(self, path: Path | str) -> bool:
         """Adopt a bank saved by :meth:`save_bank` if its key matches this model (same weights,
         config and code texts): it then equals what :meth:`refresh_bank` would compute. False
         (nothing changed) for a missing, unreadable or mismatched file."""
-        path = Path(path)
-        if not path.is_file():
-            return False
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            key, bank = state["key"], state["bank"]
-        except Exception as error:  # a cache: never fail on it, refresh instead
-            log.warning("negative bank %s unreadable (%s); refreshing instead", path, error)
-            return False
-        expected = (self.num_codes, len(CHANNELS), self.encoder.hidden_size)
-        if key != self.bank_key() or tuple(bank.shape) != expected:
-            return False
-        self._bank = bank.float()
-        self._bank_versions = self._trainable_versions()
-        return True
+        shape = (self.num_codes, len(CHANNELS), self.encoder.hidden_size)
+        return self._bank.load(path, self.bank_key(), shape, self._trainable_versions())
 
     def _trainable_versions(self) -> tuple[int, ...]:
         return tuple(p._version for p in self.parameters() if p.requires_grad)
@@ -339,8 +305,7 @@ class NaicsModel(nn.Module):
             for start in range(0, n, batch_size):
                 rows = self._code_slots[start : start + batch_size]
                 bank[start : start + len(rows)] = self._channel_vectors(rows).float()
-            self._bank = bank
-            self._bank_versions = self._trainable_versions()
+            self._bank.fill(bank, self._trainable_versions())
         finally:
             self.train(was_training)
 
@@ -472,7 +437,7 @@ class NaicsModel(nn.Module):
                 f"unexpected {sorted(got - expected)[:5]}"
             )
         self.load_state_dict(state, strict=False)
-        self._bank = None  # computed with the old adapters
+        self._bank.clear()  # computed with the old adapters
 
 
 def _is_trainable_key(key: str) -> bool:

@@ -17,19 +17,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from naics_ml.checkpoint import CHECKPOINT_NAME, CODES_NAME, stage_folder
-from naics_ml.entry_memory import MEMORY_NAME
 from naics_ml.io import atomic_save_torch
+from naics_ml.stage_folder import StageFolder
 
 __all__ = [
-    "POINTS_NAME",
     "StagePoints",
     "load_stage_points",
     "save_stage_points",
     "stage_fingerprint",
 ]
-
-POINTS_NAME = "points.pt"
 
 
 @dataclass(frozen=True)
@@ -45,10 +41,10 @@ class StagePoints:
 
 def stage_fingerprint(path: Path | str) -> str:
     """SHA-256 over the stage files the points depend on (a missing memory counts as empty)."""
-    folder = stage_folder(path)
+    folder = StageFolder.of(path)
     digest = hashlib.sha256()
-    for name in (CHECKPOINT_NAME, CODES_NAME, MEMORY_NAME):
-        file = folder / name
+    for name in (StageFolder.CHECKPOINT, StageFolder.CODES, StageFolder.MEMORY):
+        file = folder.path / name
         digest.update(name.encode() + b"\x00")
         if file.is_file():
             with file.open("rb") as handle:
@@ -59,23 +55,23 @@ def stage_fingerprint(path: Path | str) -> str:
 
 def save_stage_points(path: Path | str, points: StagePoints) -> Path:
     """Write ``points.pt`` for the stage's current files, atomically."""
-    folder = stage_folder(path)
+    folder = StageFolder.of(path)
     state = {
-        "fingerprint": stage_fingerprint(folder),
+        "fingerprint": stage_fingerprint(folder.path),
         "codes": points.codes.detach().float().contiguous(),
         "memory": None if points.memory is None else points.memory.detach().float().contiguous(),
         "base": None if points.base is None else points.base.detach().float().contiguous(),
     }
-    return atomic_save_torch(state, folder / POINTS_NAME)
+    return atomic_save_torch(state, folder.points)
 
 
 def load_stage_points(path: Path | str) -> StagePoints | None:
     """The saved points if they match the stage's current files, else None (missing or stale)."""
-    folder = stage_folder(path)
-    file = folder / POINTS_NAME
+    folder = StageFolder.of(path)
+    file = folder.points
     if not file.is_file():
         return None
     state = torch.load(file, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != stage_fingerprint(folder):
+    if state.get("fingerprint") != stage_fingerprint(folder.path):
         return None
     return StagePoints(codes=state["codes"], memory=state.get("memory"), base=state.get("base"))

@@ -10,14 +10,14 @@ never ``validation``/``test``) and blends three distributions over six-digit cod
              + v * sum_{e of c} softmax_e(cos_tfidf(q, e) / T_v)  (entries as words)
 
 (Khandelwal et al., 2020, kNN-LM; the last term is the lexical half of a hybrid retriever,
-``naics_ml.lexical_memory``). A query that shares no word with any entry drops the last term
-and renormalises the other two. ``w = v = 0`` is the plain embedding. The defaults (w = 0.25,
-v = 0.2, T = the training temperature, T_v = 0.05) were chosen on the validation split with the
-previous defaults' ``03_hard`` checkpoint: top-1 0.687 (embedding) -> 0.718 (w = 0.35,
-v = 0) -> 0.738, MRR 0.782 -> 0.807 -> 0.822. The code embeddings and every hierarchy metric
-are unaffected. ``MemoryConfig.base_weight`` mixes in a fourth part, the frozen base model's
-vote (``naics_ml.classify``); each stage chooses all three weights on validation data
-(``naics_ml.blend_tuning``).
+``naics_ml.inference.lexical_memory``). A query that shares no word with any entry drops the
+last term and renormalises the other two. ``w = v = 0`` is the plain embedding. The defaults
+(w = 0.25, v = 0.2, T = the training temperature, T_v = 0.05) were chosen on the validation
+split with the previous defaults' ``03_hard`` checkpoint: top-1 0.687 (embedding) -> 0.718 (w =
+0.35, v = 0) -> 0.738, MRR 0.782 -> 0.807 -> 0.822. The code embeddings and every hierarchy metric
+are unaffected. ``MemoryConfig.base_weight`` mixes in a fourth part, the frozen base model's vote
+(``naics_ml.inference.classifier``); each stage chooses all three weights on validation data
+(``naics_ml.evaluation.blend_tuning``).
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from naics_ml.checkpoint import stage_folder
-from naics_ml.index_split import HELD_OUT_SPLITS
+from naics_ml.data.index_split import HELD_OUT_SPLITS
 from naics_ml.io import write_parquet_atomic
+from naics_ml.stage_folder import StageFolder
 
 __all__ = [
-    "MEMORY_NAME",
     "MemoryConfig",
     "blend_probabilities",
     "candidate_positions",
@@ -45,8 +44,6 @@ __all__ = [
     "mix_probabilities",
     "save_stage_memory",
 ]
-
-MEMORY_NAME = "memory.parquet"
 
 
 @dataclass(frozen=True)
@@ -106,12 +103,12 @@ def memory_entries(entries: pl.DataFrame, splits: tuple[str, ...]) -> pl.DataFra
 
 def save_stage_memory(out_dir: Path | str, memory: pl.DataFrame) -> Path:
     """Write the memory table (``text``, ``code``) next to a stage's checkpoint, atomically."""
-    return write_parquet_atomic(memory.select("text", "code"), Path(out_dir) / MEMORY_NAME)
+    return write_parquet_atomic(memory.select("text", "code"), StageFolder(Path(out_dir)).memory)
 
 
 def load_stage_memory(path: Path | str) -> pl.DataFrame | None:
     """The memory saved with a stage (folder or checkpoint file), None if it has none."""
-    file = stage_folder(path) / MEMORY_NAME
+    file = StageFolder.of(path).memory
     return pl.read_parquet(file) if file.is_file() else None
 
 

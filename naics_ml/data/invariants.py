@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from naics_ml.codes import level_counts
-from naics_ml.index_split import HELD_OUT_SPLITS, SPLITS, normalize_text
+from naics_ml.data.codes import level_counts
+from naics_ml.data.index_split import HELD_OUT_SPLITS, SPLITS, normalize_text
 
 # Published sizes of each revision by level; a revision not listed is checked for shape only.
 REFERENCE_LEVEL_COUNTS = {
@@ -112,29 +112,3 @@ def check_shard_coverage(shard_sectors: list[str], codes: pl.DataFrame) -> Resul
         "expected": len(expected),
         "missing": missing,
     }
-
-
-def check_expert_balance(utilization: dict[str, float], min_share: float = 0.05) -> Result:
-    """Every fusion expert takes at least ``min_share`` of the routed slots (uniform top-2 of
-    four is 0.25 each; the predecessor's collapsed experts were at 0.006-0.015)."""
-    shares = {name: round(float(v), 4) for name, v in sorted(utilization.items())}
-    if not shares:
-        return False, {"error": "no expert utilization was logged"}
-    starved = {name: v for name, v in shares.items() if v < min_share}
-    return not starved, {"utilization": shares, "min_share": min_share, "starved": starved}
-
-
-def check_beats_baselines(metrics: dict[str, float], names: tuple[str, ...]) -> Result:
-    """The model scores above both baselines (zero-shot base model, TF-IDF) on each metric."""
-    table, behind = {}, []
-    for name in names:
-        row = {
-            "model": metrics.get(name),
-            "zero_shot": metrics.get(f"baseline_zero_shot_{name}"),
-            "tfidf": metrics.get(f"baseline_tfidf_{name}"),
-        }
-        table[name] = {k: None if v is None else round(float(v), 4) for k, v in row.items()}
-        values = list(row.values())
-        if any(v is None or not np.isfinite(v) for v in values) or values[0] <= max(values[1:]):
-            behind.append(name)
-    return not behind, {"metrics": table, "not_ahead": behind}

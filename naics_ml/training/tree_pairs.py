@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from naics_ml.taxonomy import tree_distance_matrix
+from naics_ml.data.taxonomy import tree_distance_matrix
 
 __all__ = ["TreePairs"]
 

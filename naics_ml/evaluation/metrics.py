@@ -2,8 +2,8 @@
 
 Every metric works on a precomputed distance matrix (Lorentz distances come from the model's
 own geometry, ``naics_ml.model.lorentz``), so the trained Lorentz model and the
-baselines (cosine over frozen or TF-IDF vectors, see ``naics_ml.baselines``) are scored by exactly
-the same code. Definitions follow DESIGN.md, "Evaluation, precisely".
+baselines (cosine over frozen or TF-IDF vectors, see ``naics_ml.evaluation.baselines``) are
+scored by exactly the same code. Definitions follow DESIGN.md, "Evaluation, precisely".
 
 Ties are never resolved in the embedding's favour: a code that is exactly as far as a competitor
 counts as ranked *behind* it (pessimistic ranks). A degenerate embedding (all distances equal)
@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 from scipy.stats import spearmanr
 
-from naics_ml.codes import sector_of, six_digit_codes, six_digit_mask
+from naics_ml.data.codes import sector_of, six_digit_codes, six_digit_mask
 
 HIERARCHY_KEYS = (
     "spearman",

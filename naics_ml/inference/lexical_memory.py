@@ -5,8 +5,8 @@ The embedding generalises across wordings, but it blurs rare, decisive words: it
 validation entry "Land clearing" to Land Subdivision, while the remembered entries that share
 its words belong to Site Preparation Contractors, where it goes. TF-IDF over the entries (word
 1-2-grams, sublinear tf, fitted on the entries themselves) finds those; the Classifier blends
-its softmax over entries into the probability (see ``naics_ml.entry_memory``). A query that
-shares no word with any entry gets no lexical vote at all, rather than a uniform one.
+its softmax over entries into the probability (see ``naics_ml.inference.entry_memory``). A
+query that shares no word with any entry gets no lexical vote at all, rather than a uniform one.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Both embed each code's ``title + ". " + description`` (title only when there is no description)
 and each query's text, compare by cosine distance and go through
-``naics_ml.evaluate.evaluate_distances``, so their numbers are directly comparable with the
-model's. Cosine vectors have no natural "distance from the origin"; ``radius_order`` uses the
+``naics_ml.evaluation.metrics.evaluate_distances``, so their numbers are directly comparable with
+the model's. Cosine vectors have no natural "distance from the origin"; ``radius_order`` uses the
 vector norm before normalisation (mean-pooled hidden state norm / raw TF-IDF norm), a weak but
 well-defined stand-in that says whether depth is readable from the norm at all.
 """
@@ -18,22 +18,12 @@ import torch
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from naics_ml.evaluate import evaluate_distances, six_digit_codes, six_digit_mask
+from naics_ml.evaluation.metrics import evaluate_distances, six_digit_codes, six_digit_mask
 from naics_ml.model.base import DEFAULT_BASE_MODEL, load_base_model, load_tokenizer
+from naics_ml.model.channels import code_texts
 
 ZERO_SHOT_PREFIX = "baseline_zero_shot_"
 TFIDF_PREFIX = "baseline_tfidf_"
-
-
-def code_texts(codes: pl.DataFrame) -> list[str]:
-    """Title plus description per code (``index`` order); a null description leaves the title."""
-    codes = codes.sort("index")
-    return [
-        title if not desc else f"{title}. {desc}"
-        for title, desc in zip(
-            codes["title"].to_list(), codes["description"].to_list(), strict=True
-        )
-    ]
 
 
 def _unit_rows(x: np.ndarray | sparse.spmatrix) -> tuple[np.ndarray | sparse.spmatrix, np.ndarray]:
@@ -124,7 +114,6 @@ def zero_shot_metrics(
     *,
     model=None,
     tokenizer=None,
-    max_length: int = 256,
 ) -> dict[str, float]:
     """Frozen base encoder, mean-pooled, cosine: every metric with prefix ``baseline_zero_shot_``.
 
@@ -133,10 +122,8 @@ def zero_shot_metrics(
     """
     model = model if model is not None else load_base_model(base_model)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(base_model)
-    code_vectors = mean_pooled_embeddings(
-        code_texts(codes), model, tokenizer, batch_size, max_length
-    )
-    query_vectors = mean_pooled_embeddings(list(queries), model, tokenizer, batch_size, max_length)
+    code_vectors = mean_pooled_embeddings(code_texts(codes), model, tokenizer, batch_size)
+    query_vectors = mean_pooled_embeddings(list(queries), model, tokenizer, batch_size)
     return cosine_metrics(
         code_vectors, query_vectors, codes, tree_distance, query_true_codes, ZERO_SHOT_PREFIX
     )
@@ -167,9 +154,9 @@ def realtext_baseline_metrics(
     model=None,
     tokenizer=None,
 ) -> dict[str, float]:
-    """Both baselines on labelled real texts (``naics_ml.realtext``): per set prefix ``p``,
+    """Both baselines on labelled real texts (``naics_ml.data.realtext``): per set prefix ``p``,
     ``baseline_zero_shot_<p>*`` and ``baseline_tfidf_<p>*``, same code text as above."""
-    from naics_ml.realtext import realtext_metrics
+    from naics_ml.evaluation.realtext_metrics import realtext_metrics
 
     if not realtext:
         return {}

@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from naics_ml.curriculum import CurriculumSpec
+from naics_ml.triplets.curriculum import CurriculumSpec
 
 TRIPLET_COLUMNS = ("anchor", "positive", "negative", "hardness", "distance_ap")
 _NUMPY = {

@@ -1,6 +1,6 @@
 """``TrainConfig``: every setting of one training stage, with the one set of defaults.
 
-Kept apart from the training loop (``naics_ml.train``) so that the Dagster launchpad config
+Kept apart from the training loop (``naics_ml.training.loop``) so that the Dagster launchpad config
 (``naics_assets.assets.stages``) can read its defaults without importing torch.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from naics_ml.index_split import HELD_OUT_SPLITS
-from naics_ml.training_texts import QUERY_SPLITS
+from naics_ml.data.index_split import HELD_OUT_SPLITS
+from naics_ml.data.training_texts import QUERY_SPLITS
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,10 @@ class TrainConfig:
     bank_live_positives: bool = False  # positives encoded live (default: from the bank)
     bank_live_query_codes: bool = False  # the queries' true codes live (False: from the bank)
     query_candidates: str = "all"  # "all" six-digit codes, or only the "step"'s codes
-    # index splits that train queries, and the extra kinds of naics_ml.training_texts
+    # index splits that train queries, and the extra kinds of naics_ml.data.training_texts
     query_splits: tuple[str, ...] = QUERY_SPLITS
     hierarchy_loss_weight: float = 4.0  # distortion loss on sampled code pairs (0 = off)
-    hierarchy_pairs: int = 3072  # pairs per step (stratified, see naics_ml.tree_pairs)
+    hierarchy_pairs: int = 3072  # pairs per step (stratified, see naics_ml.training.tree_pairs)
     hierarchy_scale: float = 0.5  # target Lorentz distance per unit of tree distance
 
     def __post_init__(self) -> None:

@@ -1,7 +1,7 @@
 """Curriculum stages: which (anchor, positive) pairs and which negatives a training stage sees.
 
-A curriculum is a small YAML file (see ``naics_ml/curricula/``) so users can copy and edit it
-without touching code. ``load_curriculum`` validates it strictly and names the file and the
+A curriculum is a small YAML file (see ``naics_ml/triplets/curricula/``) so users can copy and
+edit it without touching code. ``load_curriculum`` validates it strictly and names the file and the
 field at fault, because a typo in a curriculum otherwise silently trains the wrong stage.
 
 Semantics (also written in the packaged files):
@@ -168,7 +168,7 @@ def packaged_curriculum_path(name: str) -> Path:
     stem = name.removesuffix(".yaml")
     if stem not in PACKAGED:
         raise CurriculumError(f"unknown packaged curriculum {name!r}; known: {', '.join(PACKAGED)}")
-    return Path(str(resources.files("naics_ml") / "curricula" / f"{stem}.yaml"))
+    return Path(str(resources.files("naics_ml.triplets") / "curricula" / f"{stem}.yaml"))
 
 
 def _resolve(path_or_name: str | Path) -> Path:

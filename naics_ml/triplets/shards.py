@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from naics_ml.taxonomy import exclusion_matrix, tree_distance_matrix
-from naics_ml.triplets import TripletConfig, sector_seed, write_triplet_part
+from naics_ml.data.taxonomy import exclusion_matrix, tree_distance_matrix
+from naics_ml.triplets.generate import TripletConfig, sector_seed, write_triplet_part
 
 _SECTOR = re.compile(r"^\d{2}$")
 _WORKER: dict[str, np.ndarray] = {}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from naics_ml.census import CensusFormatError, CensusTables, read_census
+from naics_ml.data.census import CensusFormatError, CensusTables, read_census
 
 RANGE_SECTORS = {"32": "31", "33": "31", "45": "44", "49": "48"}
 _CODE = re.compile(r"^(\d{2,6}|\d{2}-\d{2})$")
@@ -123,9 +123,45 @@ def build_code_table(
     )
     _check_codes(frame, tables)
     codes = frame["code"].to_list()
-    known = set(codes)
     position = {c: i for i, c in enumerate(codes)}
+    descriptions, examples, intros = _descriptions(tables, codes, example_entries)
+    excluded, excluded_codes = _exclusions(tables, codes, intros)
+    parents = [parent_of(c) for c in codes]
+    orphans = [
+        c for c, p in zip(codes, parents, strict=True) if p is not None and p not in position
+    ]
+    if orphans:
+        raise CensusFormatError(
+            f"codes workbook of {tables.revision}: code(s) without a parent {orphans[:5]}"
+        )
+    return frame.select(
+        pl.col("index").cast(pl.Int32),
+        "code",
+        "code_range",
+        pl.col("code").str.len_chars().cast(pl.Int8).alias("level"),
+        pl.Series("parent_code", parents, dtype=pl.String),
+        pl.Series(
+            "parent_index", [position.get(p) if p else None for p in parents], dtype=pl.Int32
+        ),
+        pl.Series("sector", [sector_of(c) for c in codes], dtype=pl.String),
+        "title",
+        pl.Series("description", [descriptions[c] for c in codes], dtype=pl.String),
+        pl.Series("examples", ["\n".join(examples[c]) or None for c in codes], dtype=pl.String),
+        pl.Series("excluded", [excluded[c] for c in codes], dtype=pl.String),
+        pl.Series("excluded_codes", [excluded_codes[c] for c in codes], dtype=pl.List(pl.String)),
+        pl.Series(
+            "excluded_indices",
+            [[position[t] for t in excluded_codes[c]] for c in codes],
+            dtype=pl.List(pl.Int32),
+        ),
+    )
 
+
+def _descriptions(
+    tables: CensusTables, codes: list[str], example_entries: pl.DataFrame | None
+) -> tuple[dict[str, str | None], dict[str, list[str]], dict[str, str | None]]:
+    """Per code: its description ("See industry description for X" resolved), its example
+    lines (plus ``example_entries``, deduplicated) and the intro of its exclusion list."""
     described: dict[str, tuple[str | None, list[str], str | None]] = {
         normalize_code(c): split_description(d)
         for c, d in tables.descriptions.select("code", "description").iter_rows()
@@ -147,54 +183,32 @@ def build_code_table(
             examples[code].append(text)
     for code in codes:  # an index entry often repeats an illustrative example
         examples[code] = _unique_lines(examples[code])
+    return descriptions, examples, intros
 
-    excluded_items: dict[str, list[str]] = {c: [] for c in codes}
-    excluded_codes: dict[str, list[str]] = {c: [] for c in codes}
+
+def _exclusions(
+    tables: CensusTables, codes: list[str], intros: dict[str, str | None]
+) -> tuple[dict[str, str | None], dict[str, list[str]]]:
+    """Per code: the exclusion text (intro + cross-reference lines, None without any) and the
+    codes those lines send activities to."""
+    known = set(codes)
+    items: dict[str, list[str]] = {c: [] for c in codes}
+    targets: dict[str, list[str]] = {c: [] for c in codes}
     for code, text in tables.cross_references.select("code", "text").iter_rows():
         code = normalize_code(code)
         if code not in known:
             raise CensusFormatError(
                 f"{tables.revision}_NAICS_Cross_References.xlsx: unknown code {code!r}"
             )
-        excluded_items[code].append(text)
+        items[code].append(text)
         for target in referenced_codes(text):
-            if target in known and target != code and target not in excluded_codes[code]:
-                excluded_codes[code].append(target)
-
-    def excluded_text(code: str) -> str | None:
-        items = excluded_items[code]
-        if not items:
-            return None
-        intro = intros[code]
-        return "\n".join(([intro] if intro else []) + items)
-
-    parents = [parent_of(c) for c in codes]
-    orphans = [c for c, p in zip(codes, parents, strict=True) if p is not None and p not in known]
-    if orphans:
-        raise CensusFormatError(
-            f"codes workbook of {tables.revision}: code(s) without a parent {orphans[:5]}"
-        )
-    return frame.select(
-        pl.col("index").cast(pl.Int32),
-        "code",
-        "code_range",
-        pl.col("code").str.len_chars().cast(pl.Int8).alias("level"),
-        pl.Series("parent_code", parents, dtype=pl.String),
-        pl.Series(
-            "parent_index", [position.get(p) if p else None for p in parents], dtype=pl.Int32
-        ),
-        pl.Series("sector", [sector_of(c) for c in codes], dtype=pl.String),
-        "title",
-        pl.Series("description", [descriptions[c] for c in codes], dtype=pl.String),
-        pl.Series("examples", ["\n".join(examples[c]) or None for c in codes], dtype=pl.String),
-        pl.Series("excluded", [excluded_text(c) for c in codes], dtype=pl.String),
-        pl.Series("excluded_codes", [excluded_codes[c] for c in codes], dtype=pl.List(pl.String)),
-        pl.Series(
-            "excluded_indices",
-            [[position[t] for t in excluded_codes[c]] for c in codes],
-            dtype=pl.List(pl.Int32),
-        ),
-    )
+            if target in known and target != code and target not in targets[code]:
+                targets[code].append(target)
+    text = {
+        c: "\n".join(([intros[c]] if intros[c] else []) + items[c]) if items[c] else None
+        for c in codes
+    }
+    return text, targets
 
 
 def level_counts(codes: pl.DataFrame) -> dict[int, int]:
@@ -205,7 +219,7 @@ def level_counts(codes: pl.DataFrame) -> dict[int, int]:
 
 def load_code_table(census_dir: Path, revision: str) -> pl.DataFrame:
     """Read the workbooks and build the code table with the leak-free examples split applied."""
-    from naics_ml.index_split import SplitConfig, split_index_entries
+    from naics_ml.data.index_split import SplitConfig, split_index_entries
 
     tables = read_census(census_dir, revision)
     bare = build_code_table(tables)

@@ -14,7 +14,7 @@ queries for six-digit codes, each with its own ``split`` name so a stage can pic
   ("This industry comprises establishments primarily engaged in") removed;
 - ``composite``: description-length lists made of three of a code's training phrasings;
 - ``realtext``: labelled real firm texts free to train on (the training part of the Maryland
-  directory, ``naics_ml.realtext``), first code only.
+  directory, ``naics_ml.data.realtext``), first code only.
 
 The held-out rule holds: a text whose normalized key is that of a ``validation`` or ``test``
 index entry is dropped, so no held-out phrasing becomes a training text.
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from naics_ml.codes import referenced_codes, six_digit_codes, six_digit_mask
-from naics_ml.index_split import HELD_OUT_SPLITS, normalize_text
+from naics_ml.data.codes import referenced_codes, six_digit_codes, six_digit_mask
+from naics_ml.data.index_split import HELD_OUT_SPLITS, normalize_text
 
 EXTRA_SPLITS = ("crossref", "description", "composite", "realtext")
 QUERY_SPLITS = ("train", "examples", *EXTRA_SPLITS)  # what trains the query path by default
@@ -101,7 +101,7 @@ def training_queries(
 
     ``entries`` are the split index entries (their train/examples phrasings make the
     composites; their validation/test keys are excluded); ``realtext_train`` has ``text`` and
-    ``codes`` (``naics_ml.realtext.load_labelled_texts``).
+    ``codes`` (``naics_ml.data.realtext.load_labelled_texts``).
     """
     kinds = {
         "crossref": crossref_queries(codes),

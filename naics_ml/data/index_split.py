@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from naics_ml.census import CensusFormatError
+from naics_ml.data.census import CensusFormatError
 
 SPLITS = ("examples", "train", "validation", "test")
 HELD_OUT_SPLITS = frozenset({"validation", "test"})  # never a training text, query or memory

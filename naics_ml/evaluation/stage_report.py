@@ -20,7 +20,9 @@ import polars as pl
 from naics_ml.io import atomic_write_text
 
 HEADLINE = ("test_top1", "test_top5", "test_mrr", "spearman", "recon_map", "parent_at_1")
-MEMORY_PREFIX = "memory_"  # retrieval with the Classifier's entry memory (naics_ml.entry_memory)
+MEMORY_PREFIX = (
+    "memory_"  # retrieval with the Classifier's entry memory (naics_ml.inference.entry_memory)
+)
 EMBEDDING_PREFIX = "embedding_"  # real-text retrieval by the embedding alone
 STRICT_SPLIT = "strict_test"  # test entries whose text no training line contains
 _WORDS = re.compile(r"[a-z0-9]+")
@@ -31,7 +33,7 @@ REALTEXT_TABLE = ("hit1", "hit5", "group_at_1", "sector_at_1")  # realtext_* row
 class EvaluationSets:
     """What a stage is measured on besides the index ``test`` split: labelled real texts by
     metric prefix (``realtext_`` = the evaluation-only set, ``realtext_val_`` = the one that may
-    choose settings; frames of ``naics_ml.realtext.load_labelled_texts``), and every line the
+    choose settings; frames of ``naics_ml.data.realtext.load_labelled_texts``), and every line the
     model trained on (for the strict test subset)."""
 
     realtext: Mapping[str, pl.DataFrame] = field(default_factory=dict)
@@ -47,8 +49,8 @@ def evaluation_sets(
 ) -> EvaluationSets:
     """The sets of a stage's evaluation: the real-text frames present (a missing one is
     skipped) and every line it trains on (``queries`` of ``splits`` and the code texts)."""
-    from naics_ml.realtext import EVAL_PREFIX, VAL_PREFIX
-    from naics_ml.training_texts import training_lines
+    from naics_ml.data.realtext import EVAL_PREFIX, VAL_PREFIX
+    from naics_ml.data.training_texts import training_lines
 
     named = ((EVAL_PREFIX, realtext_eval), (VAL_PREFIX, realtext_val))
     return EvaluationSets(
@@ -71,8 +73,8 @@ def realtext_model_metrics(
     classifier: object, realtext: Mapping[str, pl.DataFrame]
 ) -> dict[str, float]:
     """Per labelled set: ``<prefix>*`` as ``predict`` ranks, ``embedding_<prefix>*`` by the
-    embedding alone (``naics_ml.realtext.realtext_metrics``)."""
-    from naics_ml.realtext import realtext_metrics
+    embedding alone (``naics_ml.data.realtext.realtext_metrics``)."""
+    from naics_ml.evaluation.realtext_metrics import realtext_metrics
 
     metrics: dict[str, float] = {}
     candidates = classifier.six_digit_codes
@@ -97,13 +99,13 @@ def model_metrics(
     entries: pl.DataFrame,
     sets: EvaluationSets = EvaluationSets(),
 ) -> dict[str, float]:
-    """Every metric of ``naics_ml.evaluate`` for a trained ``naics_ml.classify.Classifier``.
+    """Every metric of ``naics_ml.evaluation.metrics`` for a trained ``Classifier``.
 
     The ``memory_test_*`` retrieval metrics rank codes by the blended probability the
     Classifier predicts with; the plain ``test_*`` ones use the embedding alone. The same on the
     strict test subset (``strict_test_*``), and on each real-text set of ``sets``.
     """
-    from naics_ml.evaluate import evaluate_embeddings, retrieval_metrics, spearman_ceiling
+    from naics_ml.evaluation.metrics import evaluate_embeddings, retrieval_metrics, spearman_ceiling
 
     texts, truth = held_out(entries)
     table = classifier.code_embeddings().sort("index")
@@ -139,7 +141,7 @@ def model_metrics(
 def _cache_key(
     codes: pl.DataFrame, entries: pl.DataFrame, base_model: str, sets: EvaluationSets
 ) -> str:
-    from naics_ml.baselines import code_texts
+    from naics_ml.model.channels import code_texts
 
     texts, truth = held_out(entries)
     digest = hashlib.sha256(base_model.encode())
@@ -162,7 +164,11 @@ def baseline_metrics(
 ) -> dict[str, float]:
     """``baseline_zero_shot_*`` and ``baseline_tfidf_*`` metrics (index test split and the
     real-text sets), cached at ``cache_path``."""
-    from naics_ml.baselines import realtext_baseline_metrics, tfidf_metrics, zero_shot_metrics
+    from naics_ml.evaluation.baselines import (
+        realtext_baseline_metrics,
+        tfidf_metrics,
+        zero_shot_metrics,
+    )
 
     key = _cache_key(codes, entries, base_model, sets)
     if cache_path is not None and Path(cache_path).is_file():
@@ -183,7 +189,7 @@ def baseline_metrics(
 def comparison_table(metrics: dict[str, float]) -> str:
     """Markdown: each headline metric for the model and both baselines."""
     rows = ["| metric | model | zero-shot | TF-IDF |", "|---|---|---|---|"]
-    from naics_ml.realtext import EVAL_PREFIX, VAL_PREFIX
+    from naics_ml.data.realtext import EVAL_PREFIX, VAL_PREFIX
 
     realtext = [f"{p}{k}" for p in (EVAL_PREFIX, VAL_PREFIX) for k in REALTEXT_TABLE]
     for name in [*HEADLINE, *(r for r in realtext if r in metrics)]:
@@ -210,13 +216,13 @@ def tune_stage_blend(
 ) -> tuple[dict[str, float], object | None]:
     """Choose the classifier's blend weights on the validation sets (index ``validation`` and
     ``realtext_val_``, never test or evaluation-only data), set them on the classifier, and
-    return them with their score as metrics, and the ``TunedBlend`` (``naics_ml.blend_tuning``;
-    ``({}, None)`` without validation data)."""
-    from naics_ml.blend_tuning import tune_blend
+    return them with their score as metrics, and the ``TunedBlend``
+    (``naics_ml.evaluation.blend_tuning``; ``({}, None)`` without validation data)."""
+    from naics_ml.evaluation.blend_tuning import tune_blend
 
     texts, truth = held_out(entries, "validation")
     named = {"index_val": (texts, [[c] for c in truth])}
-    from naics_ml.realtext import VAL_PREFIX
+    from naics_ml.data.realtext import VAL_PREFIX
 
     if VAL_PREFIX in sets.realtext:
         frame = sets.realtext[VAL_PREFIX]
@@ -252,7 +258,7 @@ def evaluate_stage(
 ) -> dict[str, float]:
     """A finished stage's evaluation: tune the blend on validation data (saved as the stage's
     ``blend.json`` when ``stage_dir`` is given), then every metric of :func:`model_metrics`."""
-    from naics_ml.blend_tuning import save_blend
+    from naics_ml.inference.serving import save_blend
 
     blend, tuned = tune_stage_blend(classifier, entries, sets)
     if tuned is not None and stage_dir is not None:

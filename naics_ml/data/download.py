@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from naics_ml.census import CensusFormatError, read_workbook, validate_revision, workbook_specs
+from naics_ml.data.census import CensusFormatError, read_workbook, validate_revision, workbook_specs
 
 
 class HttpResponse(Protocol):

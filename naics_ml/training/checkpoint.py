@@ -1,14 +1,10 @@
 """Stage checkpoints: one file per stage folder, written atomically, loadable without pickle.
 
-Layout of a stage folder (``out_dir``)::
-
-    checkpoint.pt   dict, see CheckpointKeys below; rewritten every ``checkpoint_every`` steps
-    codes.parquet   the code table the stage was trained on (so a Classifier needs nothing else)
-    memory.parquet  the labelled index entries it trained on (naics_ml.entry_memory; run_stage)
-    stage.json      human-readable summary, written when the stage completed
-
-A checkpoint holds only plain containers, numbers, strings and tensors, so it loads with
-``torch.load(weights_only=True)``: opening a checkpoint never executes code.
+``checkpoint.pt`` (:class:`naics_ml.stage_folder.StageFolder` names every file of the folder) is
+rewritten every ``checkpoint_every`` steps; ``codes.parquet`` next to it is the code table the
+stage was trained on, so a Classifier needs nothing else. A checkpoint holds only plain
+containers, numbers, strings and tensors, so it loads with ``torch.load(weights_only=True)``:
+opening a checkpoint never executes code.
 """
 
 from __future__ import annotations
@@ -22,12 +18,9 @@ import polars as pl
 import torch
 
 from naics_ml.io import atomic_save_torch, write_parquet_atomic
+from naics_ml.stage_folder import StageFolder
 
 __all__ = [
-    "BANK_NAME",
-    "CHECKPOINT_NAME",
-    "CODES_NAME",
-    "SUMMARY_NAME",
     "capture_rng_state",
     "is_complete",
     "load_checkpoint",
@@ -36,13 +29,7 @@ __all__ = [
     "restore_rng_state",
     "save_checkpoint",
     "save_stage_bundle",
-    "stage_folder",
 ]
-
-CHECKPOINT_NAME = "checkpoint.pt"
-CODES_NAME = "codes.parquet"
-SUMMARY_NAME = "stage.json"
-BANK_NAME = "bank.pt"  # the negative bank at the final weights, for the next stage to load
 
 # Keys of a checkpoint dict (documentation; the dict is a plain dict):
 #   model_config: dict     ModelConfig.to_dict()
@@ -55,12 +42,13 @@ BANK_NAME = "bank.pt"  # the negative bank at the final weights, for the next st
 #   complete: bool         True once the stage ran all its steps
 #   extra: dict            caller's data (curriculum, revision, ...); part of the resume identity
 #   metrics: dict          last logged metrics
+#   train_seconds: float   training time over all calls; world_size: int  ranks that trained
 
 
 def resolve_checkpoint(path: Path | str) -> Path:
     """A stage folder or a checkpoint file -> the checkpoint file (which must exist)."""
     path = Path(path)
-    file = path / CHECKPOINT_NAME if path.is_dir() else path
+    file = StageFolder(path).checkpoint if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"no checkpoint at {file}")
     return file
@@ -90,22 +78,16 @@ def is_complete(path: Path | str) -> bool:
 
 def save_stage_bundle(out_dir: Path | str, codes: pl.DataFrame) -> Path:
     """Write the code table snapshot next to the checkpoint (``codes.parquet``), atomically."""
-    return write_parquet_atomic(codes, Path(out_dir) / CODES_NAME)
-
-
-def stage_folder(path: Path | str) -> Path:
-    """The stage folder of ``path``, which is the folder itself or a file in it (the checkpoint)."""
-    path = Path(path)
-    return path if path.is_dir() else path.parent
+    return write_parquet_atomic(codes, StageFolder(Path(out_dir)).codes)
 
 
 def load_stage_codes(path: Path | str) -> pl.DataFrame:
     """The code table saved with a stage (``path`` is the stage folder or its checkpoint file)."""
-    folder = stage_folder(path)
-    file = folder / CODES_NAME
+    folder = StageFolder.of(path)
+    file = folder.codes
     if not file.is_file():
         raise FileNotFoundError(
-            f"no {CODES_NAME} in {folder}; write it with save_stage_bundle(out_dir, codes)"
+            f"no {folder.CODES} in {folder.path}; write it with save_stage_bundle(out_dir, codes)"
         )
     return pl.read_parquet(file)
 

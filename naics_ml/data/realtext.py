@@ -1,4 +1,4 @@
-"""Real business descriptions labelled with NAICS codes: loading, the validation split, metrics.
+"""Real business descriptions labelled with NAICS codes: loading and the validation split.
 
 Census index entries are short official phrasings; users type what firms write about
 themselves. ``../shared/realtext/`` holds two such sets (see its ``SOURCES.md``):
@@ -9,8 +9,8 @@ themselves. ``../shared/realtext/`` holds two such sets (see its ``SOURCES.md``)
   as the real-text validation set (``realtext_val_*``, which chooses settings beside the index
   ``validation`` split); the rest may train the query path.
 
-A row may carry several codes (a firm lists up to three, none primary): a prediction is a hit
-when it is any of them; group and sector accuracy likewise compare with any of them.
+A row may carry several codes (a firm lists up to three, none primary); the metrics
+(:mod:`naics_ml.evaluation.realtext_metrics`) count a prediction as a hit when it is any of them.
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import polars as pl
-
-from naics_ml.evaluate import naics_sector
 
 EVAL_FILE = "boston_certified_businesses.csv"
 VAL_FILE = "maryland_mbe_directory.csv"
@@ -90,76 +87,3 @@ def split_labelled_texts(
 
     mask = pl.Series([held_out(t) for t in frame["text"].to_list()], dtype=pl.Boolean)
     return frame.filter(~mask), frame.filter(mask)
-
-
-def realtext_metrics(
-    score: np.ndarray,
-    candidate_codes: Sequence[str] | np.ndarray,
-    true_codes: Sequence[Sequence[str]],
-    prefix: str = EVAL_PREFIX,
-) -> dict[str, float]:
-    """hit@1, hit@5, MRR, 4-digit group and sector at rank 1, with several true codes a row.
-
-    ``score`` (q, m) ranks the candidates, higher first (a probability, or minus a distance).
-    A row's rank is that of its best-ranked true code; ties count against the model, as in
-    ``naics_ml.evaluate.retrieval_metrics``. True codes outside the candidates never hit.
-    """
-    score = np.asarray(score, dtype=np.float64)
-    candidates = np.asarray(candidate_codes, dtype=object)
-    if score.shape != (len(true_codes), candidates.size):
-        raise ValueError(
-            f"score {score.shape} does not match {len(true_codes)} texts x "
-            f"{candidates.size} candidates"
-        )
-    if not len(true_codes):
-        return {f"{prefix}{k}": float("nan") for k in REALTEXT_KEYS}
-    position = {c: i for i, c in enumerate(candidates)}
-    top = candidates[np.argmax(score, axis=1)]
-    rank = np.empty(len(true_codes))
-    group_hit = np.empty(len(true_codes), dtype=bool)
-    sector_hit = np.empty(len(true_codes), dtype=bool)
-    top_sector = naics_sector(top)
-    for row, codes in enumerate(true_codes):
-        cols = [position[c] for c in codes if c in position]
-        best = score[row, cols].max() if cols else np.inf
-        rank[row] = (score[row] >= best).sum() if cols else np.inf
-        group_hit[row] = any(str(top[row])[:4] == c[:4] for c in codes)
-        sector_hit[row] = top_sector[row] in set(naics_sector(list(codes)))
-    return {
-        f"{prefix}hit1": float(np.mean(rank <= 1)),
-        f"{prefix}hit5": float(np.mean(rank <= 5)),
-        f"{prefix}mrr": float(np.mean(1.0 / rank)),
-        f"{prefix}group_at_1": float(np.mean(group_hit)),
-        f"{prefix}sector_at_1": float(np.mean(sector_hit)),
-    }
-
-
-def sector_hit_rates(
-    score: np.ndarray,
-    candidate_codes: Sequence[str] | np.ndarray,
-    true_codes: Sequence[Sequence[str]],
-) -> pl.DataFrame:
-    """Per sector of a row's first code: rows, hit@1 and the most frequent wrong sector."""
-    candidates = np.asarray(candidate_codes, dtype=object)
-    top = candidates[np.argmax(np.asarray(score), axis=1)]
-    rows = pl.DataFrame(
-        {
-            "sector": naics_sector([codes[0] for codes in true_codes]).tolist(),
-            "hit": [str(t) in set(codes) for t, codes in zip(top, true_codes, strict=True)],
-            "predicted_sector": naics_sector(top).tolist(),
-        }
-    )
-    wrong = (
-        rows.filter(pl.col("predicted_sector") != pl.col("sector"))
-        .group_by("sector", "predicted_sector")
-        .len()
-        .sort("len", descending=True)
-        .unique("sector", keep="first")
-        .select("sector", pl.col("predicted_sector").alias("main_confusion"))
-    )
-    return (
-        rows.group_by("sector")
-        .agg(pl.len().alias("rows"), pl.col("hit").mean().alias("hit1"))
-        .join(wrong, on="sector", how="left")
-        .sort("sector")
-    )

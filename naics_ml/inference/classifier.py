@@ -18,11 +18,12 @@ Scores: ``score`` is the probability of the code over *all* six-digit codes. Wit
 is the model's query softmax ``softmax(-distance / temperature)`` with the stage's training
 temperature (the distribution the query loss trains); with one it is that softmax blended with
 the memory's, which reads the remembered entries both as points and as words
-(``naics_ml.entry_memory``), and with the frozen base model's own vote (its cosine softmax over
-the code texts and remembered entries: what it knew before training). A stage's ``blend.json``
-holds the weights it chose on validation data (``naics_ml.blend_tuning``). ``distance`` is the
-Lorentz geodesic distance to the code. Results are sorted by score, best first (by distance,
-nearest first, when the embedding is the only part).
+(``naics_ml.inference.entry_memory``), and with the frozen base model's own vote (its cosine
+softmax over the code texts and remembered entries: what it knew before training). A stage's
+``blend.json`` holds the weights it chose on validation data
+(``naics_ml.evaluation.blend_tuning``). ``distance`` is the Lorentz geodesic distance to the
+code. Results are sorted by score, best first (by distance, nearest first, when the embedding is
+the only part).
 """
 
 from __future__ import annotations
@@ -37,22 +38,23 @@ import numpy as np
 import polars as pl
 import torch
 
-from naics_ml.blend_tuning import load_blend
-from naics_ml.checkpoint import load_checkpoint, load_stage_codes, resolve_checkpoint
-from naics_ml.codes import six_digit_mask
-from naics_ml.entry_memory import (
+from naics_ml.data.codes import six_digit_mask
+from naics_ml.inference.entry_memory import (
     MemoryConfig,
     candidate_positions,
     load_stage_memory,
     memory_probabilities,
     mix_probabilities,
 )
-from naics_ml.lexical_memory import LexicalIndex
+from naics_ml.inference.lexical_memory import LexicalIndex
+from naics_ml.inference.serving import load_blend
+from naics_ml.inference.stage_points import StagePoints, load_stage_points, save_stage_points
+from naics_ml.model.channels import channel_fingerprint, code_channel_texts
 from naics_ml.model.lorentz import check_on_manifold, pairwise_distance, radius
-from naics_ml.model.network import CHANNELS, ModelConfig, NaicsModel, channel_fingerprint
-from naics_ml.stage_points import StagePoints, load_stage_points, save_stage_points
+from naics_ml.model.network import ModelConfig, NaicsModel
+from naics_ml.training.checkpoint import load_checkpoint, load_stage_codes, resolve_checkpoint
 
-__all__ = ["Classifier", "Prediction", "ScoreParts", "code_channel_texts"]
+__all__ = ["Classifier", "Prediction", "ScoreParts"]
 
 
 @dataclass(frozen=True)
@@ -105,21 +107,6 @@ class Prediction:
     title: str
     score: float  # probability of the code over all six-digit codes (see the module doc)
     distance: float  # Lorentz geodesic distance between the text and the code
-
-
-def code_channel_texts(codes: pl.DataFrame) -> dict[str, list[str | None]]:
-    """The code table -> ``NaicsModel.prepare`` channel texts, row i = code with ``index`` i.
-
-    Missing or blank texts become None (masked by the model, never encoded as "").
-    """
-    frame = codes.sort("index")
-    if frame["index"].to_list() != list(range(frame.height)):
-        raise ValueError("the code table's index column must be 0..n-1")
-    out: dict[str, list[str | None]] = {}
-    for channel in CHANNELS:
-        values = frame[channel].to_list()
-        out[channel] = [v if isinstance(v, str) and v.strip() else None for v in values]
-    return out
 
 
 class Classifier:
@@ -193,7 +180,7 @@ class Classifier:
     def _init_base_part(self, memory: pl.DataFrame | None, saved: torch.Tensor | None) -> None:
         """The frozen base model's texts: each six-digit code's title and description, then
         every remembered entry, as unit vectors with the column of their code."""
-        from naics_ml.baselines import code_texts
+        from naics_ml.model.channels import code_texts
 
         texts = [
             t
@@ -238,8 +225,8 @@ class Classifier:
         ``base_model`` overrides the config's base model name/path; ``base``/``tokenizer``
         objects are used as-is (tests). An unfinished stage is refused unless
         ``allow_incomplete``. ``memory=False`` ignores the stage's ``memory.parquet``. The
-        stage's ``blend.json`` (``naics_ml.blend_tuning``) gives the blend weights unless
-        ``memory_config`` is passed. The stage's ``points.pt`` (``naics_ml.stage_points``)
+        stage's ``blend.json`` (``naics_ml.evaluation.blend_tuning``) gives the blend weights unless
+        ``memory_config`` is passed. The stage's ``points.pt`` (``naics_ml.inference.stage_points``)
         spares embedding the codes and the memory again while it matches the stage's files;
         ``reuse_points=False`` embeds afresh.
         """
@@ -296,7 +283,7 @@ class Classifier:
         self, queries: torch.Tensor, texts: Sequence[str] | None = None, batch_size: int = 512
     ) -> ScoreParts:
         """Each distribution of the blend separately, so that mixing them again with other
-        weights costs no encoding (``naics_ml.blend_tuning`` chooses the weights this way)."""
+        weights costs no encoding (``naics_ml.evaluation.blend_tuning`` chooses weights so)."""
         needs_texts = self._lexical is not None or self._base_vectors is not None
         if needs_texts and (texts is None or len(texts) != len(queries)):
             raise ValueError("the lexical and base parts need the texts of the query points")

@@ -1,0 +1,87 @@
+"""Which blend weights and which stage serve ``Classifier.predict``, as files next to the stages.
+
+Each stage folder's ``blend.json`` holds the weights chosen on validation data
+(:mod:`naics_ml.evaluation.blend_tuning`) and their ``selection_score``; the models folder's
+``serving.json`` names the stage with the best score, the one ``predict`` serves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from naics_ml.inference.entry_memory import MemoryConfig
+from naics_ml.io import atomic_write_text
+from naics_ml.stage_folder import SERVING_FILE, StageFolder
+
+__all__ = [
+    "TunedBlend",
+    "choose_served_stage",
+    "load_blend",
+    "save_blend",
+    "selection_scores",
+    "served_stage_dir",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class TunedBlend:
+    """The chosen weights, their validation score and every set's hit@1 under them."""
+
+    config: MemoryConfig
+    score: float
+    per_set: dict[str, float]
+    untuned_score: float  # the same objective under the defaults, for comparison
+
+
+def save_blend(path: Path | str, tuned: TunedBlend) -> Path:
+    """Write the stage's ``blend.json`` (weights, score, per-set hit@1), atomically."""
+    target = StageFolder.of(path).blend
+    payload = {
+        "memory_config": dataclasses.asdict(tuned.config),
+        "selection_score": tuned.score,
+        "per_set_hit1": tuned.per_set,
+        "untuned_score": tuned.untuned_score,
+    }
+    atomic_write_text(target, json.dumps(payload, indent=1))
+    return target
+
+
+def load_blend(path: Path | str) -> MemoryConfig | None:
+    """The stage's tuned weights, or None when it has no ``blend.json``."""
+    file = StageFolder.of(path).blend
+    if not file.is_file():
+        return None
+    return MemoryConfig(**json.loads(file.read_text())["memory_config"])
+
+
+def selection_scores(models_dir: Path | str, stages: Sequence[str]) -> dict[str, float]:
+    """Each finished stage's validation ``selection_score`` (from its ``blend.json``)."""
+    scores = {}
+    for stage in stages:
+        file = StageFolder(Path(models_dir) / stage).blend
+        if file.is_file():
+            scores[stage] = float(json.loads(file.read_text())["selection_score"])
+    return scores
+
+
+def choose_served_stage(models_dir: Path | str, stages: Sequence[str]) -> Path:
+    """Pick the stage that serves ``predict``: the best validation ``selection_score``, ties to
+    the later stage (more hierarchy). Records the choice in ``models_dir/serving.json``."""
+    scores = selection_scores(models_dir, stages)
+    if not scores:
+        raise FileNotFoundError(f"no stage under {models_dir} has a {StageFolder.BLEND}")
+    best = max(reversed([s for s in stages if s in scores]), key=scores.__getitem__)
+    payload = {"stage": best, "selection_scores": scores}
+    atomic_write_text(Path(models_dir) / SERVING_FILE, json.dumps(payload, indent=1))
+    return Path(models_dir) / best
+
+
+def served_stage_dir(models_dir: Path | str) -> Path:
+    """The stage folder recorded by :func:`choose_served_stage` (``serving.json``)."""
+    file = Path(models_dir) / SERVING_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist: materialize naics_embeddings first")
+    return Path(models_dir) / json.loads(file.read_text())["stage"]

@@ -1,0 +1,89 @@
+"""The folder a trained stage leaves, and the one place its file names are written down.
+
+A stage folder (``storage/artifacts/<revision>/models/<stage>/``) holds everything a
+:class:`naics_ml.inference.classifier.Classifier` needs, so it can be copied elsewhere::
+
+    checkpoint.pt   trainable weights, optimizer, step, configs (naics_ml.training.checkpoint)
+    codes.parquet   the code table the stage was trained on
+    memory.parquet  the labelled entries the query path learned from (the entry memory)
+    bank.pt         the negative bank at the final weights, for the next stage to load
+    stage.json      a readable summary, written when training ended
+    points.pt       every code's point and the entry memory's points, keyed to the files above
+    blend.json      the Classifier's blend weights, chosen on validation data
+    metrics.json    every evaluation metric; metrics.png the training curves
+
+The models folder next to the stages holds ``serving.json``: which stage ``predict`` serves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+__all__ = ["SERVING_FILE", "StageFolder"]
+
+SERVING_FILE = "serving.json"  # in the models folder: the stage that serves predict
+
+
+@dataclass(frozen=True)
+class StageFolder:
+    """Paths of a stage folder's files. ``StageFolder.of`` accepts the folder or a file in it."""
+
+    path: Path
+
+    CHECKPOINT: ClassVar[str] = "checkpoint.pt"
+    CODES: ClassVar[str] = "codes.parquet"
+    MEMORY: ClassVar[str] = "memory.parquet"
+    BANK: ClassVar[str] = "bank.pt"
+    SUMMARY: ClassVar[str] = "stage.json"
+    POINTS: ClassVar[str] = "points.pt"
+    BLEND: ClassVar[str] = "blend.json"
+    METRICS: ClassVar[str] = "metrics.json"
+    PLOT: ClassVar[str] = "metrics.png"
+
+    @classmethod
+    def of(cls, path: Path | str) -> StageFolder:
+        """The stage folder ``path`` is, or (a file such as the checkpoint) is in."""
+        path = Path(path)
+        return cls(path.parent if path.is_file() or path.suffix else path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    @property
+    def codes(self) -> Path:
+        return self.path / self.CODES
+
+    @property
+    def memory(self) -> Path:
+        return self.path / self.MEMORY
+
+    @property
+    def bank(self) -> Path:
+        return self.path / self.BANK
+
+    @property
+    def summary(self) -> Path:
+        return self.path / self.SUMMARY
+
+    @property
+    def points(self) -> Path:
+        return self.path / self.POINTS
+
+    @property
+    def blend(self) -> Path:
+        return self.path / self.BLEND
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def plot(self) -> Path:
+        return self.path / self.PLOT

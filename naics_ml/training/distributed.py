@@ -1,0 +1,155 @@
+"""Data-parallel training under torchrun (gloo, CPU): join the group, train, compare replicas.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 \\
+        -m naics_ml.training.distributed \\
+        --codes storage/artifacts/2022/naics_codes.parquet \\
+        --queries storage/artifacts/2022/naics_index_entries.parquet \\
+        --triplets storage/artifacts/2022/triplets --curriculum 01_easy \\
+        --out storage/artifacts/2022/models/01_easy [--init-from .../models/00_prev] \\
+        [--model-config model.json] [--train-config train.json]
+
+Without torchrun (``python -m naics_ml.training.distributed ...``) it is a single-process run.
+``--model-config``/``--train-config`` take a JSON file or inline JSON with the fields of
+``ModelConfig``/``TrainConfig`` (missing fields keep their defaults).
+
+Every rank runs :func:`naics_ml.training.runner.train_from_inputs`; gradients are averaged with
+one all-reduce per step and rank 0 writes the training files of the stage folder (checkpoint,
+codes, bank, summary; the evaluation's files come from :func:`naics_ml.stage.run_stage`). Each
+rank prints one JSON line at the end with its weights' fingerprint; the run fails if the
+replicas' weights differ. Importing this module prints nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+import torch.distributed as dist
+
+from naics_ml.model.config import ModelConfig
+from naics_ml.model.encoder import digest_tensors
+from naics_ml.model.network import NaicsModel
+from naics_ml.training.config import TrainConfig
+from naics_ml.training.loop import StageHooks, StageResult
+from naics_ml.training.runner import StageInputs, train_from_inputs
+
+__all__ = ["init_distributed", "main", "weights_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the torchrun process group (gloo) when ``WORLD_SIZE`` > 1; returns (rank, world).
+
+    Also splits the CPU cores between the local ranks: oversubscribed intra-op threads make
+    every rank many times slower.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a (trainable) state dict, names and float32 bytes, to compare replicas."""
+    digest = hashlib.sha256()
+    digest_tensors(digest, {name: t.float() for name, t in sorted(state.items())})
+    return digest.hexdigest()
+
+
+def _print_summary(result: StageResult) -> None:
+    """One JSON line per rank (as a command only): steps, checkpoint, weights' fingerprint."""
+    print(
+        json.dumps(
+            {
+                "rank": int(os.environ.get("RANK", "0")),
+                "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+                "steps": result.steps,
+                "skipped_steps": result.skipped_steps,
+                "checkpoint": str(result.checkpoint),
+                "weights_sha256": weights_fingerprint(result.model.trainable_state_dict()),
+                "wall_time_s": round(result.wall_time_s, 3),
+            }
+        ),
+        flush=True,
+    )
+
+
+def _check_replicas(model: NaicsModel, world: int) -> None:
+    if world <= 1:
+        return
+    prints: list[str | None] = [None] * world
+    dist.all_gather_object(prints, weights_fingerprint(model.trainable_state_dict()))
+    if len(set(prints)) != 1:
+        raise RuntimeError(f"data-parallel replicas diverged: weight fingerprints {prints}")
+
+
+def _json_arg(value: str | None) -> dict[str, Any]:
+    if not value:
+        return {}
+    path = Path(value)
+    text = path.read_text() if path.is_file() else value
+    return json.loads(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m naics_ml.training.distributed", description=__doc__
+    )
+    parser.add_argument("--codes", type=Path, required=True, help="code table parquet")
+    parser.add_argument("--queries", type=Path, help="index entries parquet (train/validation)")
+    parser.add_argument("--triplets", type=Path, required=True, help="triplet shard folder")
+    parser.add_argument("--curriculum", required=True, help="packaged name or YAML path")
+    parser.add_argument("--out", type=Path, required=True, help="stage folder")
+    parser.add_argument("--init-from", type=Path, help="previous stage folder or checkpoint")
+    parser.add_argument("--model-config", help="ModelConfig fields: JSON file or inline JSON")
+    parser.add_argument("--train-config", help="TrainConfig fields: JSON file or inline JSON")
+    parser.add_argument("--prefix-cache", type=Path, help="folder keeping the frozen prefix")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s rank{rank} %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        _, world = init_distributed()
+        inputs = StageInputs(
+            pl.read_parquet(args.codes),
+            args.triplets,
+            args.curriculum,
+            pl.read_parquet(args.queries) if args.queries else None,
+            args.prefix_cache,
+        )
+        configs = (
+            ModelConfig.from_dict(_json_arg(args.model_config)),
+            TrainConfig.from_dict(_json_arg(args.train_config)),
+        )
+        hooks = StageHooks(progress=not args.no_progress)
+        result = train_from_inputs(inputs, args.out, configs, args.init_from, hooks)
+        _check_replicas(result.model, world)
+        _print_summary(result)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
