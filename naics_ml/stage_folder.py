@@ -52,38 +52,15 @@ class StageFolder:
     def name(self) -> str:
         return self.path.name
 
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / self.CHECKPOINT
+    def file(self, name: str) -> Path:
+        return self.path / name
 
-    @property
-    def codes(self) -> Path:
-        return self.path / self.CODES
-
-    @property
-    def memory(self) -> Path:
-        return self.path / self.MEMORY
-
-    @property
-    def bank(self) -> Path:
-        return self.path / self.BANK
-
-    @property
-    def summary(self) -> Path:
-        return self.path / self.SUMMARY
-
-    @property
-    def points(self) -> Path:
-        return self.path / self.POINTS
-
-    @property
-    def blend(self) -> Path:
-        return self.path / self.BLEND
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / self.METRICS
-
-    @property
-    def plot(self) -> Path:
-        return self.path / self.PLOT
+    checkpoint = property(lambda self: self.file(self.CHECKPOINT))
+    codes = property(lambda self: self.file(self.CODES))
+    memory = property(lambda self: self.file(self.MEMORY))
+    bank = property(lambda self: self.file(self.BANK))
+    summary = property(lambda self: self.file(self.SUMMARY))
+    points = property(lambda self: self.file(self.POINTS))
+    blend = property(lambda self: self.file(self.BLEND))
+    metrics = property(lambda self: self.file(self.METRICS))
+    plot = property(lambda self: self.file(self.PLOT))

@@ -14,23 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from naics_ml.triplets.curriculum import CurriculumSpec, load_curriculum
+from naics_ml.triplets.generate import SCHEMA
 from naics_ml.triplets.sampler import (
     QuerySampler,
     TripletBatch,
     TripletSampler,
     count_eligible_pairs,
     discover_shards,
-)
-
-SCHEMA = pa.schema(
-    [
-        ("anchor", pa.int16()),
-        ("positive", pa.int16()),
-        ("negative", pa.int16()),
-        ("hardness", pa.int8()),
-        ("distance_ap", pa.float32()),
-        ("distance_an", pa.float32()),
-    ]
 )
 
 

@@ -115,12 +115,8 @@ class MediumStageConfig(StageConfig):
 
 class HardStageConfig(StageConfig):
     steps: int = 600
-    # Its exclusion and same-sector negatives pull against the tree, so the stress weighs more;
-    # the query loss weighs more too, to keep retrieval. From the same 02_medium (validation):
-    # stress 16 / query 1: MAP 0.864, parent@1 0.951, top-1 0.679; 32 / 1: MAP 0.902, top-1
-    # 0.653; 32 / 2: MAP 0.899, top-1 0.684; 40 / 2: MAP 0.913, parent@1 0.968, top-1 0.679.
-    # With the extra real-text-like queries (naics_ml.data.training_texts), 40 ended at MAP 0.906,
-    # within-sector Spearman 0.771; 60 at MAP 0.935, 0.825, same validation (docs/results.md).
+    # Its exclusion and same-sector negatives pull against the tree, so the stress weighs more,
+    # and the query loss too, to keep retrieval (chosen on validation; docs/results.md).
     hierarchy_loss_weight: float = Field(
         default=60.0, description="Stress loss: Lorentz distance = scale * tree distance."
     )
