@@ -1,14 +1,19 @@
-"""``naics-gemini``: the few things the Dagster CLI cannot do for this project.
+"""``naics-gemini``: what the Dagster CLI cannot do for this project.
 
-Revision partitions are dynamic (a new NAICS revision needs no code change), so a revision must be
-registered on the instance before ``dagster asset materialize --partition <YEAR>`` accepts it.
-The new-revision sensor does that by itself; this command does it by hand.
+* ``add-revision YEAR``: revision partitions are dynamic (a new NAICS revision needs no code
+  change), so a revision must be registered on the instance before ``dagster asset materialize
+  --partition <YEAR>`` accepts it. The new-revision sensor does that by itself.
+* ``classify``: classify one text (a table, or JSON lines with ``--format json``) or a CSV,
+  Parquet or JSON-lines file (``--input``/``--output``) with a trained stage.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
 
 from naics_ml.data.census import validate_revision
 
@@ -29,16 +34,93 @@ def add_revisions(revisions: list[str]) -> list[str]:
     return new
 
 
-def main(argv: list[str] | None = None) -> int:
+def default_artifacts() -> Path:
+    """storage/artifacts of the project (DAGSTER_HOME, else the working directory)."""
+    return Path(os.environ.get("DAGSTER_HOME") or Path.cwd()) / "storage" / "artifacts"
+
+
+def classify_command(args: argparse.Namespace) -> int:
+    """``naics-gemini classify``: load the stage, classify, print or write."""
+    from naics_ml.inference.batch import InputError, classify_frame, read_texts, write_table
+    from naics_ml.inference.serving import newest_stage
+
+    if (args.input is None) == (args.text is None):
+        raise InputError("give a text, or --input FILE with --output FILE")
+    if args.input is not None and (args.output is None or args.text_column is None):
+        raise InputError("--input needs --text-column COL and --output FILE")
+    frame = read_texts(args.input, args.text_column) if args.input else None
+    folder = args.model or newest_stage(args.artifacts, "stage_03_hard", args.revision)
+    from naics_ml.inference.classifier import Classifier
+
+    classifier = Classifier.from_checkpoint(folder)
+
+    def classify(texts: list[str]) -> list:
+        return classifier.predict(texts, args.top_k, args.min_confidence)
+
+    if frame is not None:
+        out = classify_frame(classify, frame, args.text_column, progress=not args.quiet)
+        write_table(out, args.output)
+        print(f"{out.height} rows -> {args.output}", file=sys.stderr)
+        return 0
+    print_predictions(classify([args.text])[0], args.format)
+    return 0
+
+
+def print_predictions(predictions: list, form: str) -> None:
+    """A table (rank, code, title, confidence, fallback; then evidence and warnings), or JSON."""
+    if form == "json":
+        from dataclasses import asdict
+
+        for rank, p in enumerate(predictions, start=1):
+            print(json.dumps({"rank": rank, **asdict(p)}))
+        return
+    print(f"{'rank':>4}  {'code':6}  {'confidence':>10}  title")
+    for rank, p in enumerate(predictions, start=1):
+        print(f"{rank:>4}  {p.code:6}  {p.confidence:>10.3f}  {p.title}")
+    top = predictions[0]
+    if top.fallback_code:
+        print(f"fallback: {top.fallback_code} {top.fallback_title} ({top.fallback_confidence:.3f})")
+    else:
+        print("fallback: none (no level reaches --min-confidence)")
+    for e in top.evidence:
+        print(f"evidence: {e.text!r} ({e.code})")
+    for w in top.warnings:
+        print(f"warning: {w.exclusion}\n  alternative: {w.alternative_code} {w.alternative_title}")
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="naics-gemini", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add-revision", help="register NAICS revision partitions")
     add.add_argument("revisions", nargs="+", metavar="YEAR")
-    args = parser.parse_args(argv)
+    cls = commands.add_parser("classify", help="classify business descriptions")
+    cls.add_argument("text", nargs="?", help="one description (or use --input)")
+    cls.add_argument("--top-k", type=int, default=5)
+    cls.add_argument("--min-confidence", type=float, default=0.5)
+    cls.add_argument("--format", choices=("table", "json"), default="table")
+    cls.add_argument("--input", type=Path, help="CSV, Parquet or JSON-lines file")
+    cls.add_argument("--text-column", help="column of --input holding the descriptions")
+    cls.add_argument("--output", type=Path, help="file to write (format by suffix)")
+    cls.add_argument("--revision", help="NAICS revision (default: newest with a model)")
+    cls.add_argument("--model", type=Path, help="a stage folder (default: stage_03_hard)")
+    cls.add_argument("--artifacts", type=Path, default=default_artifacts())
+    cls.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.command == "classify":
+        try:
+            return classify_command(args)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"naics-gemini classify: {error}", file=sys.stderr)
+            return 2
     try:
         new = add_revisions(args.revisions)
     except ValueError as exc:
-        parser.error(str(exc))
+        cli.error(str(exc))
     print(f"added: {', '.join(new) or 'none (already registered)'}")
     return 0
 

@@ -23,13 +23,11 @@ from naics_assets.resources import project_root
 class StageRun:
     """A thin handle on one active MLflow run: params, step metrics, final metrics, artifacts."""
 
-    def __init__(self, client: Any, run_id: str, experiment_id: str, link: str) -> None:
-        self.client, self.run_id, self.experiment_id, self.link = (
-            client,
-            run_id,
-            experiment_id,
-            link,
-        )
+    def __init__(
+        self, client: Any, run_id: str, experiment_id: str, link: str, uri: str = ""
+    ) -> None:
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self.link, self.uri = link, uri
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -54,6 +52,13 @@ class StageRun:
 
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
+
+    def log_classifier_model(self, stage_dir: Path, tags: Mapping[str, str]) -> str:
+        """The stage folder as a pyfunc model in this run, registered as a new version of
+        ``naics-gemini-classifier`` (``naics_ml.inference.pyfunc``); returns the version."""
+        from naics_ml.inference.pyfunc import log_classifier_model
+
+        return log_classifier_model(stage_dir, self.uri, self.run_id, dict(tags))
 
 
 class MlflowTracker(dg.ConfigurableResource):
@@ -97,7 +102,7 @@ class MlflowTracker(dg.ConfigurableResource):
         run_id = run.info.run_id
         link = f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
         try:
-            yield StageRun(client, run_id, experiment_id, link)
+            yield StageRun(client, run_id, experiment_id, link, self.uri())
         except BaseException:
             client.set_terminated(run_id, status="FAILED")
             raise

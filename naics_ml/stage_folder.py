@@ -10,7 +10,9 @@ A stage folder (``storage/artifacts/<revision>/models/<stage>/``) holds everythi
     stage.json      a readable summary, written when training ended
     points.pt       every code's point and the entry memory's points, keyed to the files above
     blend.json      the Classifier's blend weights, chosen on validation data
+    calibration.json  the temperature that makes predict's confidence calibrated (validation)
     metrics.json    every evaluation metric; metrics.png the training curves
+    confidence.png  reliability diagram (before/after calibration), selective accuracy (test)
 
 The models folder next to the stages holds ``serving.json``: which stage ``predict`` serves.
 """
@@ -41,6 +43,8 @@ class StageFolder:
     BLEND: ClassVar[str] = "blend.json"
     METRICS: ClassVar[str] = "metrics.json"
     PLOT: ClassVar[str] = "metrics.png"
+    CALIBRATION: ClassVar[str] = "calibration.json"
+    CONFIDENCE_PLOT: ClassVar[str] = "confidence.png"
 
     @classmethod
     def of(cls, path: Path | str) -> StageFolder:
@@ -64,3 +68,5 @@ class StageFolder:
     blend = property(lambda self: self.file(self.BLEND))
     metrics = property(lambda self: self.file(self.METRICS))
     plot = property(lambda self: self.file(self.PLOT))
+    calibration = property(lambda self: self.file(self.CALIBRATION))
+    confidence_plot = property(lambda self: self.file(self.CONFIDENCE_PLOT))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from pathlib import Path
@@ -407,3 +408,106 @@ def test_saved_points_spare_embedding_until_the_stage_changes(stage, tmp_path, m
     with pytest.raises(ValueError, match="saved code points have shape"):
         Classifier.from_checkpoint(copy)
     assert Classifier.from_checkpoint(copy, reuse_points=False).memory_size == 1
+
+
+def test_predictions_carry_confidence_fallback_evidence_and_warnings(stage, tmp_path):
+    folder, codes, _ = stage
+    copy = tmp_path / "stage"
+    shutil.copytree(folder, copy)
+    six = codes.filter(pl.col("level") == 6)
+    memory = pl.DataFrame(
+        {
+            "text": ["wheat farm company", "wheat growers", "big wheat fields", "coal digging"],
+            "code": [six["code"][0]] * 3 + [six["code"][4]],
+            "kind": ["train", "examples", "crossref", "train"],  # crossref is no evidence
+        }
+    )
+    save_stage_memory(copy, memory)
+    from naics_ml.inference.calibration import Calibration, save_calibration
+
+    save_calibration(copy, Calibration(temperature=2.0))
+    classifier = Classifier.from_checkpoint(copy, memory_config=MemoryConfig(base_weight=0.0))
+    (ranked,) = classifier.predict(["wheat farm company"], top_k=3, min_confidence=0.3)
+    from naics_ml.inference.calibration import calibrate
+
+    _, all_probs = classifier.scores(["wheat farm company"])
+    expected = calibrate(all_probs, 2.0)[0]  # p^(1/2) renormalised over every candidate
+    columns = list(classifier.six_digit_codes)
+    for p in ranked:
+        assert p.confidence == pytest.approx(expected[columns.index(p.code)])
+        assert p.score == pytest.approx(all_probs[0, columns.index(p.code)])
+    wheat = next(p for p in ranked if p.code == six["code"][0])
+    assert {e.text for e in wheat.evidence} == {"wheat farm company", "wheat growers"}
+    assert [e.distance for e in wheat.evidence] == sorted(e.distance for e in wheat.evidence)
+    assert all(e.code == wheat.code for e in wheat.evidence)
+    # the fallback is one code for the text, an ancestor of (or equal to) a candidate
+    assert len({(p.fallback_code, p.fallback_confidence) for p in ranked}) == 1
+    assert ranked[0].fallback_code is not None
+    assert any(p.code.startswith(ranked[0].fallback_code) for p in ranked)
+    assert ranked[0].fallback_confidence >= 0.3
+    assert (
+        classifier.predict(["wheat farm company"], min_confidence=1.0)[0][0].fallback_code is None
+    )
+
+
+def test_cli_classifies_a_text_and_a_file(stage, tmp_path, capsys):
+    from naics_assets.cli import main
+
+    folder = str(stage[0])
+    assert main(["classify", "wheat farm", "--model", folder, "--top-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["rank", "code", "confidence", "title"]
+    assert "fallback:" in out
+    assert main(["classify", "wheat farm", "--model", folder, "--format", "json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["rank"] for line in lines] == [1, 2, 3, 4, 5]
+    assert {"code", "title", "confidence", "fallback_code", "evidence", "warnings"} <= set(lines[0])
+
+    source = tmp_path / "in.csv"
+    pl.DataFrame(
+        {"id": ["007", "008", "009"], "desc": ["wheat farm", "  ", "gold mine"]}
+    ).write_csv(source)
+    target = tmp_path / "out.parquet"
+    args = ["classify", "--model", folder, "--input", str(source), "--text-column", "desc"]
+    assert main([*args, "--output", str(target), "--top-k", "2", "--quiet"]) == 0
+    result = pl.read_parquet(target)
+    assert result["id"].to_list() == ["007", "007", "008", "009", "009"]  # ids kept, as text
+    assert result["rank"].to_list() == [1, 2, None, 1, 2]
+    assert result.filter(pl.col("id") == "008")["error"].to_list() == ["text is blank"]
+    assert result.filter(pl.col("id") != "008")["error"].null_count() == 4
+    assert {"code", "title", "confidence", "fallback_code", "fallback_title"} <= set(result.columns)
+    jsonl = tmp_path / "out.jsonl"
+    assert main([*args, "--output", str(jsonl), "--quiet"]) == 0
+    assert pl.read_ndjson(jsonl).height == 2 * 5 + 1
+
+
+@pytest.mark.parametrize(
+    ("content", "column", "message"),
+    [
+        ("id,desc\n1,wheat\n", "text", "no column 'text'"),
+        ("id,desc\n", "desc", "no rows"),
+        (None, "desc", "no such file"),
+    ],
+)
+def test_cli_rejects_bad_input_and_writes_nothing(
+    stage, tmp_path, capsys, content, column, message
+):
+    from naics_assets.cli import main
+
+    source = tmp_path / "in.csv"
+    if content is not None:
+        source.write_text(content)
+    target = tmp_path / "out.csv"
+    args = ["classify", "--model", str(stage[0]), "--input", str(source)]
+    assert main([*args, "--text-column", column, "--output", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(source) in err
+    assert not target.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_cli_without_a_model_says_how_to_make_one(tmp_path, capsys):
+    from naics_assets.cli import main
+
+    assert main(["classify", "wheat", "--artifacts", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "dagster asset materialize" in err and "stage_03_hard" in err

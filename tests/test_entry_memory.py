@@ -33,8 +33,9 @@ ENTRIES = pl.DataFrame(
 
 def test_memory_entries_keep_the_named_splits_and_refuse_held_out_ones():
     memory = memory_entries(ENTRIES, ("examples", "train"))
-    assert memory.columns == ["text", "code"]
+    assert memory.columns == ["text", "code", "kind"]
     assert memory["text"].to_list() == ["soybean farming", "soy farm", "pea farm"]
+    assert set(memory["kind"]) <= {"examples", "train"}
     for split in ("validation", "test"):
         with pytest.raises(ValueError, match="held-out"):
             memory_entries(ENTRIES, ("train", split))

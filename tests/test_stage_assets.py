@@ -207,7 +207,11 @@ def test_mlflow_holds_one_run_per_stage(chain) -> None:
         ):
             assert client.get_metric_history(run.info.run_id, name), name
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"metrics.png", "metrics.json"} <= artifacts
+        assert {"metrics.png", "metrics.json", "confidence.png"} <= artifacts
+        for name in ("test_ece_raw", "test_ece", "test_fallback_accuracy", "test_fallback_depth"):
+            assert name in run.data.metrics and name in meta["all_metrics"], name
+        assert "test_selective_top1_cov050" in run.data.metrics
+        assert "| 50% |" in meta["confidence"] and "ECE" in meta["confidence"]
         assert any(a.endswith(".yaml") for a in artifacts)
 
 
@@ -273,3 +277,25 @@ def test_stage_checks_run_on_each_stage_metrics(chain) -> None:
         assert sorted(shares) == [f"expert_utilization_{i}" for i in range(4)]
         assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
         assert experts.passed == (min(shares.values()) >= 0.05)
+
+
+def test_the_last_stage_registers_the_classifier_as_an_mlflow_model(chain) -> None:
+    import mlflow
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    result, root, uri = chain
+    assert "registered_model" not in metadata_of(result, "stage_02_medium")
+    assert metadata_of(result, "stage_03_hard")["registered_model"] == "naics-gemini-classifier/1"
+    client = MlflowClient(tracking_uri=uri)
+    version = client.get_model_version("naics-gemini-classifier", "1")
+    assert version.tags["naics_revision"] == "2022"
+    assert version.tags["dagster_run_id"] == result.run_id
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/naics-gemini-classifier/1")
+    out = model.predict(pd.DataFrame({"text": ["electric power plant", "water utility"]}))
+    assert list(out["text"]) == ["electric power plant"] * 5 + ["water utility"] * 5
+    assert list(out["rank"][:5]) == [1, 2, 3, 4, 5]
+    codes = set(pl.read_parquet(root / "artifacts" / "2022" / "naics_codes.parquet")["code"])
+    assert set(out["code"]) <= codes and (out["code"].str.len() == 6).all()
+    assert {"confidence", "fallback_code", "evidence", "warning"} <= set(out.columns)

@@ -125,6 +125,9 @@ class HardStageConfig(StageConfig):
     )
 
 
+FINAL_STAGE = "stage_03_hard"
+
+
 def stage_request(
     context: dg.AssetExecutionContext,
     config: StageConfig,
@@ -202,12 +205,15 @@ def train_stage_asset(
         run.log_params(stage_params(request))
         report = run_stage(request, lambda step, metrics: run.log_metrics(metrics, step))
         run.log_metrics(report.metrics, report.steps)
-        for artifact in (request.curriculum, report.folder.plot, report.folder.metrics):
-            run.log_artifact(artifact)
-    return dg.MaterializeResult(
-        check_results=stage_check_results(report),
-        metadata=stage_metadata(request, report, run.link, run.run_id),
-    )
+        folder = report.folder
+        for artifact in (request.curriculum, folder.plot, folder.metrics, folder.confidence_plot):
+            if artifact.is_file():
+                run.log_artifact(artifact)
+        metadata = stage_metadata(request, report, run.link, run.run_id)
+        if stage == FINAL_STAGE:  # the classifier users get, as a registered MLflow model
+            version = run.log_classifier_model(folder.path, tags)
+            metadata["registered_model"] = f"naics-gemini-classifier/{version}"
+    return dg.MaterializeResult(check_results=stage_check_results(report), metadata=metadata)
 
 
 def stage_params(request: "StageRequest") -> dict:
@@ -235,7 +241,7 @@ def stage_check_results(report: "StageReport") -> list[dg.AssetCheckResult]:
 def stage_metadata(
     request: "StageRequest", report: "StageReport", link: str, run_id: str
 ) -> dict[str, object]:
-    from naics_ml.evaluation.stage_report import HEADLINE, comparison_table
+    from naics_ml.evaluation.stage_report import HEADLINE, comparison_table, confidence_table
 
     metrics = report.metrics
     return {
@@ -249,6 +255,7 @@ def stage_metadata(
         "init_from": str(request.paths.init_from or "base model"),
         "training_queries": dg.MetadataValue.json(report.training_queries),
         "evaluation": dg.MetadataValue.md(comparison_table(metrics)),
+        "confidence": dg.MetadataValue.md(confidence_table(metrics)),
         "expert_utilization": dg.MetadataValue.json(report.expert_utilization),
         **{name: dg.MetadataValue.float(float(metrics[name])) for name in HEADLINE},
         "all_metrics": dg.MetadataValue.json(

@@ -13,11 +13,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from naics_ml.io import atomic_write_text
+from naics_ml.stage_folder import StageFolder
 
 HEADLINE = ("test_top1", "test_top5", "test_mrr", "spearman", "recon_map", "parent_at_1")
 MEMORY_PREFIX = (
@@ -98,8 +100,10 @@ def model_metrics(
     tree_distance: np.ndarray,
     entries: pl.DataFrame,
     sets: EvaluationSets = EvaluationSets(),
+    stage_dir: Path | None = None,
 ) -> dict[str, float]:
-    """Every metric of ``naics_ml.evaluation.metrics`` for a trained ``Classifier``.
+    """Every metric of ``naics_ml.evaluation.metrics`` for a trained ``Classifier``, and the
+    confidence figures of ``naics_ml.evaluation.confidence`` (plotted into ``stage_dir``).
 
     The ``memory_test_*`` retrieval metrics rank codes by the blended probability the
     Classifier predicts with; the plain ``test_*`` ones use the embedding alone. The same on the
@@ -116,7 +120,9 @@ def model_metrics(
         points, codes, tree_distance, query_points, truth, classifier.curvature
     )
     if texts:  # the Classifier's blended scores, same test entries
-        distance, probability = classifier.score_points(queries, texts)
+        parts = classifier.score_parts(queries, texts)
+        distance, probability = parts.distance, parts.mix(classifier.memory_config)
+        metrics |= _confidence_metrics(classifier, probability, truth, texts, parts, stage_dir)
         six, truth = classifier.six_digit_codes, np.asarray(truth, dtype=object)
         metrics |= retrieval_metrics(-probability, six, truth, prefix=f"{MEMORY_PREFIX}test_")
         if sets.training_lines:
@@ -211,12 +217,40 @@ def comparison_table(metrics: dict[str, float]) -> str:
     return "\n".join(rows)
 
 
+def confidence_table(metrics: dict[str, float]) -> str:
+    """Markdown: calibration error, fallback, warnings and the selective-accuracy table."""
+    from naics_ml.evaluation.confidence import COVERAGES
+
+    if "test_ece" not in metrics:
+        return "no test split: no confidence figures"
+    lines = [
+        f"ECE (15 bins, test): {metrics['test_ece_raw']:.3f} raw -> {metrics['test_ece']:.3f} "
+        f"calibrated (T = {metrics.get('calibration_temperature', float('nan')):.3f}).",
+        f"Fallback at confidence 0.5: accuracy {metrics['test_fallback_accuracy']:.3f}, mean "
+        f"depth {metrics['test_fallback_depth']:.2f} digits, coverage "
+        f"{metrics['test_fallback_coverage']:.3f}.",
+        "Exclusion warnings: the true code is offered for "
+        f"{metrics.get('test_exclusion_alternative_rate', float('nan')):.3f} of wrong top-1s.",
+        "",
+        "| coverage | confidence >= | top-1 accuracy |",
+        "|---|---|---|",
+    ]
+    for coverage in COVERAGES:
+        key = f"cov{round(coverage * 100):03d}"
+        lines.append(
+            f"| {coverage:.0%} | {metrics[f'test_selective_threshold_{key}']:.3f} "
+            f"| {metrics[f'test_selective_top1_{key}']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def tune_stage_blend(
     classifier: object, entries: pl.DataFrame, sets: EvaluationSets
 ) -> tuple[dict[str, float], object | None]:
     """Choose the classifier's blend weights on the validation sets (index ``validation`` and
-    ``realtext_val_``, never test or evaluation-only data), set them on the classifier, and
-    return them with their score as metrics, and the ``TunedBlend``
+    ``realtext_val_``, never test or evaluation-only data), then its confidence temperature and
+    warning threshold on the index validation rows; set them on the classifier, and return them
+    as metrics, and the ``TunedBlend``
     (``naics_ml.evaluation.blend_tuning``; ``({}, None)`` without validation data)."""
     from naics_ml.evaluation.blend_tuning import tune_blend
 
@@ -238,7 +272,8 @@ def tune_stage_blend(
         classifier.memory_config,
     )
     classifier.memory_config = tuned.config
-    return {
+    calibration = _fit_calibration(classifier, parts.get("index_val"), named.get("index_val"))
+    return calibration | {
         "selection_score": tuned.score,
         "selection_score_untuned": tuned.untuned_score,
         "blend_weight": tuned.config.weight,
@@ -246,6 +281,19 @@ def tune_stage_blend(
         "blend_base_weight": tuned.config.base_weight,
         **{f"val_hit1_{name}": value for name, value in tuned.per_set.items()},
     }, tuned
+
+
+def _fit_calibration(classifier: Any, parts: Any, named: Any) -> dict[str, float]:
+    """The confidence temperature and the warning threshold, on the index validation rows."""
+    from naics_ml.evaluation.confidence import fit_serving_calibration
+
+    if parts is None:
+        return {}
+    texts, truth = named
+    base = parts.base_query if parts.base_query is not None else classifier.frozen_vectors(texts)
+    probs = parts.mix(classifier.memory_config)
+    metrics, _ = fit_serving_calibration(classifier, probs, [t[0] for t in truth], base)
+    return metrics
 
 
 def evaluate_stage(
@@ -258,9 +306,31 @@ def evaluate_stage(
 ) -> dict[str, float]:
     """A finished stage's evaluation: tune the blend on validation data (saved as the stage's
     ``blend.json`` when ``stage_dir`` is given), then every metric of :func:`model_metrics`."""
+    from naics_ml.inference.calibration import save_calibration
     from naics_ml.inference.serving import save_blend
 
     blend, tuned = tune_stage_blend(classifier, entries, sets)
     if tuned is not None and stage_dir is not None:
         save_blend(stage_dir, tuned)
-    return blend | model_metrics(classifier, codes, tree_distance, entries, sets)
+    if classifier.calibration is not None and stage_dir is not None:
+        save_calibration(stage_dir, classifier.calibration)
+    return blend | model_metrics(classifier, codes, tree_distance, entries, sets, stage_dir)
+
+
+def _confidence_metrics(
+    classifier: Any,
+    probability: np.ndarray,
+    truth: list[str],
+    texts: list[str],
+    parts: Any,
+    stage_dir: Path | None,
+) -> dict[str, float]:
+    """Calibration, fallback, selective accuracy and exclusion figures on the test rows."""
+    from naics_ml.evaluation.confidence import confidence_report
+    from naics_ml.evaluation.plots import plot_confidence
+
+    base = parts.base_query if parts.base_query is not None else classifier.frozen_vectors(texts)
+    report = confidence_report(classifier, probability, list(truth), base)
+    if stage_dir is not None:
+        plot_confidence(report, StageFolder(Path(stage_dir)).confidence_plot)
+    return report.metrics

@@ -39,6 +39,7 @@ import polars as pl
 import torch
 
 from naics_ml.data.codes import six_digit_mask
+from naics_ml.inference.calibration import Calibration, calibrate, load_calibration
 from naics_ml.inference.entry_memory import (
     MemoryConfig,
     candidate_positions,
@@ -46,6 +47,14 @@ from naics_ml.inference.entry_memory import (
     memory_probabilities,
     mix_probabilities,
 )
+from naics_ml.inference.evidence import (
+    EVIDENCE_KINDS,
+    Evidence,
+    ExclusionIndex,
+    ExclusionWarning,
+    nearest_rows,
+)
+from naics_ml.inference.fallback import Fallback, HierarchyIndex
 from naics_ml.inference.lexical_memory import LexicalIndex
 from naics_ml.inference.serving import load_blend
 from naics_ml.inference.stage_points import StagePoints, load_stage_points, save_stage_points
@@ -63,7 +72,8 @@ class ScoreParts:
 
     ``distance``: Lorentz distance to each code; ``code``: the query softmax over codes;
     ``points``/``lexical``: the entry memory as points / as words (``matched``: the text shares
-    a word with some entry); ``base``: the frozen base model's vote.
+    a word with some entry); ``base``: the frozen base model's vote; ``base_query``: the texts'
+    own unit vectors under the frozen base model (n, H), reused by the exclusion warnings.
     """
 
     distance: np.ndarray
@@ -72,11 +82,12 @@ class ScoreParts:
     lexical: np.ndarray | None = None
     matched: np.ndarray | None = None
     base: np.ndarray | None = None
+    base_query: np.ndarray | None = None
 
     @staticmethod
     def concatenate(batches: Sequence[ScoreParts]) -> ScoreParts:
         fields = {}
-        for name in ("distance", "code", "points", "lexical", "matched", "base"):
+        for name in ("distance", "code", "points", "lexical", "matched", "base", "base_query"):
             values = [getattr(b, name) for b in batches]
             fields[name] = None if values[0] is None else np.concatenate(values)
         return ScoreParts(**fields)
@@ -103,10 +114,21 @@ class ScoreParts:
 
 @dataclass(frozen=True)
 class Prediction:
+    """One ranked code for a text. ``score`` is the blended probability ``predict`` ranks by;
+    ``confidence`` the same calibrated on validation data (a 0.7 is right about 70 % of the
+    time); the fallback is the deepest code (6 to 2 digits) whose summed confidence reaches
+    ``min_confidence`` (the same for every rank of a text; None when no level does)."""
+
     code: str
     title: str
     score: float  # probability of the code over all six-digit codes (see the module doc)
     distance: float  # Lorentz geodesic distance between the text and the code
+    confidence: float = float("nan")
+    fallback_code: str | None = None
+    fallback_title: str | None = None
+    fallback_confidence: float = float("nan")
+    evidence: tuple[Evidence, ...] = ()  # the code's nearest labelled index entries
+    warnings: tuple[ExclusionWarning, ...] = ()  # exclusions of the code the text resembles
 
 
 class Classifier:
@@ -120,6 +142,7 @@ class Classifier:
         memory: pl.DataFrame | None = None,
         memory_config: MemoryConfig | None = None,
         points: StagePoints | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         """``model`` with trained weights; codes (and the ``memory`` entries: ``text``,
         ``code``) are embedded here, once, unless ``points`` already holds them.
@@ -153,29 +176,46 @@ class Classifier:
         self._six_index = torch.as_tensor(np.flatnonzero(six))
         self._six_codes = self.codes["code"].to_numpy()[six]
         self._six_titles = self.codes["title"].to_numpy()[six]
+        self._titles = dict(zip(self.codes["code"], self.codes["title"], strict=True))
         self.memory_config = memory_config or MemoryConfig()
-        self._memory_size = 0
-        self._memory_column: torch.Tensor | None = None
-        self._memory_points: torch.Tensor | None = None
-        self._lexical: LexicalIndex | None = None
-        if memory is not None and memory.height and self.memory_config.active:
-            column = candidate_positions(memory["code"].to_numpy(), self._six_codes)
-            self._memory_column = torch.as_tensor(column)
-            self._memory_size = memory.height
-            if self.memory_config.weight > 0:
-                saved = None if points is None else points.memory
-                if saved is not None and len(saved) == memory.height:
-                    self._memory_points = saved
-                else:
-                    with torch.no_grad():
-                        self._memory_points = self.embed(memory["text"].to_list())
-                check_on_manifold(self._memory_points, self.curvature)
-            if self.memory_config.lexical_weight > 0:
-                self._lexical = LexicalIndex(memory["text"].to_list())
+        self.calibration = calibration  # None: confidence is the raw probability
+        self._hierarchy = HierarchyIndex.build(self._six_codes.tolist())
+        self._exclusions: ExclusionIndex | None = None  # built on the first warning asked for
+        self._init_memory(memory, points)
         self._base_vectors: torch.Tensor | None = None
         self._base_column: torch.Tensor | None = None
         if self.memory_config.base_weight > 0:
             self._init_base_part(memory, None if points is None else points.base)
+
+    def _init_memory(self, memory: pl.DataFrame | None, points: StagePoints | None) -> None:
+        """The entry memory as points and as words; the index entries that can be evidence."""
+        self._memory = memory if memory is not None and memory.height else None
+        self._memory_size = 0
+        self._memory_column: torch.Tensor | None = None
+        self._memory_points: torch.Tensor | None = None
+        self._lexical: LexicalIndex | None = None
+        self._evidence_rows: dict[int, np.ndarray] = {}
+        if self._memory is None or not self.memory_config.active:
+            return
+        column = candidate_positions(memory["code"].to_numpy(), self._six_codes)
+        self._memory_column = torch.as_tensor(column)
+        self._memory_size = memory.height
+        if self.memory_config.weight > 0:
+            saved = None if points is None else points.memory
+            if saved is not None and len(saved) == memory.height:
+                self._memory_points = saved
+            else:
+                with torch.no_grad():
+                    self._memory_points = self.embed(memory["text"].to_list())
+            check_on_manifold(self._memory_points, self.curvature)
+        if self.memory_config.lexical_weight > 0:
+            self._lexical = LexicalIndex(memory["text"].to_list())
+        kinds = memory["kind"] if "kind" in memory.columns else None
+        usable = np.ones(memory.height, dtype=bool)
+        if kinds is not None:
+            usable = kinds.is_in(list(EVIDENCE_KINDS)).to_numpy()
+        for col in np.unique(column[usable & (column >= 0)]):
+            self._evidence_rows[int(col)] = np.flatnonzero(usable & (column == col))
 
     def _init_base_part(self, memory: pl.DataFrame | None, saved: torch.Tensor | None) -> None:
         """The frozen base model's texts: each six-digit code's title and description, then
@@ -248,7 +288,13 @@ class Classifier:
         memory_config = memory_config or load_blend(file)  # the weights the stage chose
         points = load_stage_points(file) if reuse_points else None
         return cls(
-            model, codes, temperature, memory=entries, memory_config=memory_config, points=points
+            model,
+            codes,
+            temperature,
+            memory=entries,
+            memory_config=memory_config,
+            points=points,
+            calibration=load_calibration(file),
         )
 
     def save_points(self, path: Path | str) -> Path:
@@ -330,33 +376,107 @@ class Classifier:
                 num_codes,
                 config.base_temperature,
             ).numpy()
+            parts["base_query"] = query.double().numpy()
         code = torch.softmax(-distance / self.temperature, dim=1).numpy()
         return ScoreParts(distance=distance.numpy(), code=code, **parts)
 
-    def predict(self, texts: Sequence[str], top_k: int = 5) -> list[list[Prediction]]:
-        """Per text, the ``top_k`` most probable six-digit codes, best first."""
+    def predict(
+        self, texts: Sequence[str], top_k: int = 5, min_confidence: float = 0.5
+    ) -> list[list[Prediction]]:
+        """Per text, the ``top_k`` most probable six-digit codes, best first, each with its
+        calibrated confidence, the text's fallback code (see :class:`Prediction`), the code's
+        supporting entries and, for the top code, the exclusions the text resembles."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
         if len(texts) == 0:
             return []
-        distance, probs = self.scores(list(texts))
+        texts = list(texts)
+        queries = self.embed(texts)
+        parts = self.score_parts(queries, texts)
+        distance, probs = parts.distance, parts.mix(self.memory_config)
+        confidence = self.confidence(probs)
+        fallback = self.fallback(confidence, min_confidence)
         k = min(top_k, distance.shape[1])
         # stable sort on (-probability, distance): ties in probability go to the nearer code
         order = np.lexsort((distance, -probs), axis=1)[:, :k]
+        warnings = self.exclusion_warnings(order[:, 0], texts, parts.base_query)
+        out = []
+        for row in range(len(order)):
+            fb = fallback.codes[row]
+            shared = {
+                "fallback_code": fb,
+                "fallback_title": None if fb is None else self._titles[fb],
+                "fallback_confidence": float(fallback.mass[row]) if fb else float("nan"),
+            }
+            entry_distance = self._entry_distances(queries[row])
+            out.append(
+                [
+                    Prediction(
+                        code=str(self._six_codes[i]),
+                        title=str(self._six_titles[i]),
+                        score=float(probs[row, i]),
+                        distance=float(distance[row, i]),
+                        confidence=float(confidence[row, i]),
+                        evidence=self._evidence(int(i), entry_distance),
+                        warnings=tuple(warnings[row]) if rank == 0 else (),
+                        **shared,
+                    )
+                    for rank, i in enumerate(order[row])
+                ]
+            )
+        return out
+
+    def fallback(self, confidence: np.ndarray, min_confidence: float = 0.5) -> Fallback:
+        """Per text, the deepest code whose summed ``confidence`` reaches ``min_confidence``."""
+        return self._hierarchy.fallback(confidence, min_confidence)
+
+    def confidence(self, probs: np.ndarray) -> np.ndarray:
+        """``predict``'s probabilities, calibrated by the stage's temperature when it has one."""
+        if self.calibration is None:
+            return probs
+        return calibrate(probs, self.calibration.temperature)
+
+    def exclusion_warnings(
+        self, columns: np.ndarray, texts: Sequence[str], base_query: np.ndarray | None = None
+    ) -> list[list[ExclusionWarning]]:
+        """Per text, the warnings for the candidate in ``columns`` (its top code)."""
+        if base_query is None:
+            base_query = self.frozen_vectors(texts)
+        threshold = (self.calibration or Calibration()).exclusion_threshold
         return [
-            [
-                Prediction(
-                    code=str(self._six_codes[i]),
-                    title=str(self._six_titles[i]),
-                    score=float(probs[row, i]),
-                    distance=float(distance[row, i]),
-                )
-                for i in order[row]
-            ]
-            for row in range(len(order))
+            self.exclusions.warnings(str(self._six_codes[c]), vector, threshold)
+            for c, vector in zip(columns, base_query, strict=True)
         ]
+
+    @property
+    def exclusions(self) -> ExclusionIndex:
+        """The code table's exclusion lines (vectors computed per code on first use)."""
+        if self._exclusions is None:
+            self._exclusions = ExclusionIndex(self.codes, self.frozen_vectors)
+        return self._exclusions
+
+    def frozen_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors (n, H) of the texts under the frozen base model (no adapter)."""
+        with torch.no_grad():
+            return self.model.encode_frozen(texts).double().numpy()
+
+    def _entry_distances(self, query: torch.Tensor) -> np.ndarray | None:
+        if self._memory_points is None or not self._evidence_rows:
+            return None
+        return pairwise_distance(query[None], self._memory_points, self.curvature)[0].numpy()
+
+    def _evidence(self, column: int, entry_distance: np.ndarray | None) -> tuple[Evidence, ...]:
+        """Up to three index entries of the candidate in ``column``, nearest to the text."""
+        rows = self._evidence_rows.get(column)
+        if entry_distance is None or rows is None:
+            return ()
+        texts, codes = self._memory["text"], self._memory["code"]
+        return tuple(
+            Evidence(texts[int(r)], codes[int(r)], float(entry_distance[r]))
+            for r in nearest_rows(entry_distance, rows, 3)
+        )
 
     def code_embeddings(self) -> pl.DataFrame:
         """All codes: index, code, level, sector, title, ``coordinates`` (list[float], the

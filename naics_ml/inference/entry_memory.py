@@ -91,19 +91,23 @@ class MemoryConfig:
 
 
 def memory_entries(entries: pl.DataFrame, splits: tuple[str, ...]) -> pl.DataFrame:
-    """``text`` and ``code`` of the entries of ``splits``; held-out splits are refused."""
+    """``text``, ``code`` and ``kind`` (the split or extra query kind) of the entries of
+    ``splits``; held-out splits are refused."""
     leaked = set(splits) & HELD_OUT_SPLITS
     if leaked:
         raise ValueError(f"memory splits must not include held-out splits {sorted(leaked)}")
     missing = {"text", "code", "split"} - set(entries.columns)
     if missing:
         raise ValueError(f"index entries lack columns {sorted(missing)}")
-    return entries.filter(pl.col("split").is_in(list(splits))).select("text", "code")
+    rows = entries.filter(pl.col("split").is_in(list(splits)))
+    return rows.select("text", "code", pl.col("split").alias("kind"))
 
 
 def save_stage_memory(out_dir: Path | str, memory: pl.DataFrame) -> Path:
-    """Write the memory table (``text``, ``code``) next to a stage's checkpoint, atomically."""
-    return write_parquet_atomic(memory.select("text", "code"), StageFolder(Path(out_dir)).memory)
+    """Write the memory table (``text``, ``code``, and ``kind`` when known) next to a stage's
+    checkpoint, atomically."""
+    columns = [c for c in ("text", "code", "kind") if c in memory.columns]
+    return write_parquet_atomic(memory.select(columns), StageFolder(Path(out_dir)).memory)
 
 
 def load_stage_memory(path: Path | str) -> pl.DataFrame | None:

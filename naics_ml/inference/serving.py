@@ -20,6 +20,7 @@ __all__ = [
     "TunedBlend",
     "choose_served_stage",
     "load_blend",
+    "newest_stage",
     "save_blend",
     "selection_scores",
     "served_stage_dir",
@@ -85,3 +86,25 @@ def served_stage_dir(models_dir: Path | str) -> Path:
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist: materialize naics_embeddings first")
     return Path(models_dir) / json.loads(file.read_text())["stage"]
+
+
+def newest_stage(artifacts: Path | str, stage: str, revision: str | None = None) -> Path:
+    """The finished ``stage`` folder of ``revision`` under ``artifacts`` (``<rev>/models/``),
+    or of the newest revision that has one. The error says how to materialize one."""
+    from naics_ml.training.checkpoint import is_complete
+
+    root = Path(artifacts)
+    revisions = (
+        [revision]
+        if revision
+        else sorted((p.name for p in root.glob("[0-9][0-9][0-9][0-9]") if p.is_dir()), reverse=True)
+    )
+    for rev in revisions:
+        folder = root / rev / "models" / stage
+        if is_complete(folder):
+            return folder
+    where = f"revision {revision}" if revision else f"any revision under {root}"
+    raise FileNotFoundError(
+        f"no finished {stage} for {where}; materialize one with: dagster asset materialize "
+        f"-m naics_assets.definitions --select '*{stage}' --partition {revision or '<YEAR>'}"
+    )
