@@ -46,30 +46,27 @@ def stage_report(metrics: dict[str, float]) -> dict[str, object]:
 
 
 def reevaluate(artifacts: Path, stage: str) -> dict[str, float]:
-    """The stage asset's evaluation, again, from the saved checkpoint (current code)."""
+    """The stage's evaluation, again, from its saved checkpoint (``naics_ml.stage``)."""
     import polars as pl
 
     from naics_assets.resources import RealTextSource
     from naics_ml.data.codes import six_digit_codes
-    from naics_ml.data.taxonomy import matrix_from_pairs
-    from naics_ml.data.training_texts import training_queries
-    from naics_ml.evaluation.stage_report import evaluate_stage, evaluation_sets
-    from naics_ml.inference.classifier import Classifier
-    from naics_ml.inference.entry_memory import MemoryConfig
-    from naics_ml.training.loop import TrainConfig
+    from naics_ml.model.config import ModelConfig
+    from naics_ml.stage import StagePaths, StageRequest, reevaluate_stage, stage_model_config
+    from naics_ml.training.config import TrainConfig
 
-    codes = pl.read_parquet(artifacts / "naics_codes.parquet")
-    entries = pl.read_parquet(artifacts / "naics_index_entries.parquet")
-    tree = matrix_from_pairs(pl.read_parquet(artifacts / "naics_distances.parquet"), codes.height)
+    paths = StagePaths.in_revision(artifacts, stage)
     source = RealTextSource(local_dir=os.environ.get("NAICS_REALTEXT_DIR"))
-    labelled = source.load(six_digit_codes(codes).tolist())
-    queries = pl.concat([entries, training_queries(codes, entries, labelled["train"])])
-    sets = evaluation_sets(
-        codes, queries, TrainConfig().query_splits, labelled["eval"], labelled["val"]
+    labelled = source.load(six_digit_codes(pl.read_parquet(paths.codes)).tolist())
+    request = StageRequest(
+        name=f"{artifacts.name}/{stage}",
+        paths=paths,
+        curriculum=Path(),
+        model_config=stage_model_config(paths.out_dir, ModelConfig()),
+        train_config=TrainConfig(),
+        realtext=labelled,
     )
-    folder = artifacts / "models" / stage
-    classifier = Classifier.from_checkpoint(folder, memory_config=MemoryConfig())
-    return evaluate_stage(classifier, codes, tree, entries, sets, folder)
+    return reevaluate_stage(request)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "StagePaths",
     "StageReport",
     "StageRequest",
+    "reevaluate_stage",
     "resolve_curriculum",
     "run_stage",
     "stage_model_config",
@@ -53,6 +54,21 @@ class StagePaths:
     prefix_cache: Path  # the frozen prefix, shared by the stages of a revision
     baselines: Path  # folder caching the baselines' metrics
     init_from: Path | None = None  # the previous stage's folder
+
+    @classmethod
+    def in_revision(cls, revision_dir: Path, stage: str, previous: str | None = None) -> StagePaths:
+        """The layout of ``storage/artifacts/<revision>/`` (what the asset store writes)."""
+        root = Path(revision_dir)
+        return cls(
+            codes=root / "naics_codes.parquet",
+            entries=root / "naics_index_entries.parquet",
+            distances=root / "naics_distances.parquet",
+            triplets=root / "triplets",
+            out_dir=root / "models" / stage,
+            prefix_cache=root / "prefix_cache",
+            baselines=root / "baselines",
+            init_from=root / "models" / previous if previous else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -130,7 +146,14 @@ def run_stage(
             on_metrics(step, metrics)
 
     result = _train(request, codes, queries, record)
-    metrics = _evaluate(request, result, codes, entries, queries)
+    from naics_ml.inference.classifier import Classifier
+    from naics_ml.inference.entry_memory import load_stage_memory
+
+    # the trained model is already prepared for these codes: no second prepare
+    memory = load_stage_memory(paths.out_dir)
+    temperature = request.train_config.temperature
+    classifier = Classifier(result.model, codes, temperature, memory=memory)
+    metrics = _evaluate(request, classifier, codes, entries, queries)
     metrics |= {"train_wall_s": result.wall_time_s, "skipped_steps": result.skipped_steps}
     folder = StageFolder(paths.out_dir)
     atomic_write_text(folder.metrics, json.dumps(metrics, indent=1))
@@ -155,7 +178,6 @@ def _train(
     on_metrics: Callable[[int, dict[str, float]], None],
 ) -> Any:
     """Train, then record the labelled entries the query path learned from (entry memory)."""
-    from naics_ml.inference.entry_memory import memory_entries, save_stage_memory
     from naics_ml.training.loop import StageHooks
     from naics_ml.training.runner import StageInputs, train_from_inputs
 
@@ -169,31 +191,56 @@ def _train(
         StageHooks(on_metrics=on_metrics),
         request.extra,
     )
-    save_stage_memory(paths.out_dir, memory_entries(queries, config.query_splits))
+    _save_memory(request, queries)
     return result
+
+
+def _save_memory(request: StageRequest, queries: pl.DataFrame) -> None:
+    """The labelled entries the query path learned from: the Classifier's entry memory."""
+    from naics_ml.inference.entry_memory import memory_entries, save_stage_memory
+
+    splits = request.train_config.query_splits
+    save_stage_memory(request.paths.out_dir, memory_entries(queries, splits))
+
+
+def reevaluate_stage(request: StageRequest) -> dict[str, float]:
+    """A trained stage's evaluation again, with the current code and no training: rewrites its
+    entry memory, blend, calibration, points and metrics (training figures kept)."""
+    from naics_ml.data.training_texts import training_queries
+    from naics_ml.inference.classifier import Classifier
+    from naics_ml.inference.entry_memory import MemoryConfig
+
+    paths = request.paths
+    codes, entries = pl.read_parquet(paths.codes), pl.read_parquet(paths.entries)
+    train_texts = request.realtext.get("train")
+    extra = training_queries(codes, entries, train_texts, seed=request.train_config.seed)
+    queries = pl.concat([entries, extra], how="vertical_relaxed")
+    _save_memory(request, queries)
+    classifier = Classifier.from_checkpoint(paths.out_dir, memory_config=MemoryConfig())
+    metrics = _evaluate(request, classifier, codes, entries, queries)
+    folder = StageFolder(paths.out_dir)
+    before = json.loads(folder.metrics.read_text()) if folder.metrics.is_file() else {}
+    metrics |= {k: before[k] for k in ("train_wall_s", "skipped_steps") if k in before}
+    atomic_write_text(folder.metrics, json.dumps(metrics, indent=1))
+    return metrics
 
 
 def _evaluate(
     request: StageRequest,
-    result: Any,
+    classifier: Any,
     codes: pl.DataFrame,
     entries: pl.DataFrame,
     queries: pl.DataFrame,
 ) -> dict[str, float]:
-    """Every metric of the stage and both baselines; saves the blend and the points."""
+    """Every metric of the stage and both baselines; saves blend, calibration and points."""
     from naics_ml.data.taxonomy import matrix_from_pairs
     from naics_ml.evaluation.stage_report import baseline_metrics, evaluate_stage
     from naics_ml.evaluation.stage_report import evaluation_sets as make_sets
-    from naics_ml.inference.classifier import Classifier
-    from naics_ml.inference.entry_memory import load_stage_memory
 
     paths, config = request.paths, request.train_config
     tree: np.ndarray = matrix_from_pairs(pl.read_parquet(paths.distances), codes.height)
     realtext = request.realtext
     sets = make_sets(codes, queries, config.query_splits, realtext.get("eval"), realtext.get("val"))
-    # the trained model is already prepared for these codes: no second prepare
-    memory = load_stage_memory(paths.out_dir)
-    classifier = Classifier(result.model, codes, config.temperature, memory=memory)
     metrics = evaluate_stage(classifier, codes, tree, entries, sets, paths.out_dir)
     classifier.save_points(paths.out_dir)  # Classifier.from_checkpoint then loads in seconds
     base = request.model_config.base_model

@@ -49,7 +49,7 @@ def test_temperature_scaling_recovers_an_overconfident_model():
 
 def test_calibration_round_trip(tmp_path):
     assert load_calibration(tmp_path) is None
-    saved = Calibration(1.7, 0.55, 0.9, 0.8, 100)
+    saved = Calibration(1.7, 0.55, validation_nll_raw=0.9, validation_nll=0.8, validation_rows=100)
     save_calibration(tmp_path, saved)
     assert load_calibration(tmp_path / "checkpoint.pt") == saved
 
@@ -71,7 +71,7 @@ def test_fallback_takes_the_deepest_confident_level():
     assert fb.codes == ["2382", "238210", "31", None]
     assert fb.depth.tolist() == [4, 6, 2, 0]
     np.testing.assert_allclose(fb.mass[:3], [0.7, 0.8, 0.85])
-    assert index.fallback(probs, 0.9).codes == [None, None, None, None]
+    assert index.fallback(probs, 0.9).codes == [None, "2382", None, None]  # 0.8 + 0.1 + 0.05
     with pytest.raises(ValueError, match="min_confidence"):
         index.fallback(probs, 0.0)
 

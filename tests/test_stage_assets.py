@@ -299,3 +299,28 @@ def test_the_last_stage_registers_the_classifier_as_an_mlflow_model(chain) -> No
     codes = set(pl.read_parquet(root / "artifacts" / "2022" / "naics_codes.parquet")["code"])
     assert set(out["code"]) <= codes and (out["code"].str.len() == 6).all()
     assert {"confidence", "fallback_code", "evidence", "warning"} <= set(out.columns)
+
+
+def test_a_stage_can_be_evaluated_again_without_training(chain) -> None:
+    from naics_ml.model.config import ModelConfig
+    from naics_ml.stage import StagePaths, StageRequest, reevaluate_stage, stage_model_config
+    from naics_ml.training.config import TrainConfig
+
+    result, root, _ = chain
+    paths = StagePaths.in_revision(root / "artifacts" / "2022", "stage_02_medium")
+    checkpoint_bytes = paths.out_dir.joinpath("checkpoint.pt").read_bytes()
+    request = StageRequest(
+        name="2022/stage_02_medium",
+        paths=paths,
+        curriculum=Path(),
+        model_config=stage_model_config(paths.out_dir, ModelConfig()),
+        train_config=TrainConfig(),
+    )
+    metrics = reevaluate_stage(request)
+    asset = metadata_of(result, "stage_02_medium")["all_metrics"]
+    core = {"test_top1", "memory_test_top1", "recon_map", "test_ece", "selection_score"}
+    assert core <= set(metrics)
+    assert metrics["test_top1"] == pytest.approx(asset["test_top1"], abs=1e-6)  # same model
+    assert metrics["train_wall_s"] == asset["train_wall_s"]
+    assert paths.out_dir.joinpath("checkpoint.pt").read_bytes() == checkpoint_bytes
+    assert json.loads(paths.out_dir.joinpath("metrics.json").read_text()) == metrics

@@ -160,16 +160,8 @@ def stage_request(
     for name, file in (("eval", realtext.eval_file), ("val", realtext.val_file)):
         if labelled[name] is None:
             context.log.info(f"real-text {name} set skipped: no {file} in {realtext.local_dir!r}")
-    paths = StagePaths(
-        codes=store.codes_path(revision),
-        entries=store.index_entries_path(revision),
-        distances=store.distances_path(revision),
-        triplets=store.triplets_dir(revision),
-        out_dir=store.model_dir(revision, stage),
-        prefix_cache=store.revision_dir(revision) / "prefix_cache",
-        baselines=store.revision_dir(revision) / "baselines",
-        init_from=init_from,
-    )
+    store.model_dir(revision, stage)  # checks the stage name
+    paths = StagePaths.in_revision(store.revision_dir(revision), stage, previous)
     return StageRequest(
         name=f"{revision}/{stage}",
         paths=paths,

@@ -81,7 +81,10 @@ def fit_temperature(probs: np.ndarray, truth: np.ndarray) -> Calibration:
             lo = a
     temperature = float(np.exp((lo + hi) / 2.0))
     return Calibration(
-        temperature, _nll(probs, truth, 1.0), _nll(probs, truth, temperature), len(truth)
+        temperature=temperature,
+        validation_nll_raw=_nll(probs, truth, 1.0),
+        validation_nll=_nll(probs, truth, temperature),
+        validation_rows=len(truth),
     )
 
 

@@ -1,0 +1,90 @@
+"""Speed and memory of classifying business descriptions with a trained stage.
+
+    python benchmarks/classify.py [--stage storage/artifacts/2022/models/stage_03_hard]
+
+Measures, through ``Classifier.predict`` (top 5, with confidence, fallback, evidence and
+exclusion warnings) on this machine: import time, load time of the stage folder (after the
+imports), one-text latency (p50/p95 over 200 single calls) and batch throughput over 10,000
+real firm descriptions (the 1,620 labelled texts of ``../shared/realtext``, cycled; only timed,
+nothing is tuned on them), and peak RSS. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+REALTEXT = ROOT.parent / "shared" / "realtext"
+
+
+def real_texts(n: int) -> list[str]:
+    import polars as pl
+
+    texts: list[str] = []
+    for file in sorted(REALTEXT.glob("*.csv")):
+        texts += pl.read_csv(file)["text"].drop_nulls().to_list()
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    default = ROOT / "storage" / "artifacts" / "2022" / "models" / "stage_03_hard"
+    parser.add_argument("--stage", type=Path, default=default)
+    parser.add_argument("--texts", type=int, default=10_000)
+    parser.add_argument("--singles", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    from naics_ml.inference.classifier import Classifier
+
+    import_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    classifier = Classifier.from_checkpoint(args.stage)
+    load_s = time.perf_counter() - t0
+    texts = real_texts(args.texts)
+    classifier.predict(texts[:8])  # warm-up: exclusion vectors, kernels
+    single = []
+    for text in texts[: args.singles]:
+        t0 = time.perf_counter()
+        classifier.predict([text])
+        single.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for start in range(0, len(texts), args.batch_size):
+        classifier.predict(texts[start : start + args.batch_size])
+    batch_s = time.perf_counter() - t0
+    single.sort()
+    result = {
+        "stage": str(args.stage),
+        "import_s": round(import_s, 2),
+        "load_s": round(load_s, 2),
+        "one_text_p50_ms": round(1000 * single[len(single) // 2], 1),
+        "one_text_p95_ms": round(1000 * single[int(len(single) * 0.95)], 1),
+        "texts": len(texts),
+        "texts_per_s": round(len(texts) / batch_s, 1),
+        "peak_rss_mb": round(_peak_rss_mb()),
+        "threads": __import__("torch").get_num_threads(),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+def _peak_rss_mb() -> float:
+    """The process's high-water mark of resident memory (VmHWM on Linux), in MiB."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return psutil.Process().memory_info().rss / 2**20
+
+
+if __name__ == "__main__":
+    sys.exit(main())
