@@ -402,6 +402,7 @@ class Classifier:
         # stable sort on (-probability, distance): ties in probability go to the nearer code
         order = np.lexsort((distance, -probs), axis=1)[:, :k]
         warnings = self.exclusion_warnings(order[:, 0], texts, parts.base_query)
+        entry_distances = self._entry_distances(queries)
         out = []
         for row in range(len(order)):
             fb = fallback.codes[row]
@@ -410,7 +411,7 @@ class Classifier:
                 "fallback_title": None if fb is None else self._titles[fb],
                 "fallback_confidence": float(fallback.mass[row]) if fb else float("nan"),
             }
-            entry_distance = self._entry_distances(queries[row])
+            entry_distance = None if entry_distances is None else entry_distances[row]
             out.append(
                 [
                     Prediction(
@@ -462,10 +463,11 @@ class Classifier:
         with torch.no_grad():
             return self.model.encode_frozen(texts).double().numpy()
 
-    def _entry_distances(self, query: torch.Tensor) -> np.ndarray | None:
+    def _entry_distances(self, queries: torch.Tensor) -> np.ndarray | None:
+        """(n, entries) Lorentz distances of the texts to the remembered entries, or None."""
         if self._memory_points is None or not self._evidence_rows:
             return None
-        return pairwise_distance(query[None], self._memory_points, self.curvature)[0].numpy()
+        return pairwise_distance(queries, self._memory_points, self.curvature).numpy()
 
     def _evidence(self, column: int, entry_distance: np.ndarray | None) -> tuple[Evidence, ...]:
         """Up to three index entries of the candidate in ``column``, nearest to the text."""
