@@ -324,3 +324,52 @@ def test_a_stage_can_be_evaluated_again_without_training(chain) -> None:
     assert metrics["train_wall_s"] == asset["train_wall_s"]
     assert paths.out_dir.joinpath("checkpoint.pt").read_bytes() == checkpoint_bytes
     assert json.loads(paths.out_dir.joinpath("metrics.json").read_text()) == metrics
+
+
+def test_mlflow_models_serve_answers_a_request(chain) -> None:
+    """``mlflow models serve --env-manager local`` on the registered version, on 127.0.0.1."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    _, _, uri = chain
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bin_dir = str(Path(sys.executable).parent)
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    command = [f"{bin_dir}/mlflow", "models", "serve", "-m", "models:/naics-gemini-classifier/1"]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow models serve exited"
+                assert time.monotonic() < deadline, "the server did not start within a minute"
+                time.sleep(0.5)
+        body = json.dumps({"dataframe_records": [{"text": "electric power plant"}]}).encode()
+        request = urllib.request.Request(
+            f"{base}/invocations", body, {"Content-Type": "application/json"}
+        )
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        rows = answer["predictions"]
+        assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
+        assert all(len(r["code"]) == 6 and r["text"] == "electric power plant" for r in rows)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
