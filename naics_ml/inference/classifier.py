@@ -65,6 +65,8 @@ from naics_ml.training.checkpoint import load_checkpoint, load_stage_codes, reso
 
 __all__ = ["Classifier", "Prediction", "ScoreParts"]
 
+PREDICT_CHUNK = 256  # texts scored together by predict
+
 
 @dataclass(frozen=True)
 class ScoreParts:
@@ -83,11 +85,13 @@ class ScoreParts:
     matched: np.ndarray | None = None
     base: np.ndarray | None = None
     base_query: np.ndarray | None = None
+    entry_distance: np.ndarray | None = None  # (n, entries), kept only when asked (predict)
 
     @staticmethod
     def concatenate(batches: Sequence[ScoreParts]) -> ScoreParts:
         fields = {}
-        for name in ("distance", "code", "points", "lexical", "matched", "base", "base_query"):
+        names = ("distance", "code", "points", "lexical", "matched", "base", "base_query")
+        for name in (*names, "entry_distance"):
             values = [getattr(b, name) for b in batches]
             fields[name] = None if values[0] is None else np.concatenate(values)
         return ScoreParts(**fields)
@@ -326,15 +330,23 @@ class Classifier:
         return parts.distance, parts.mix(self.memory_config)
 
     def score_parts(
-        self, queries: torch.Tensor, texts: Sequence[str] | None = None, batch_size: int = 512
+        self,
+        queries: torch.Tensor,
+        texts: Sequence[str] | None = None,
+        batch_size: int = 512,
+        keep_entry_distance: bool = False,
     ) -> ScoreParts:
         """Each distribution of the blend separately, so that mixing them again with other
-        weights costs no encoding (``naics_ml.evaluation.blend_tuning`` chooses weights so)."""
+        weights costs no encoding (``naics_ml.evaluation.blend_tuning`` chooses weights so).
+        ``keep_entry_distance`` also returns the texts' distances to the remembered entries
+        (the evidence); (n, entries) floats, so only for small n."""
         needs_texts = self._lexical is not None or self._base_vectors is not None
         if needs_texts and (texts is None or len(texts) != len(queries)):
             raise ValueError("the lexical and base parts need the texts of the query points")
         batches = [
-            self._batch_parts(queries[start : start + batch_size], texts, start)
+            self._batch_parts(
+                queries[start : start + batch_size], texts, start, keep_entry_distance
+            )
             for start in range(0, len(queries), batch_size)  # bounds the (rows x entries) matrix
         ]
         if not batches:
@@ -343,7 +355,7 @@ class Classifier:
         return ScoreParts.concatenate(batches)
 
     def _batch_parts(
-        self, rows: torch.Tensor, texts: Sequence[str] | None, start: int
+        self, rows: torch.Tensor, texts: Sequence[str] | None, start: int, keep_entries: bool
     ) -> ScoreParts:
         """The module doc's parts for one batch of query points (``rows``, from ``start``)."""
         config = self.memory_config
@@ -353,6 +365,8 @@ class Classifier:
         parts: dict[str, np.ndarray | None] = {}
         if self._memory_points is not None:
             entry_distance = pairwise_distance(rows, self._memory_points, self.curvature)
+            if keep_entries and self._evidence_rows:
+                parts["entry_distance"] = entry_distance.numpy()
             parts["points"] = memory_probabilities(
                 entry_distance.double(),
                 self._memory_column,
@@ -390,11 +404,17 @@ class Classifier:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
-        if len(texts) == 0:
-            return []
         texts = list(texts)
+        out: list[list[Prediction]] = []
+        for start in range(0, len(texts), PREDICT_CHUNK):  # bounds the (rows x entries) matrix
+            out += self._predict_chunk(texts[start : start + PREDICT_CHUNK], top_k, min_confidence)
+        return out
+
+    def _predict_chunk(
+        self, texts: list[str], top_k: int, min_confidence: float
+    ) -> list[list[Prediction]]:
         queries = self.embed(texts)
-        parts = self.score_parts(queries, texts)
+        parts = self.score_parts(queries, texts, batch_size=len(texts), keep_entry_distance=True)
         distance, probs = parts.distance, parts.mix(self.memory_config)
         confidence = self.confidence(probs)
         fallback = self.fallback(confidence, min_confidence)
@@ -402,7 +422,6 @@ class Classifier:
         # stable sort on (-probability, distance): ties in probability go to the nearer code
         order = np.lexsort((distance, -probs), axis=1)[:, :k]
         warnings = self.exclusion_warnings(order[:, 0], texts, parts.base_query)
-        entry_distances = self._entry_distances(queries)
         out = []
         for row in range(len(order)):
             fb = fallback.codes[row]
@@ -411,7 +430,7 @@ class Classifier:
                 "fallback_title": None if fb is None else self._titles[fb],
                 "fallback_confidence": float(fallback.mass[row]) if fb else float("nan"),
             }
-            entry_distance = None if entry_distances is None else entry_distances[row]
+            entry_distance = None if parts.entry_distance is None else parts.entry_distance[row]
             out.append(
                 [
                     Prediction(
@@ -462,12 +481,6 @@ class Classifier:
         """Unit vectors (n, H) of the texts under the frozen base model (no adapter)."""
         with torch.no_grad():
             return self.model.encode_frozen(texts).double().numpy()
-
-    def _entry_distances(self, queries: torch.Tensor) -> np.ndarray | None:
-        """(n, entries) Lorentz distances of the texts to the remembered entries, or None."""
-        if self._memory_points is None or not self._evidence_rows:
-            return None
-        return pairwise_distance(queries, self._memory_points, self.curvature).numpy()
 
     def _evidence(self, column: int, entry_distance: np.ndarray | None) -> tuple[Evidence, ...]:
         """Up to three index entries of the candidate in ``column``, nearest to the text."""
