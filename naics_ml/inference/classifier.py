@@ -59,7 +59,13 @@ from naics_ml.inference.lexical_memory import LexicalIndex
 from naics_ml.inference.serving import load_blend
 from naics_ml.inference.stage_points import StagePoints, load_stage_points, save_stage_points
 from naics_ml.model.channels import channel_fingerprint, code_channel_texts
-from naics_ml.model.lorentz import check_on_manifold, pairwise_distance, radius
+from naics_ml.model.lorentz import (
+    check_on_manifold,
+    lift,
+    pairwise_distance,
+    pairwise_distance_lifted,
+    radius,
+)
 from naics_ml.model.network import ModelConfig, NaicsModel
 from naics_ml.training.checkpoint import load_checkpoint, load_stage_codes, resolve_checkpoint
 
@@ -212,6 +218,7 @@ class Classifier:
                 with torch.no_grad():
                     self._memory_points = self.embed(memory["text"].to_list())
             check_on_manifold(self._memory_points, self.curvature)
+            self._memory_lifted = lift(self._memory_points, self.curvature)
         if self.memory_config.lexical_weight > 0:
             self._lexical = LexicalIndex(memory["text"].to_list())
         kinds = memory["kind"] if "kind" in memory.columns else None
@@ -364,7 +371,9 @@ class Classifier:
         batch_texts = None if texts is None else list(texts[start : start + len(rows)])
         parts: dict[str, np.ndarray | None] = {}
         if self._memory_points is not None:
-            entry_distance = pairwise_distance(rows, self._memory_points, self.curvature)
+            entry_distance = pairwise_distance_lifted(
+                lift(rows, self.curvature), self._memory_lifted, self.curvature
+            ).to(rows.dtype)
             if keep_entries and self._evidence_rows:
                 parts["entry_distance"] = entry_distance.numpy()
             parts["points"] = memory_probabilities(

@@ -3,7 +3,7 @@
 Convention (geoopt's): a curvature parameter ``k > 0`` is the hyperboloid
 ``-x0^2 + |x_s|^2 = -k`` with sectional curvature ``-1/k``; ``k = 1`` is the standard
 hyperbolic space. The origin is ``(sqrt(k), 0, ..., 0)``. Distances are computed in float64
-with the time coordinate recomputed from the space-like part (see ``_lift``): points far from
+with the time coordinate recomputed from the space-like part (see ``lift``): points far from
 the origin have large coordinates and their Minkowski inner product loses precision in float32.
 """
 
@@ -39,7 +39,7 @@ def minkowski_inner(x: Tensor, y: Tensor) -> Tensor:
     return -x[..., 0] * y[..., 0] + (x[..., 1:] * y[..., 1:]).sum(-1)
 
 
-def _lift(x: Tensor, curvature: float) -> Tensor:
+def lift(x: Tensor, curvature: float) -> Tensor:
     """``x`` in float64 with the time coordinate recomputed from the space-like part.
 
     Far from the origin x0 ~ e^r, so the float32 x0 alone carries an error that would swamp
@@ -59,15 +59,20 @@ def _arcosh_distance(neg_inner: Tensor, curvature: float) -> Tensor:
 
 def distance(x: Tensor, y: Tensor, curvature: float = 1.0) -> Tensor:
     """Geodesic distance between ``x`` and ``y`` (broadcast over leading dimensions)."""
-    d = _arcosh_distance(-minkowski_inner(_lift(x, curvature), _lift(y, curvature)), curvature)
+    d = _arcosh_distance(-minkowski_inner(lift(x, curvature), lift(y, curvature)), curvature)
     return d.to(x.dtype)
 
 
 def pairwise_distance(x: Tensor, y: Tensor, curvature: float = 1.0) -> Tensor:
     """All distances between rows of ``x`` (n, D+1) and ``y`` (m, D+1) -> (n, m)."""
-    xd, yd = _lift(x, curvature), _lift(y, curvature)
+    return pairwise_distance_lifted(lift(x, curvature), lift(y, curvature), curvature).to(x.dtype)
+
+
+def pairwise_distance_lifted(xd: Tensor, yd: Tensor, curvature: float = 1.0) -> Tensor:
+    """:func:`pairwise_distance` of points already :func:`lift`-ed (float64), so that a fixed
+    set (the Classifier's remembered entries) is lifted once, not at every call."""
     inner = -torch.outer(xd[:, 0], yd[:, 0]) + xd[:, 1:] @ yd[:, 1:].T
-    return _arcosh_distance(-inner, curvature).to(x.dtype)
+    return _arcosh_distance(-inner, curvature)
 
 
 def radius(x: Tensor, curvature: float = 1.0) -> Tensor:
