@@ -149,19 +149,16 @@ def stage_request(
     )
 
     revision = context.partition_key
-    init_from = store.model_dir(revision, previous) if previous else None
+    paths = StagePaths.in_revision(store.revision_dir(revision), stage, previous)
     first = ModelConfig.from_dict(config.model.model_dump()) if previous is None else None
     try:
-        model_config = stage_model_config(init_from, first)
+        model_config = stage_model_config(paths.init_from, first)
     except StageOrderError as error:
         raise dg.Failure(f"{stage} starts from {previous}: {error}") from error
-    codes = pl.read_parquet(store.codes_path(revision))
-    labelled = realtext.load(six_digit_codes(codes).tolist())
+    labelled = realtext.load(six_digit_codes(pl.read_parquet(paths.codes)).tolist())
     for name, file in (("eval", realtext.eval_file), ("val", realtext.val_file)):
         if labelled[name] is None:
             context.log.info(f"real-text {name} set skipped: no {file} in {realtext.local_dir!r}")
-    store.model_dir(revision, stage)  # checks the stage name
-    paths = StagePaths.in_revision(store.revision_dir(revision), stage, previous)
     return StageRequest(
         name=f"{revision}/{stage}",
         paths=paths,

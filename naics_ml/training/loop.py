@@ -67,6 +67,7 @@ __all__ = [
     "StageResult",
     "TrainConfig",
     "lr_factor",
+    "rank_world",
     "seed_everything",
     "train_stage",
 ]
@@ -235,7 +236,7 @@ def _resume_or_start(
     extra: dict[str, Any],
 ) -> _Run:
     """Continue a matching unfinished checkpoint, or start fresh (from ``init_from``)."""
-    rank, world = _rank_world()
+    rank, world = rank_world()
     identity = _json_normal(
         {"model_config": model.config.to_dict(), "train_config": config.to_dict(), "extra": extra}
     )
@@ -493,7 +494,7 @@ def _accumulate(window: dict[str, list[float]], values: dict[str, float]) -> Non
         window.setdefault(key, []).append(value)
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

@@ -16,14 +16,20 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import torch.distributed as dist
 
 from naics_ml.data.codes import six_digit_mask
 from naics_ml.model.channels import code_channel_texts
 from naics_ml.model.config import ModelConfig
 from naics_ml.model.network import NaicsModel
 from naics_ml.training.config import TrainConfig
-from naics_ml.training.loop import StageData, StageHooks, StageResult, seed_everything, train_stage
+from naics_ml.training.loop import (
+    StageData,
+    StageHooks,
+    StageResult,
+    rank_world,
+    seed_everything,
+    train_stage,
+)
 from naics_ml.training.validation import query_validator
 from naics_ml.triplets.curriculum import load_curriculum
 from naics_ml.triplets.sampler import QuerySampler, TripletSampler
@@ -56,7 +62,7 @@ def train_from_inputs(
     """Build model and samplers and train one stage (any world size); the result carries the
     trained, prepared model. ``extra`` gets the curriculum and is part of the checkpoint."""
     model_config, train_config = configs
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_world()
     spec = load_curriculum(inputs.curriculum)
     seed_everything(train_config.seed)  # identical initial weights on every rank
     model = NaicsModel(model_config)
