@@ -123,6 +123,12 @@ def test_exclusion_warnings_name_the_line_and_offer_its_code():
         {"238910"},
     ]
     assert len(calls) == 1  # the activities are encoded once per code
+    # saved vectors (what a stage's points.pt holds) spare every encoding
+    vectors = index.vectors()
+    assert vectors.shape == (2, 7) and len(calls) == 1  # 238220's were already encoded
+    reloaded = ExclusionIndex(codes, encode, vectors)
+    assert reloaded.warnings("238220", text, threshold=0.6) == [warning]
+    assert len(calls) == 1
 
 
 def test_nearest_rows_and_truth_columns():

@@ -226,6 +226,11 @@ def test_encode_texts_matches_prepared_queries(tokenizer):
         together[[0, 2]], unprepared.encode_texts([mixed[0], mixed[2]]), atol=1e-5, rtol=1e-5
     )
     assert model.encode_texts([]).shape == (0, 17)
+    # both routes at once share the frozen prefix and give the same vectors as two calls
+    points, frozen = model.encode_texts_and_frozen(mixed, batch_size=3)
+    torch.testing.assert_close(points, model.encode_texts(mixed), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(frozen, model.encode_frozen(mixed), atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(points[:, 1:5], frozen[:, :4])  # the adapter changes the route
 
 
 def test_prefix_cache_on_disk_is_reused_and_keyed_by_weights_and_texts(tokenizer, tmp_path):

@@ -191,6 +191,7 @@ class Classifier:
         self.calibration = calibration  # None: confidence is the raw probability
         self._hierarchy = HierarchyIndex.build(self._six_codes.tolist())
         self._exclusions: ExclusionIndex | None = None  # built on the first warning asked for
+        self._saved_exclusions = None if points is None else points.exclusions
         self._init_memory(memory, points)
         self._base_vectors: torch.Tensor | None = None
         self._base_column: torch.Tensor | None = None
@@ -312,7 +313,10 @@ class Classifier:
         """Save the embedded codes and memory entries as the stage's ``points.pt``, for a
         Classifier built from that stage's own files (as the stage assets do)."""
         points = StagePoints(
-            codes=self._points, memory=self._memory_points, base=self._base_vectors
+            codes=self._points,
+            memory=self._memory_points,
+            base=self._base_vectors,
+            exclusions=torch.as_tensor(self.exclusions.vectors()),
         )
         return save_stage_points(path, points)
 
@@ -342,17 +346,23 @@ class Classifier:
         texts: Sequence[str] | None = None,
         batch_size: int = 512,
         keep_entry_distance: bool = False,
+        base_query: torch.Tensor | None = None,
     ) -> ScoreParts:
         """Each distribution of the blend separately, so that mixing them again with other
         weights costs no encoding (``naics_ml.evaluation.blend_tuning`` chooses weights so).
         ``keep_entry_distance`` also returns the texts' distances to the remembered entries
-        (the evidence); (n, entries) floats, so only for small n."""
+        (the evidence); (n, entries) floats, so only for small n. ``base_query``: the texts'
+        frozen base vectors when already encoded (``NaicsModel.encode_texts_and_frozen``)."""
         needs_texts = self._lexical is not None or self._base_vectors is not None
         if needs_texts and (texts is None or len(texts) != len(queries)):
             raise ValueError("the lexical and base parts need the texts of the query points")
         batches = [
             self._batch_parts(
-                queries[start : start + batch_size], texts, start, keep_entry_distance
+                queries[start : start + batch_size],
+                texts,
+                start,
+                keep_entry_distance,
+                None if base_query is None else base_query[start : start + batch_size],
             )
             for start in range(0, len(queries), batch_size)  # bounds the (rows x entries) matrix
         ]
@@ -362,7 +372,12 @@ class Classifier:
         return ScoreParts.concatenate(batches)
 
     def _batch_parts(
-        self, rows: torch.Tensor, texts: Sequence[str] | None, start: int, keep_entries: bool
+        self,
+        rows: torch.Tensor,
+        texts: Sequence[str] | None,
+        start: int,
+        keep_entries: bool,
+        base_query: torch.Tensor | None,
     ) -> ScoreParts:
         """The module doc's parts for one batch of query points (``rows``, from ``start``)."""
         config = self.memory_config
@@ -392,7 +407,7 @@ class Classifier:
             ).numpy()
             parts["matched"] = np.asarray(hit, dtype=bool)
         if self._base_vectors is not None:
-            query = self.model.encode_frozen(batch_texts)
+            query = self.model.encode_frozen(batch_texts) if base_query is None else base_query
             parts["base"] = memory_probabilities(
                 (1.0 - query @ self._base_vectors.T).double(),
                 self._base_column,
@@ -422,15 +437,17 @@ class Classifier:
     def _predict_chunk(
         self, texts: list[str], top_k: int, min_confidence: float
     ) -> list[list[Prediction]]:
-        queries = self.embed(texts)
-        parts = self.score_parts(queries, texts, batch_size=len(texts), keep_entry_distance=True)
+        queries, frozen = self.model.encode_texts_and_frozen(texts)
+        parts = self.score_parts(
+            queries, texts, len(texts), keep_entry_distance=True, base_query=frozen
+        )
         distance, probs = parts.distance, parts.mix(self.memory_config)
         confidence = self.confidence(probs)
         fallback = self.fallback(confidence, min_confidence)
         k = min(top_k, distance.shape[1])
         # stable sort on (-probability, distance): ties in probability go to the nearer code
         order = np.lexsort((distance, -probs), axis=1)[:, :k]
-        warnings = self.exclusion_warnings(order[:, 0], texts, parts.base_query)
+        warnings = self.exclusion_warnings(order[:, 0], texts, frozen.double().numpy())
         out = []
         for row in range(len(order)):
             fb = fallback.codes[row]
@@ -483,7 +500,9 @@ class Classifier:
     def exclusions(self) -> ExclusionIndex:
         """The code table's exclusion lines (vectors computed per code on first use)."""
         if self._exclusions is None:
-            self._exclusions = ExclusionIndex(self.codes, self.frozen_vectors)
+            saved = self._saved_exclusions
+            vectors = None if saved is None else saved.double().numpy()
+            self._exclusions = ExclusionIndex(self.codes, self.frozen_vectors, vectors)
         return self._exclusions
 
     def frozen_vectors(self, texts: Sequence[str]) -> np.ndarray:

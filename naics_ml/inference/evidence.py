@@ -56,11 +56,19 @@ def nearest_rows(distance: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
 
 
 class ExclusionIndex:
-    """Every code's exclusion lines with the codes they send activities to; the activities'
-    unit vectors (``encode``: texts -> (n, H) unit vectors) are computed once per code, on
-    first use."""
+    """Every code's exclusion lines with the codes they send activities to, and the activities'
+    unit vectors (``encode``: texts -> (n, H) unit vectors).
 
-    def __init__(self, codes: pl.DataFrame, encode: Callable[[list[str]], np.ndarray]) -> None:
+    ``vectors`` (all activities, :meth:`activities` order, as a stage's ``points.pt`` saves
+    them) spares encoding them; without it each code's activities are encoded on first use.
+    """
+
+    def __init__(
+        self,
+        codes: pl.DataFrame,
+        encode: Callable[[list[str]], np.ndarray],
+        vectors: np.ndarray | None = None,
+    ) -> None:
         self._encode = encode
         self._title = dict(zip(codes["code"].to_list(), codes["title"].to_list(), strict=True))
         self._lines: dict[str, list[tuple[str, str, list[str]]]] = {}
@@ -74,10 +82,35 @@ class ExclusionIndex:
             if items:
                 self._lines[code] = items
         self._vectors: dict[str, np.ndarray] = {}
+        if vectors is not None and len(vectors) == len(self.activities()):
+            start = 0
+            for code, items in self._lines.items():
+                self._vectors[code] = np.asarray(vectors[start : start + len(items)], np.float64)
+                start += len(items)
 
     def lines(self, code: str) -> list[tuple[str, str, list[str]]]:
         """(line, excluded activity, target codes) of ``code``'s exclusions."""
         return self._lines.get(code, [])
+
+    def activities(self) -> list[str]:
+        """Every excluded activity, code by code (code table order), line by line."""
+        return [activity for items in self._lines.values() for _, activity, _ in items]
+
+    def vectors(self) -> np.ndarray:
+        """(activities, H) unit vectors of :meth:`activities`, encoding the missing ones in
+        one batch (what a stage saves so that its Classifier never encodes them)."""
+        missing = [code for code in self._lines if code not in self._vectors]
+        texts = [activity for code in missing for _, activity, _ in self._lines[code]]
+        if texts:
+            encoded = np.asarray(self._encode(texts), dtype=np.float64)
+            start = 0
+            for code in missing:
+                n = len(self._lines[code])
+                self._vectors[code] = encoded[start : start + n]
+                start += n
+        if not self._lines:
+            return np.zeros((0, 0))
+        return np.concatenate([self._vectors[code] for code in self._lines])
 
     def _activity_vectors(self, code: str) -> np.ndarray:
         if code not in self._vectors:

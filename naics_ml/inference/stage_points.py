@@ -32,11 +32,13 @@ __all__ = [
 class StagePoints:
     """Hyperboloid points of every code (``index`` order) and, if saved, of every memory entry
     (``memory.parquet`` row order); ``base``: the frozen base model's unit vectors of the
-    six-digit code texts, then the memory entries (``Classifier`` base part)."""
+    six-digit code texts, then the memory entries (``Classifier`` base part); ``exclusions``:
+    its unit vectors of every excluded activity (``ExclusionIndex.activities`` order)."""
 
     codes: Tensor
     memory: Tensor | None
     base: Tensor | None = None  # frozen base-model vectors of the base part's texts
+    exclusions: Tensor | None = None  # frozen base-model vectors of the excluded activities
 
 
 def stage_fingerprint(path: Path | str) -> str:
@@ -59,8 +61,9 @@ def save_stage_points(path: Path | str, points: StagePoints) -> Path:
     state = {
         "fingerprint": stage_fingerprint(folder.path),
         "codes": points.codes.detach().float().contiguous(),
-        "memory": None if points.memory is None else points.memory.detach().float().contiguous(),
-        "base": None if points.base is None else points.base.detach().float().contiguous(),
+        "memory": _floats(points.memory),
+        "base": _floats(points.base),
+        "exclusions": _floats(points.exclusions),
     }
     return atomic_save_torch(state, folder.points)
 
@@ -74,4 +77,13 @@ def load_stage_points(path: Path | str) -> StagePoints | None:
     state = torch.load(file, map_location="cpu", weights_only=True)
     if state.get("fingerprint") != stage_fingerprint(folder.path):
         return None
-    return StagePoints(codes=state["codes"], memory=state.get("memory"), base=state.get("base"))
+    return StagePoints(
+        codes=state["codes"],
+        memory=state.get("memory"),
+        base=state.get("base"),
+        exclusions=state.get("exclusions"),
+    )
+
+
+def _floats(tensor: Tensor | None) -> Tensor | None:
+    return None if tensor is None else tensor.detach().float().contiguous()

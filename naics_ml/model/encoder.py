@@ -312,15 +312,32 @@ class ChannelEncoder(nn.Module):
 
     def encode_uncached(self, texts: Sequence[str], channel: str) -> Tensor:
         """Frozen prefix on the fly, then the top layers: for texts that were never prepared."""
+        (pooled,) = self.encode_uncached_routes(texts, (channel,))
+        return pooled
+
+    def encode_uncached_routes(
+        self, texts: Sequence[str], routes: Sequence[str | None]
+    ) -> list[Tensor]:
+        """Pooled (n, H) vectors of the texts per route: a channel's adapter, or ``None`` for
+        the bare base (every adapter bypassed). The frozen prefix is computed once and shared
+        by the routes, so the base vectors beside the adapted ones cost only the top layers."""
         token_ids = self.tokenize(texts)
         lengths = torch.tensor([len(x) for x in token_ids], dtype=torch.long)
-        self.activate(channel)
-        parts, order = [], []
+        parts: list[list[Tensor]] = [[] for _ in routes]
+        order = []
         for bucket in length_buckets(lengths, self.max_tokens, self.max_rows):
             hidden, mask = self.prefix([token_ids[i] for i in bucket.tolist()])
-            top = self._run_layers(
-                hidden, mask, self.first_lora_layer, len(self.base.encoder.layer)
-            )
-            parts.append(mean_pool(top, mask))
+            for route, out in zip(routes, parts, strict=True):
+                out.append(mean_pool(self._top_layers(hidden, mask, route), mask))
             order.append(bucket)
-        return torch.cat(parts)[torch.argsort(torch.cat(order))]
+        inverse = torch.argsort(torch.cat(order))
+        return [torch.cat(out)[inverse] for out in parts]
+
+    def _top_layers(self, hidden: Tensor, mask: Tensor, route: str | None) -> Tensor:
+        """The layers from the first LoRA layer up, through ``route`` (see above)."""
+        stop = len(self.base.encoder.layer)
+        if route is None:
+            with self.adapters_off():
+                return self._run_layers(hidden, mask, self.first_lora_layer, stop)
+        self.activate(route)
+        return self._run_layers(hidden, mask, self.first_lora_layer, stop)
