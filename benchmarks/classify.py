@@ -40,6 +40,7 @@ def main() -> int:
     parser.add_argument("--texts", type=int, default=10_000)
     parser.add_argument("--singles", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--precision", default="auto", help="float32, bfloat16 or auto (the CLI's)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
@@ -47,7 +48,7 @@ def main() -> int:
 
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    classifier = Classifier.from_checkpoint(args.stage)
+    classifier = Classifier.from_checkpoint(args.stage, precision=args.precision)
     load_s = time.perf_counter() - t0
     texts = real_texts(args.texts)
     classifier.predict(texts[:8])  # warm-up: exclusion vectors, kernels
@@ -71,6 +72,8 @@ def main() -> int:
         "texts_per_s": round(len(texts) / batch_s, 1),
         "peak_rss_mb": round(_peak_rss_mb()),
         "threads": __import__("torch").get_num_threads(),
+        "precision": args.precision,
+        "layer_dtype": str(classifier.model.encoder.layer_dtype or "float32"),
     }
     print(json.dumps(result))
     return 0

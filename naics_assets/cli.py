@@ -52,7 +52,7 @@ def classify_command(args: argparse.Namespace) -> int:
     folder = args.model or newest_stage(args.artifacts, "stage_03_hard", args.revision)
     from naics_ml.inference.classifier import Classifier
 
-    classifier = Classifier.from_checkpoint(folder)
+    classifier = Classifier.from_checkpoint(folder, precision=args.precision)
 
     def classify(texts: list[str]) -> list:
         return classifier.predict(texts, args.top_k, args.min_confidence)
@@ -105,6 +105,12 @@ def parser() -> argparse.ArgumentParser:
     cls.add_argument("--model", type=Path, help="a stage folder (default: stage_03_hard)")
     cls.add_argument("--artifacts", type=Path, default=default_artifacts())
     cls.add_argument("--quiet", action="store_true", help="no progress bar")
+    cls.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="transformer layers in bfloat16 where the CPU/GPU has it natively (auto)",
+    )
     return parser
 
 

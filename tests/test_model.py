@@ -16,6 +16,7 @@ import torch
 from naics_ml.model.base import load_tokenizer, resolve_base_model
 from naics_ml.model.channels import CHANNELS
 from naics_ml.model.lorentz import (
+    LiftedPoints,
     check_on_manifold,
     distance,
     expmap0,
@@ -24,6 +25,7 @@ from naics_ml.model.lorentz import (
 )
 from naics_ml.model.loss import hyperbolic_info_nce, load_balance_loss
 from naics_ml.model.network import ModelConfig, NaicsModel
+from naics_ml.model.precision import resolve_precision
 from naics_ml.training.checkpoint import load_checkpoint, save_checkpoint
 
 from .tiny import tiny_bert
@@ -231,6 +233,17 @@ def test_encode_texts_matches_prepared_queries(tokenizer):
     torch.testing.assert_close(points, model.encode_texts(mixed), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(frozen, model.encode_frozen(mixed), atol=1e-6, rtol=1e-6)
     assert not torch.allclose(points[:, 1:5], frozen[:, :4])  # the adapter changes the route
+    # bfloat16 layers (model/precision.py): close to float32, and the output stays float32
+    model.encoder.layer_dtype = resolve_precision("bfloat16")
+    try:
+        low = model.encode_frozen(mixed)
+    finally:
+        model.encoder.layer_dtype = None
+    assert low.dtype == torch.float32
+    assert float((low * frozen).sum(1).min()) > 0.99 and not torch.equal(low, frozen)
+    assert resolve_precision("float32") is None
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("int8")
 
 
 def test_prefix_cache_on_disk_is_reused_and_keyed_by_weights_and_texts(tokenizer, tmp_path):
@@ -349,6 +362,10 @@ def test_lorentz_geometry():
     torch.testing.assert_close(pair, pair.T)
     torch.testing.assert_close(pair[1], distance(x[1:2], x), atol=1e-4, rtol=1e-5)
     assert float(pair.diagonal().abs().max()) < 1e-3
+    # a fixed set lifted once gives the same distances (float64, before rounding)
+    fixed = LiftedPoints(x, 4.0)
+    torch.testing.assert_close(fixed.distance_from(x[:2]).float(), pairwise_distance(x[:2], x, 4.0))
+    assert len(fixed) == 4
     # curvature k: radius scales with sqrt(k)
     torch.testing.assert_close(radius(expmap0(v, 4.0), 4.0), v.norm(dim=-1), atol=1e-4, rtol=1e-5)
     bad = x.clone()

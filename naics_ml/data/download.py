@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -139,6 +140,24 @@ def fetch_workbooks(
         return final
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def source_checksums(
+    revision: str,
+    local_dir: Path | None = None,
+    session: HttpSession | None = None,
+    config: DownloadConfig = DownloadConfig(),
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, str]:
+    """SHA-256 per role of the workbooks the source offers now.
+
+    They are fetched and validated exactly as ``fetch_workbooks`` does, but into a temporary
+    folder that is then deleted: comparing with a materialization replaces nothing under storage/,
+    and an invalid file at the source raises here instead of becoming a failing run.
+    """
+    with tempfile.TemporaryDirectory(prefix="naics-checksums-") as tmp:
+        fetched = fetch_workbooks(revision, Path(tmp), local_dir, session, config, sleep)
+    return {item.role: item.sha256 for item in fetched}
 
 
 def local_revisions(local_dir: Path) -> list[str]:

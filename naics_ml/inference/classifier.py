@@ -60,13 +60,12 @@ from naics_ml.inference.serving import load_blend
 from naics_ml.inference.stage_points import StagePoints, load_stage_points, save_stage_points
 from naics_ml.model.channels import channel_fingerprint, code_channel_texts
 from naics_ml.model.lorentz import (
+    LiftedPoints,
     check_on_manifold,
-    lift,
-    pairwise_distance,
-    pairwise_distance_lifted,
     radius,
 )
 from naics_ml.model.network import ModelConfig, NaicsModel
+from naics_ml.model.precision import resolve_precision
 from naics_ml.training.checkpoint import load_checkpoint, load_stage_codes, resolve_checkpoint
 
 __all__ = ["Classifier", "Prediction", "ScoreParts"]
@@ -184,6 +183,7 @@ class Classifier:
         if not six.any():
             raise ValueError("the code table has no six-digit codes")
         self._six_index = torch.as_tensor(np.flatnonzero(six))
+        self._six_lifted = LiftedPoints(self._points[self._six_index], self.curvature)
         self._six_codes = self.codes["code"].to_numpy()[six]
         self._six_titles = self.codes["title"].to_numpy()[six]
         self._titles = dict(zip(self.codes["code"], self.codes["title"], strict=True))
@@ -219,7 +219,7 @@ class Classifier:
                 with torch.no_grad():
                     self._memory_points = self.embed(memory["text"].to_list())
             check_on_manifold(self._memory_points, self.curvature)
-            self._memory_lifted = lift(self._memory_points, self.curvature)
+            self._memory_lifted = LiftedPoints(self._memory_points, self.curvature)
         if self.memory_config.lexical_weight > 0:
             self._lexical = LexicalIndex(memory["text"].to_list())
         kinds = memory["kind"] if "kind" in memory.columns else None
@@ -271,6 +271,7 @@ class Classifier:
         memory: bool = True,
         memory_config: MemoryConfig | None = None,
         reuse_points: bool = True,
+        precision: str = "float32",
     ) -> Classifier:
         """Rebuild the model of a stage folder (or its checkpoint file) and its points.
 
@@ -280,7 +281,9 @@ class Classifier:
         stage's ``blend.json`` (``naics_ml.evaluation.blend_tuning``) gives the blend weights unless
         ``memory_config`` is passed. The stage's ``points.pt`` (``naics_ml.inference.stage_points``)
         spares embedding the codes and the memory again while it matches the stage's files;
-        ``reuse_points=False`` embeds afresh.
+        ``reuse_points=False`` embeds afresh. ``precision`` (``naics_ml.model.precision``):
+        ``float32`` (the stage's own evaluation), ``bfloat16`` or ``auto`` for the texts to
+        classify (the saved points stay as the stage computed them).
         """
         file = resolve_checkpoint(path)
         state = load_checkpoint(file)
@@ -295,6 +298,7 @@ class Classifier:
             config = dataclasses.replace(config, base_model=base_model)
         model = NaicsModel(config, base=base, tokenizer=tokenizer)
         model.load_trainable_state_dict(state["model_state"])
+        model.encoder.layer_dtype = resolve_precision(precision)
         temperature = float(state.get("train_config", {}).get("temperature", 0.1))
         entries = load_stage_memory(file) if memory else None
         memory_config = memory_config or load_blend(file)  # the weights the stage chose
@@ -381,14 +385,12 @@ class Classifier:
     ) -> ScoreParts:
         """The module doc's parts for one batch of query points (``rows``, from ``start``)."""
         config = self.memory_config
-        distance = pairwise_distance(rows, self._points[self._six_index], self.curvature).double()
+        distance = self._six_lifted.distance_from(rows).to(rows.dtype).double()
         num_codes = distance.shape[1]
         batch_texts = None if texts is None else list(texts[start : start + len(rows)])
         parts: dict[str, np.ndarray | None] = {}
         if self._memory_points is not None:
-            entry_distance = pairwise_distance_lifted(
-                lift(rows, self.curvature), self._memory_lifted, self.curvature
-            ).to(rows.dtype)
+            entry_distance = self._memory_lifted.distance_from(rows).to(rows.dtype)
             if keep_entries and self._evidence_rows:
                 parts["entry_distance"] = entry_distance.numpy()
             parts["points"] = memory_probabilities(

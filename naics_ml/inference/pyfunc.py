@@ -36,7 +36,8 @@ class NaicsClassifierModel(_import_mlflow().pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from naics_ml.inference.classifier import Classifier
 
-        self.classifier = Classifier.from_checkpoint(Path(context.artifacts["stage"]))
+        stage = Path(context.artifacts["stage"])
+        self.classifier = Classifier.from_checkpoint(stage, precision="auto")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         return predict_frame(self.classifier, model_input, self.top_k)

@@ -33,6 +33,7 @@ from transformers import PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 
 from naics_ml.model.config import ModelConfig
+from naics_ml.model.precision import autocast_layers
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class ChannelEncoder(nn.Module):
         self.max_tokens = max_tokens
         self.max_rows = max_rows
         self.first_lora_layer = num_layers - lora_layers
+        self.layer_dtype: torch.dtype | None = None  # bfloat16 autocast (model/precision.py)
         for name, module in base.named_modules():  # frozen base: no dropout (see module doc)
             if isinstance(module, nn.Dropout) and "lora" not in name:
                 module.p = 0.0
@@ -195,12 +197,14 @@ class ChannelEncoder(nn.Module):
 
     # --- frozen prefix --------------------------------------------------------------------
     def _run_layers(self, hidden: Tensor, mask: Tensor, start: int, stop: int) -> Tensor:
+        """Layers ``start:stop``, autocast to ``layer_dtype`` when set; float32 out."""
         mask4d = create_bidirectional_mask(
             config=self.base.config, inputs_embeds=hidden, attention_mask=mask
         )
-        for layer in self.base.encoder.layer[start:stop]:
-            hidden = layer(hidden, mask4d)
-        return hidden
+        with autocast_layers(hidden.device.type, self.layer_dtype):
+            for layer in self.base.encoder.layer[start:stop]:
+                hidden = layer(hidden, mask4d)
+        return hidden.float()
 
     @torch.no_grad()
     def prefix(self, ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:

@@ -65,14 +65,30 @@ def distance(x: Tensor, y: Tensor, curvature: float = 1.0) -> Tensor:
 
 def pairwise_distance(x: Tensor, y: Tensor, curvature: float = 1.0) -> Tensor:
     """All distances between rows of ``x`` (n, D+1) and ``y`` (m, D+1) -> (n, m)."""
-    return pairwise_distance_lifted(lift(x, curvature), lift(y, curvature), curvature).to(x.dtype)
-
-
-def pairwise_distance_lifted(xd: Tensor, yd: Tensor, curvature: float = 1.0) -> Tensor:
-    """:func:`pairwise_distance` of points already :func:`lift`-ed (float64), so that a fixed
-    set (the Classifier's remembered entries) is lifted once, not at every call."""
+    xd, yd = lift(x, curvature), lift(y, curvature)
     inner = -torch.outer(xd[:, 0], yd[:, 0]) + xd[:, 1:] @ yd[:, 1:].T
-    return _arcosh_distance(-inner, curvature)
+    return _arcosh_distance(-inner, curvature).to(x.dtype)
+
+
+class LiftedPoints:
+    """A fixed set of points (the Classifier's codes and remembered entries) lifted to float64
+    once and laid out for distances from new points: the space part is stored transposed and
+    contiguous, which halves the time of one text against 15k entries (memory-bound)."""
+
+    def __init__(self, points: Tensor, curvature: float = 1.0) -> None:
+        lifted = lift(points, curvature)
+        self.curvature = float(curvature)
+        self.time = lifted[:, 0].contiguous()
+        self.space_t = lifted[:, 1:].T.contiguous()
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+    def distance_from(self, x: Tensor) -> Tensor:
+        """(n, m) float64 distances from the rows of ``x`` (n, D+1) to the set."""
+        xd = lift(x, self.curvature)
+        inner = -torch.outer(xd[:, 0], self.time) + xd[:, 1:] @ self.space_t
+        return _arcosh_distance(-inner, self.curvature)
 
 
 def radius(x: Tensor, curvature: float = 1.0) -> Tensor:
