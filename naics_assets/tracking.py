@@ -90,6 +90,17 @@ class MlflowTracker(dg.ConfigurableResource):
             artifacts = (Path(self.uri()[len("sqlite:///") :]).parent / "artifacts").as_uri()
         return client.create_experiment(self.experiment, artifact_location=artifacts)
 
+    def existing_run(self, run_id: str) -> StageRun:
+        """A handle on a run already made (``naics_embeddings`` adds its picture and level
+        metrics to the ``stage_03_hard`` run it was built from)."""
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.uri())
+        experiment_id = client.get_run(run_id).info.experiment_id
+        link = f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return StageRun(client, run_id, experiment_id, link, self.uri())
+
     @contextmanager
     def start_run(self, run_name: str, tags: Mapping[str, str]) -> Iterator[StageRun]:
         """Open a run; it ends FINISHED, or FAILED when the body raises."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import geoopt
@@ -19,10 +20,12 @@ from naics_ml.evaluation.baselines import (
     tfidf_metrics,
     zero_shot_metrics,
 )
+from naics_ml.evaluation.embedding_picture import disk_layout
 from naics_ml.evaluation.metrics import (
     METRIC_KEYS,
     evaluate_embeddings,
     hierarchy_metrics,
+    level_structure,
     lorentz_distance_matrix,
     lorentz_radius,
     naics_sector,
@@ -95,6 +98,27 @@ def test_reconstruction_worked_example() -> None:
     assert m["recon_mean_rank"] == pytest.approx(2.0)
     assert m["parent_at_1"] == pytest.approx(2 / 3)
     assert "radius_order" not in m  # omitted without radii, never nan
+    levels = level_structure(d, parent, level, np.array([1.0, 2.0, 4.0, 5.0]))
+    assert levels.to_dicts() == [
+        {"level": 2, "codes": 1, "mean_radius": 1.0, "parent_share": None},
+        {"level": 3, "codes": 2, "mean_radius": 3.0, "parent_share": 1.0},
+        {"level": 4, "codes": 1, "mean_radius": 5.0, "parent_share": 0.0},  # 2 is nearer
+    ]
+
+
+def test_disk_layout_keeps_radius_and_gives_each_sector_its_own_wedge() -> None:
+    rng = np.random.default_rng(0)
+    sector = np.array(["11"] * 30 + ["21"] * 10 + ["31"] * 20)
+    centres = {s: rng.normal(size=8) for s in ("11", "21", "31")}
+    points = np.stack([centres[s] + 0.3 * rng.normal(size=8) for s in sector])
+    points *= (rng.uniform(0.2, 0.9, len(points)) / np.linalg.norm(points, axis=1))[:, None]
+    xy = disk_layout(points, sector)
+    np.testing.assert_allclose(np.linalg.norm(xy, axis=1), np.linalg.norm(points, axis=1))
+    angle = np.mod(np.arctan2(xy[:, 1], xy[:, 0]), 2 * np.pi)
+    spans = sorted((angle[sector == s].min(), angle[sector == s].max()) for s in centres)
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(spans))  # disjoint wedges
+    widths = {s: np.ptp(angle[sector == s]) for s in centres}
+    assert widths["11"] > widths["31"] > widths["21"]  # wedge width follows the code count
 
 
 def test_reconstruction_matches_brute_force() -> None:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -213,6 +214,11 @@ def test_mlflow_holds_one_run_per_stage(chain) -> None:
         assert "test_selective_top1_cov050" in run.data.metrics
         assert "| 50% |" in meta["confidence"] and "ECE" in meta["confidence"]
         assert any(a.endswith(".yaml") for a in artifacts)
+    # naics_embeddings adds its picture and level metrics to the stage_03_hard run
+    (final,) = [r for r in runs if r.data.tags["stage"] == "stage_03_hard"]
+    assert metadata_of(result, "naics_embeddings")["mlflow_stage_run"] == final.info.run_id
+    assert "naics_embeddings_disk.png" in {a.path for a in client.list_artifacts(final.info.run_id)}
+    assert "level_6_parent_share" in client.get_run(final.info.run_id).data.metrics
 
 
 def test_embeddings_cover_every_code_and_the_classifier_predicts(chain) -> None:
@@ -220,7 +226,18 @@ def test_embeddings_cover_every_code_and_the_classifier_predicts(chain) -> None:
     table = pl.read_parquet(root / "artifacts/2022/naics_embeddings.parquet")
     codes = pl.read_parquet(root / "artifacts/2022/naics_codes.parquet")
     assert table["code"].to_list() == codes["code"].to_list()
-    assert metadata_of(result, "naics_embeddings")["dagster/row_count"] == codes.height
+    meta = metadata_of(result, "naics_embeddings")
+    assert meta["dagster/row_count"] == codes.height
+    # the Poincare ball: the same points, at norm tanh(r / 2) for curvature 1
+    ball = np.linalg.norm(np.array(table["poincare"].to_list()), axis=1)
+    np.testing.assert_allclose(ball, np.tanh(table["radius"].to_numpy() / 2), rtol=1e-9)
+    picture = root / "artifacts/2022/naics_embeddings_disk.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and meta["picture"] == str(picture)
+    assert meta["poincare_disk"].startswith("![") and "base64," in meta["poincare_disk"]
+    for level in (3, 4, 5, 6):
+        assert 0.0 <= meta[f"level_{level}_parent_share"] <= 1.0
+        assert meta[f"level_{level}_mean_radius"] > 0
+    assert "level_2_parent_share" not in meta and "| 6 |" in meta["levels"]
     stage_dir = root / "artifacts/2022/models/stage_03_hard"
     saved = load_stage_points(stage_dir)  # written by the stage asset, matching its files
     assert saved is not None and saved.memory is not None

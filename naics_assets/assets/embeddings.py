@@ -1,58 +1,102 @@
-"""``naics_embeddings``: every code's coordinates on the hyperboloid from the final stage."""
+"""``naics_embeddings``: every code's coordinates from the final stage, and their picture."""
 
+import base64
 import json
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from naics_assets.assets.stages import stage_03_hard
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore
+from naics_assets.tracking import MlflowTracker
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from naics_ml.embeddings import EmbeddingsReport
 
 STAGES = ("stage_01_easy", "stage_02_medium", "stage_03_hard")
+PICTURE = "naics_embeddings_disk.png"  # beside naics_embeddings.parquet
 
 
 @dg.asset(
     partitions_def=revision_partitions,
+    automation_condition=dg.AutomationCondition.eager(),
     deps=[stage_03_hard],
     group_name="training",
     kinds={"pytorch", "parquet"},
 )
 def naics_embeddings(
-    context: dg.AssetExecutionContext, store: ArtifactStore
+    context: dg.AssetExecutionContext, store: ArtifactStore, mlflow: MlflowTracker
 ) -> dg.MaterializeResult:
-    """Code, level, title, Lorentz coordinates and radius of every code, with the evaluation;
-    also records which stage serves ``predict`` (``models/serving.json``, best on validation)."""
-    import polars as pl
-
+    """Code, level, title, Lorentz and Poincare coordinates and radius of every code, a
+    Poincare-disk picture, per-level structure and the evaluation; also records which stage
+    serves ``predict`` (``models/serving.json``, best on validation)."""
+    from naics_ml.embeddings import build_embeddings, level_metrics
     from naics_ml.evaluation.stage_report import comparison_table
-    from naics_ml.inference.classifier import Classifier
     from naics_ml.inference.serving import choose_served_stage, selection_scores
-    from naics_ml.io import write_parquet_atomic
 
     revision = context.partition_key
     stage_dir = store.model_dir(revision, "stage_03_hard")
-    table = Classifier.from_checkpoint(stage_dir, memory=False).code_embeddings()
-    path = write_parquet_atomic(table, store.embeddings_path(revision))
-    by_level = table.group_by("level").agg(
-        pl.len().alias("codes"), pl.col("radius").mean().alias("mean"), pl.col("radius").std()
-    )
-    rows = "\n".join(
-        f"| {lvl} | {n:,} | {mean:.3f} | {std:.3f} |"
-        for lvl, n, mean, std in by_level.sort("level").iter_rows()
-    )
+    table_path = store.embeddings_path(revision)
+    report = build_embeddings(stage_dir, table_path, table_path.with_name(PICTURE))
     metrics = json.loads((stage_dir / "metrics.json").read_text())
     models = store.revision_dir(revision) / "models"
     served = choose_served_stage(models, STAGES)  # by validation, not by position
+    stage_run = _log_to_stage_run(context, mlflow, report)
     return dg.MaterializeResult(
         metadata={
-            "path": dg.MetadataValue.path(str(path)),
-            "dagster/row_count": table.height,
-            "dimensions": len(table["coordinates"][0]),
-            "radius_by_level": dg.MetadataValue.md(
-                "| level | codes | mean radius | std |\n|---|---|---|---|\n" + rows
-            ),
+            "path": dg.MetadataValue.path(str(report.table)),
+            "picture": dg.MetadataValue.path(str(report.picture)),
+            "poincare_disk": dg.MetadataValue.md(_inline_png(report.picture)),
+            "dagster/row_count": report.rows,
+            "dimensions": report.dimensions,
+            "levels": dg.MetadataValue.md(_levels_table(report.levels)),
+            **level_metrics(report.levels),
             "evaluation": dg.MetadataValue.md(comparison_table(metrics)),
             "served_stage": served.name,
             "selection_scores": dg.MetadataValue.json(selection_scores(models, STAGES)),
+            "mlflow_stage_run": stage_run,
         }
     )
+
+
+def _levels_table(levels: "pl.DataFrame") -> str:
+    rows = "\n".join(
+        f"| {lvl} | {n:,} | {radius:.3f} | {'-' if share is None else f'{share:.3f}'} |"
+        for lvl, n, radius, share in levels.iter_rows()
+    )
+    head = "| level | codes | mean radius | parent is nearest of its level |\n|---|---|---|---|\n"
+    return head + rows
+
+
+def _inline_png(path: Path) -> str:
+    """Markdown showing the PNG itself in the asset's metadata (a data URI)."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"![Poincare disk of the codes](data:image/png;base64,{data})"
+
+
+def _log_to_stage_run(
+    context: dg.AssetExecutionContext, mlflow: MlflowTracker, report: "EmbeddingsReport"
+) -> str:
+    """Add the picture and the level metrics to the MLflow run of the ``stage_03_hard``
+    materialization this partition was built from; the run id, or why nothing was logged."""
+    from naics_ml.embeddings import level_metrics
+
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=stage_03_hard.key, asset_partitions=[context.partition_key]
+        ),
+        limit=1,
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    entry = None if materialization is None else materialization.metadata.get("mlflow_run_id")
+    if entry is None:
+        context.log.warning("no stage_03_hard MLflow run recorded; picture not logged there")
+        return "none recorded"
+    run = mlflow.existing_run(str(entry.value))
+    run.log_metrics(level_metrics(report.levels))
+    run.log_artifact(report.picture)
+    return run.run_id

@@ -123,15 +123,13 @@ def _reconstruction(distance: np.ndarray, parent_index: np.ndarray) -> tuple[flo
     return recon_map, mean_rank
 
 
-def _parent_at_1(distance: np.ndarray, parent_index: np.ndarray, level: np.ndarray) -> float:
-    """Share of non-sector codes whose parent is strictly nearer than every other code of the
-    parent's level (a tie with another code counts as a miss)."""
+def _parent_hits(distance: np.ndarray, parent_index: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Per code: True when its parent is strictly nearer than every other code of the parent's
+    level (a tie counts as a miss); False for sectors, which have no parent."""
+    hit = np.zeros(len(parent_index), dtype=bool)
     child = np.flatnonzero(parent_index >= 0)
-    if child.size == 0:
-        return float("nan")
     parent = parent_index[child]
     parent_level = level[parent]
-    hit = np.zeros(child.size, dtype=bool)
     for lvl in np.unique(parent_level):
         sel = np.flatnonzero(parent_level == lvl)
         cols = np.flatnonzero(level == lvl)
@@ -140,8 +138,42 @@ def _parent_at_1(distance: np.ndarray, parent_index: np.ndarray, level: np.ndarr
         rows = np.arange(sel.size)
         d_parent = sub[rows, pos]
         sub[rows, pos] = np.inf
-        hit[sel] = d_parent < sub.min(axis=1)
-    return float(hit.mean())
+        hit[child[sel]] = d_parent < sub.min(axis=1)
+    return hit
+
+
+def _parent_at_1(distance: np.ndarray, parent_index: np.ndarray, level: np.ndarray) -> float:
+    """Share of non-sector codes whose parent is their nearest code of the parent's level."""
+    child = parent_index >= 0
+    if not child.any():
+        return float("nan")
+    return float(_parent_hits(distance, parent_index, level)[child].mean())
+
+
+def level_structure(
+    distance: np.ndarray, parent_index: np.ndarray, level: np.ndarray, radius: np.ndarray
+) -> pl.DataFrame:
+    """Per level of the tree: ``codes``, ``mean_radius`` (distance from the origin: does depth
+    grow with the level?) and ``parent_share``, the share of its codes whose nearest code of the
+    parent level is their parent (null for sectors)."""
+    parent_index = np.asarray(parent_index, dtype=np.int64)
+    level = np.asarray(level)
+    hits = _parent_hits(np.asarray(distance), parent_index, level)
+    frame = pl.DataFrame(
+        {"level": level, "radius": np.asarray(radius, np.float64), "hit": hits}
+    ).with_columns(has_parent=pl.Series(parent_index >= 0))
+    return (
+        frame.group_by("level")
+        .agg(
+            pl.len().alias("codes"),
+            pl.col("radius").mean().alias("mean_radius"),
+            pl.when(pl.col("has_parent").all())
+            .then(pl.col("hit").mean())
+            .otherwise(None)
+            .alias("parent_share"),
+        )
+        .sort("level")
+    )
 
 
 def hierarchy_metrics(

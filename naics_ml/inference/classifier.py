@@ -63,6 +63,7 @@ from naics_ml.model.lorentz import (
     LiftedPoints,
     check_on_manifold,
     radius,
+    to_poincare,
 )
 from naics_ml.model.network import ModelConfig, NaicsModel
 from naics_ml.model.precision import resolve_precision
@@ -525,10 +526,13 @@ class Classifier:
 
     def code_embeddings(self) -> pl.DataFrame:
         """All codes: index, code, level, sector, title, ``coordinates`` (list[float], the
-        D+1 hyperboloid coordinates, time-like first) and ``radius`` (distance from the
-        origin, the depth signal)."""
+        D+1 hyperboloid coordinates, time-like first), ``poincare`` (list[float], the same
+        point in the Poincare ball of radius sqrt(curvature), D coordinates) and ``radius``
+        (distance from the origin, the depth signal)."""
         points = self._points.double()
+        ball = to_poincare(points, self.curvature)
         return self.codes.select("index", "code", "level", "sector", "title").with_columns(
             pl.Series("coordinates", points.numpy().tolist(), dtype=pl.List(pl.Float64)),
+            pl.Series("poincare", ball.numpy().tolist(), dtype=pl.List(pl.Float64)),
             pl.Series("radius", radius(points, self.curvature).numpy(), dtype=pl.Float64),
         )

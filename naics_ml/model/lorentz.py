@@ -100,6 +100,15 @@ def radius(x: Tensor, curvature: float = 1.0) -> Tensor:
     return (k * torch.asinh(x[..., 1:].double().norm(dim=-1) / k)).to(x.dtype)
 
 
+def to_poincare(x: Tensor, curvature: float = 1.0) -> Tensor:
+    """Hyperboloid points (n, D+1) -> the same points in the Poincare ball of radius sqrt(k),
+    ``sqrt(k) x_s / (x0 + sqrt(k))``; a point at distance r from the origin lands at norm
+    ``sqrt(k) tanh(r / (2 sqrt(k)))``. Computed in float64 from the lifted point."""
+    xd = lift(x, curvature)
+    k = float(curvature) ** 0.5
+    return k * xd[..., 1:] / (xd[..., :1] + k)
+
+
 def manifold_violation(x: Tensor, curvature: float = 1.0) -> Tensor:
     """Per point ``|<x, x>_L + k| / (k + x0^2)``: a relative error, since x0^2 grows as e^(2r)."""
     xd = x.detach().double()
