@@ -15,7 +15,7 @@ import polars as pl
 
 from naics_ml.io import write_parquet_atomic
 
-__all__ = ["EmbeddingsReport", "build_embeddings", "level_metrics"]
+__all__ = ["EmbeddingsReport", "build_embeddings"]
 
 
 @dataclass(frozen=True)
@@ -27,16 +27,6 @@ class EmbeddingsReport:
     rows: int
     dimensions: int  # coordinates per code on the hyperboloid (D + 1)
     levels: pl.DataFrame  # level, codes, mean_radius, parent_share
-
-
-def level_metrics(levels: pl.DataFrame) -> dict[str, float]:
-    """``level_<n>_mean_radius`` and ``level_<n>_parent_share`` (no share for sectors)."""
-    out: dict[str, float] = {}
-    for level, radius, share in levels.select("level", "mean_radius", "parent_share").iter_rows():
-        out[f"level_{level}_mean_radius"] = float(radius)
-        if share is not None:
-            out[f"level_{level}_parent_share"] = float(share)
-    return out
 
 
 def build_embeddings(stage_dir: Path, table_path: Path, picture_path: Path) -> EmbeddingsReport:

@@ -214,7 +214,10 @@ def test_mlflow_holds_one_run_per_stage(chain) -> None:
         assert "test_selective_top1_cov050" in run.data.metrics
         assert "| 50% |" in meta["confidence"] and "ECE" in meta["confidence"]
         assert any(a.endswith(".yaml") for a in artifacts)
-    # naics_embeddings adds its picture and level metrics to the stage_03_hard run
+    # the three stage runs carry the same parameter and metric names (MLflow comparison)
+    assert len({frozenset(r.data.params) for r in runs}) == 1
+    assert len({frozenset(r.data.metrics) for r in runs}) == 1
+    # naics_embeddings adds its picture to the stage_03_hard run, whose metrics hold the levels
     (final,) = [r for r in runs if r.data.tags["stage"] == "stage_03_hard"]
     assert metadata_of(result, "naics_embeddings")["mlflow_stage_run"] == final.info.run_id
     assert "naics_embeddings_disk.png" in {a.path for a in client.list_artifacts(final.info.run_id)}

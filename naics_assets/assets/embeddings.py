@@ -34,7 +34,8 @@ def naics_embeddings(
     """Code, level, title, Lorentz and Poincare coordinates and radius of every code, a
     Poincare-disk picture, per-level structure and the evaluation; also records which stage
     serves ``predict`` (``models/serving.json``, best on validation)."""
-    from naics_ml.embeddings import build_embeddings, level_metrics
+    from naics_ml.embeddings import build_embeddings
+    from naics_ml.evaluation.metrics import level_metrics
     from naics_ml.evaluation.stage_report import comparison_table
     from naics_ml.inference.serving import choose_served_stage, selection_scores
 
@@ -81,10 +82,9 @@ def _inline_png(path: Path) -> str:
 def _log_to_stage_run(
     context: dg.AssetExecutionContext, mlflow: MlflowTracker, report: "EmbeddingsReport"
 ) -> str:
-    """Add the picture and the level metrics to the MLflow run of the ``stage_03_hard``
-    materialization this partition was built from; the run id, or why nothing was logged."""
-    from naics_ml.embeddings import level_metrics
-
+    """Add the picture to the MLflow run of the ``stage_03_hard`` materialization this
+    partition was built from (whose metrics already hold the level figures); the run id, or
+    why nothing was logged."""
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(
             asset_key=stage_03_hard.key, asset_partitions=[context.partition_key]
@@ -97,6 +97,5 @@ def _log_to_stage_run(
         context.log.warning("no stage_03_hard MLflow run recorded; picture not logged there")
         return "none recorded"
     run = mlflow.existing_run(str(entry.value))
-    run.log_metrics(level_metrics(report.levels))
     run.log_artifact(report.picture)
     return run.run_id

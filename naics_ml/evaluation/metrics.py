@@ -176,6 +176,17 @@ def level_structure(
     )
 
 
+def level_metrics(levels: pl.DataFrame) -> dict[str, float]:
+    """:func:`level_structure` as metrics: ``level_<n>_mean_radius`` and
+    ``level_<n>_parent_share`` (no share for sectors)."""
+    out: dict[str, float] = {}
+    for level, radius, share in levels.select("level", "mean_radius", "parent_share").iter_rows():
+        out[f"level_{level}_mean_radius"] = float(radius)
+        if share is not None:
+            out[f"level_{level}_parent_share"] = float(share)
+    return out
+
+
 def hierarchy_metrics(
     distance: np.ndarray,
     tree_distance: np.ndarray,

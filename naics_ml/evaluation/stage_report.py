@@ -119,6 +119,7 @@ def model_metrics(
     metrics = evaluate_embeddings(
         points, codes, tree_distance, query_points, truth, classifier.curvature
     )
+    metrics |= _level_metrics(points, codes, classifier.curvature)
     if texts:  # the Classifier's blended scores, same test entries
         parts = classifier.score_parts(queries, texts)
         distance, probability = parts.distance, parts.mix(classifier.memory_config)
@@ -142,6 +143,26 @@ def model_metrics(
     metrics["spearman_ceiling"] = spearman_ceiling(pairs)
     metrics["spearman_within_sector_ceiling"] = spearman_ceiling(pairs[sector[iu] == sector[ju]])
     return metrics
+
+
+def _level_metrics(points: np.ndarray, codes: pl.DataFrame, curvature: float) -> dict[str, float]:
+    """Per level: mean radius and the share of codes whose parent is their nearest code of the
+    parent level (``level_<n>_*``; the same figures ``naics_embeddings`` shows)."""
+    from naics_ml.evaluation.metrics import (
+        level_metrics,
+        level_structure,
+        lorentz_distance_matrix,
+        lorentz_radius,
+    )
+
+    codes = codes.sort("index")
+    levels = level_structure(
+        lorentz_distance_matrix(points, points, curvature),
+        codes["parent_index"].fill_null(-1).to_numpy(),
+        codes["level"].to_numpy(),
+        lorentz_radius(points, curvature),
+    )
+    return level_metrics(levels)
 
 
 def _cache_key(
