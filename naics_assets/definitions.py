@@ -1,4 +1,4 @@
-"""The code location: assets, checks, resources and sensors of naics-gemini."""
+"""The code location: assets, checks, resources, sensors and schedules of naics-gemini."""
 
 import os
 
@@ -11,7 +11,8 @@ from naics_assets.assets.embeddings import naics_embeddings
 from naics_assets.assets.stages import stage_01_easy, stage_02_medium, stage_03_hard
 from naics_assets.assets.triplets import naics_triplets
 from naics_assets.resources import ArtifactStore, CensusSource, RealTextSource
-from naics_assets.sensors import new_revision_sensor, revision_job
+from naics_assets.schedules import census_checksum_schedule
+from naics_assets.sensors import automation_sensor, new_revision_sensor, revision_job
 from naics_assets.tracking import MlflowTracker
 
 defs = dg.Definitions(
@@ -27,7 +28,8 @@ defs = dg.Definitions(
         naics_embeddings,
     ],
     jobs=[revision_job],
-    sensors=[new_revision_sensor],
+    sensors=[new_revision_sensor, automation_sensor],
+    schedules=[census_checksum_schedule],
     resources={
         "census": CensusSource(local_dir=os.environ.get("NAICS_CENSUS_DIR") or None),
         "realtext": RealTextSource(local_dir=os.environ.get("NAICS_REALTEXT_DIR") or None),

@@ -1,4 +1,5 @@
-"""Noticing new NAICS revisions: add the partition and run the whole graph for it."""
+"""Noticing new NAICS revisions (add the partition, run the whole graph for it), and the sensor
+that lets every downstream asset follow its upstream (``AutomationCondition.eager()``)."""
 
 import dagster as dg
 
@@ -25,3 +26,13 @@ def new_revision_sensor(
         run_requests=[dg.RunRequest(partition_key=r, run_key=f"revision-{r}") for r in new],
         dynamic_partitions_requests=[revision_partitions.build_add_request(new)],
     )
+
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "naics_automation_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    emit_backfills=False,  # one run per revision with every requested asset, in graph order
+    description="Requests the assets whose automation condition holds (docs/operations.md).",
+)

@@ -26,6 +26,7 @@ class IndexSplitConfig(dg.Config):
 
 @dg.asset(
     partitions_def=revision_partitions,
+    automation_condition=dg.AutomationCondition.eager(),
     deps=[census_workbooks],
     group_name="census",
     kinds={"polars", "parquet"},
@@ -57,6 +58,7 @@ def naics_index_entries(
 
 @dg.asset(
     partitions_def=revision_partitions,
+    automation_condition=dg.AutomationCondition.eager(),
     deps=[census_workbooks, naics_index_entries],
     group_name="census",
     kinds={"polars", "parquet"},

@@ -20,6 +20,7 @@ from naics_ml.io import write_parquet_atomic
 
 @dg.asset(
     partitions_def=revision_partitions,
+    automation_condition=dg.AutomationCondition.eager(),
     deps=[naics_codes],
     group_name="taxonomy",
     kinds={"networkx", "parquet"},

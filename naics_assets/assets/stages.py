@@ -259,6 +259,7 @@ STAGE_DEPS = [naics_codes, naics_index_entries, naics_distances, naics_triplets]
 
 @dg.asset(
     partitions_def=revision_partitions,
+    automation_condition=dg.AutomationCondition.eager(),
     deps=STAGE_DEPS,
     group_name="training",
     kinds={"pytorch", "mlflow"},
@@ -277,6 +278,7 @@ def stage_01_easy(
 
 @dg.asset(
     partitions_def=revision_partitions,
+    automation_condition=dg.AutomationCondition.eager(),
     deps=[*STAGE_DEPS, stage_01_easy],
     group_name="training",
     kinds={"pytorch", "mlflow"},
@@ -297,6 +299,7 @@ def stage_02_medium(
 
 @dg.asset(
     partitions_def=revision_partitions,
+    automation_condition=dg.AutomationCondition.eager(),
     deps=[*STAGE_DEPS, stage_02_medium],
     group_name="training",
     kinds={"pytorch", "mlflow"},

@@ -37,6 +37,7 @@ class TripletsConfig(dg.Config):
 
 @dg.asset(
     partitions_def=revision_partitions,
+    automation_condition=dg.AutomationCondition.eager(),
     deps=[naics_codes, naics_distances],
     group_name="taxonomy",
     kinds={"numpy", "parquet"},
