@@ -5,6 +5,8 @@
   --partition <YEAR>`` accepts it. The new-revision sensor does that by itself.
 * ``classify``: classify one text (a table, or JSON lines with ``--format json``) or a CSV,
   Parquet or JSON-lines file (``--input``/``--output``) with a trained stage.
+* ``runs``: the latest finished MLflow run of each stage side by side (headline metrics, wall
+  time), from the project's MLflow store.
 """
 
 from __future__ import annotations
@@ -88,6 +90,31 @@ def print_predictions(predictions: list, form: str) -> None:
         print(f"warning: {w.exclusion}\n  alternative: {w.alternative_code} {w.alternative_title}")
 
 
+def runs_command(args: argparse.Namespace) -> int:
+    """``naics-gemini runs``: print the stage comparison (or JSON), or say there is none."""
+    from mlflow.tracking import MlflowClient
+
+    from naics_assets.run_table import latest_stage_runs, runs_records, runs_table
+    from naics_assets.tracking import MlflowTracker
+
+    tracker = MlflowTracker(tracking_uri=args.tracking_uri or "")
+    runs = latest_stage_runs(MlflowClient(tracker.uri()), tracker.experiment, args.revision)
+    if not runs:
+        print(
+            f"no finished stage run in {tracker.uri()}; materialize the stages first: "
+            "dagster asset materialize -m naics_assets.definitions "
+            "--select 'stage_01_easy,stage_02_medium,stage_03_hard' --partition 2022",
+            file=sys.stderr,
+        )
+        return 1
+    if args.format == "json":
+        for record in runs_records(runs):
+            print(json.dumps(record))
+    else:
+        print(runs_table(runs))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="naics-gemini", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -111,12 +138,19 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         help="transformer layers in bfloat16 where the CPU/GPU has it natively (auto)",
     )
+    runs = commands.add_parser("runs", help="compare the latest MLflow run of each stage")
+    runs.add_argument("--revision", help="only runs of this NAICS revision")
+    runs.add_argument("--tracking-uri", help="MLflow store (default: the project's)")
+    runs.add_argument("--format", choices=("table", "json"), default="table")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     cli = parser()
     args = cli.parse_args(argv)
+    if args.command == "runs":
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        return runs_command(args)
     if args.command == "classify":
         try:
             return classify_command(args)

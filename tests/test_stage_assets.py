@@ -393,3 +393,31 @@ def test_mlflow_models_serve_answers_a_request(chain) -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_runs_command_lines_up_the_latest_run_of_each_stage(chain, tmp_path, capsys) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from naics_assets.cli import main
+
+    _, _, uri = chain
+    assert main(["runs", "--tracking-uri", uri]) == 0
+    header, rule, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == list(STAGES) and set(rule) <= {"-", " "}
+    cells = {row.split()[0]: row.split()[1:] for row in rows}
+    runs = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("naics-gemini").experiment_id]
+    )
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    for stage, cell in zip(STAGES, cells["parent_at_1"], strict=True):
+        assert cell == f"{by_stage[stage].data.metrics['parent_at_1']:.3f}"
+    assert cells["run"] == [by_stage[s].info.run_id[:8] for s in STAGES]
+    assert cells["revision"] == ["2022"] * 3 and all(c != "n/a" for c in cells["test_ece"])
+    assert main(["runs", "--tracking-uri", uri, "--format", "json", "--revision", "2022"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["stage"] for r in records] == list(STAGES) and records[0]["wall_s"] > 0
+    # another revision, or an empty store: no table, a hint on how to make runs
+    assert main(["runs", "--tracking-uri", uri, "--revision", "2017"]) == 1
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert main(["runs", "--tracking-uri", empty]) == 1
+    assert "dagster asset materialize" in capsys.readouterr().err
