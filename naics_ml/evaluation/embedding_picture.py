@@ -14,7 +14,7 @@ projection* keeps what the hierarchy needs and says what it drops (docs/embeddin
 * Thin lines join each code to its parent; circles mark each level's mean radius.
 
 A plain 2-D PCA of the directions was tried first: the sectors overlap in one crowded arc
-(docs/embedding_picture.md shows why), which is what the wedges avoid.
+(docs/embedding_picture.md), which is what the wedges avoid.
 """
 
 from __future__ import annotations
