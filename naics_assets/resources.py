@@ -12,7 +12,24 @@ from pydantic import Field
 from naics_ml.data.census import validate_revision
 from naics_ml.data.realtext import EVAL_FILE, VAL_FILE, RealTextSplit
 
-_STAGE = re.compile(r"^stage_\d\d_[a-z]+$")
+_STAGE = re.compile(r"stage_[0-9]{2}_[a-z]+")  # [0-9], not \d, which takes any script's digits
+
+
+def safe_revision(revision: str) -> str:
+    """A partition key as one path component under a root: ``validate_revision`` (four digits, no
+    separator) and ASCII, since its ``\\d`` also takes Arabic-Indic digits: a look-alike '2022'
+    would get a second folder."""
+    validate_revision(revision)
+    if not revision.isascii():
+        raise ValueError(f"NAICS revision must be a four-digit year like '2022', got {revision!r}")
+    return revision
+
+
+def plain_file_name(setting: str, name: str) -> str:
+    """A file name configured for a folder must stay in it: no separator, '.', '..' or NUL."""
+    if name in ("", ".", "..") or "\x00" in name or Path(name).name != name:
+        raise ValueError(f"{setting} must be a plain file name, got {name!r}")
+    return name
 
 
 def project_root() -> Path:
@@ -31,9 +48,10 @@ class CensusSource(dg.ConfigurableResource):
     backoff_s: float = 2.0
 
     def revision_dir(self, revision: str) -> Path | None:
+        safe_revision(revision)  # a bad key fails even when the web is the source
         if not self.local_dir:
             return None
-        return Path(self.local_dir).expanduser().resolve() / validate_revision(revision)
+        return Path(self.local_dir).expanduser().resolve() / revision
 
     def fetch(self, revision: str, dest_dir: Path) -> list:
         from naics_ml.data.download import DownloadConfig, fetch_workbooks
@@ -65,6 +83,7 @@ class RealTextSource(dg.ConfigurableResource):
 
     def path(self, name: str) -> Path | None:
         """The file, or None when no folder is set or the file is absent (then skipped)."""
+        plain_file_name("RealTextSource file name", name)
         if not self.local_dir:
             return None
         path = Path(self.local_dir).expanduser() / name
@@ -74,7 +93,9 @@ class RealTextSource(dg.ConfigurableResource):
         """``eval`` (the evaluation set), ``val`` and ``train`` frames; a missing file -> None."""
         from naics_ml.data.realtext import load_labelled_texts, split_labelled_texts
 
-        eval_path, val_path = self.path(self.eval_file), self.path(self.val_file)
+        eval_name = plain_file_name("RealTextSource.eval_file", self.eval_file)
+        val_name = plain_file_name("RealTextSource.val_file", self.val_file)
+        eval_path, val_path = self.path(eval_name), self.path(val_name)
         out: dict[str, object] = {"eval": None, "val": None, "train": None}
         if eval_path is not None:
             out["eval"] = load_labelled_texts(eval_path, six_digit_codes)
@@ -92,10 +113,17 @@ class ArtifactStore(dg.ConfigurableResource):
     root: str = Field(default="", description="Artifact root; storage/artifacts when empty.")
 
     def base(self) -> Path:
+        """The root folder. A URL is refused: the assets write with POSIX file operations (atomic
+        renames, folder swaps), so an object store must be mounted as a filesystem."""
+        if "://" in self.root:
+            raise ValueError(
+                "ArtifactStore.root (NAICS_ARTIFACTS_DIR) must be a filesystem path, e.g. a "
+                f"mounted shared volume; object-store URLs are not supported, got {self.root!r}"
+            )
         return Path(self.root) if self.root else project_root() / "storage" / "artifacts"
 
     def revision_dir(self, revision: str) -> Path:
-        path = self.base() / validate_revision(revision)
+        path = self.base() / safe_revision(revision)
         path.mkdir(parents=True, exist_ok=True)
         return path
 

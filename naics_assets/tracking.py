@@ -13,11 +13,27 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dagster as dg
 from pydantic import Field
 
 from naics_assets.resources import project_root
+
+
+def refuse_credentials(uri: str) -> str:
+    """An HTTP(S) tracking URI without ``user:password@``: MLflow prints the URI in run links on
+    stdout (Dagster's compute logs) and in request errors, so credentials go in its own
+    variables, which it never prints."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https") and "@" in parts.netloc:
+        host = parts.netloc.rsplit("@", 1)[1]
+        raise ValueError(
+            "MLFLOW_TRACKING_URI (MlflowTracker.tracking_uri) must not hold credentials, got "
+            f"'{parts.scheme}://***@{host}'; set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
+        )
+    return uri
 
 
 class StageRun:
@@ -74,9 +90,9 @@ class MlflowTracker(dg.ConfigurableResource):
 
     def uri(self) -> str:
         if self.tracking_uri:
-            return self.tracking_uri
+            return refuse_credentials(self.tracking_uri)
         if os.environ.get("MLFLOW_TRACKING_URI"):
-            return os.environ["MLFLOW_TRACKING_URI"]
+            return refuse_credentials(os.environ["MLFLOW_TRACKING_URI"])
         folder = project_root() / "storage" / "mlflow"
         folder.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{folder / 'mlflow.db'}"
