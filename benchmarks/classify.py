@@ -41,6 +41,7 @@ def main() -> int:
     parser.add_argument("--singles", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--precision", default="auto", help="float32, bfloat16 or auto (the CLI's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
@@ -48,7 +49,9 @@ def main() -> int:
 
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    classifier = Classifier.from_checkpoint(args.stage, precision=args.precision)
+    classifier = Classifier.from_checkpoint(
+        args.stage, precision=args.precision, device=args.device
+    )
     load_s = time.perf_counter() - t0
     texts = real_texts(args.texts)
     classifier.predict(texts[:8])  # warm-up: exclusion vectors, kernels
@@ -73,6 +76,7 @@ def main() -> int:
         "peak_rss_mb": round(_peak_rss_mb()),
         "threads": __import__("torch").get_num_threads(),
         "precision": args.precision,
+        "device": str(classifier.model.device),
         "layer_dtype": str(classifier.model.encoder.layer_dtype or "float32"),
     }
     print(json.dumps(result))

@@ -54,7 +54,7 @@ def classify_command(args: argparse.Namespace) -> int:
     folder = args.model or newest_stage(args.artifacts, "stage_03_hard", args.revision)
     from naics_ml.inference.classifier import Classifier
 
-    classifier = Classifier.from_checkpoint(folder, precision=args.precision)
+    classifier = Classifier.from_checkpoint(folder, precision=args.precision, device=args.device)
 
     def classify(texts: list[str]) -> list:
         return classifier.predict(texts, args.top_k, args.min_confidence)
@@ -137,6 +137,11 @@ def parser() -> argparse.ArgumentParser:
         choices=("auto", "float32", "bfloat16"),
         default="auto",
         help="transformer layers in bfloat16 where the CPU/GPU has it natively (auto)",
+    )
+    cls.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps",
     )
     runs = commands.add_parser("runs", help="compare the latest MLflow run of each stage")
     runs.add_argument("--revision", help="only runs of this NAICS revision")

@@ -216,7 +216,13 @@ def reevaluate_stage(request: StageRequest) -> dict[str, float]:
     extra = training_queries(codes, entries, train_texts, seed=request.train_config.seed)
     queries = pl.concat([entries, extra], how="vertical_relaxed")
     _save_memory(request, queries)
-    classifier = Classifier.from_checkpoint(paths.out_dir, memory_config=MemoryConfig())
+    config = request.train_config  # evaluated where and as the stage trained
+    classifier = Classifier.from_checkpoint(
+        paths.out_dir,
+        memory_config=MemoryConfig(),
+        precision=config.precision,
+        device=config.device,
+    )
     metrics = _evaluate(request, classifier, codes, entries, queries)
     folder = StageFolder(paths.out_dir)
     before = json.loads(folder.metrics.read_text()) if folder.metrics.is_file() else {}

@@ -232,6 +232,26 @@ def test_from_checkpoint_accepts_file_and_refuses_unfinished_stage(stage, tmp_pa
         Classifier.from_checkpoint(unfinished, allow_incomplete=True)
 
 
+def test_device_setting_keeps_cpu_predictions_and_refuses_a_missing_gpu(stage, capsys):
+    from naics_assets.cli import main
+
+    folder = stage[0]
+    texts = ["wheat farm", "gold mine company", "dairy cattle"]
+    chosen = [Classifier.from_checkpoint(folder, device=d) for d in ("cpu", "auto")]
+    chosen.append(Classifier.from_checkpoint(folder))  # device="auto" by default
+    answers = [c.predict(texts, top_k=3) for c in chosen]
+    if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        assert all(c.model.device == c.points_device == torch.device("cpu") for c in chosen)
+        assert repr(answers[1]) == repr(answers[0]) == repr(answers[2])  # every field, exactly
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda': CUDA is not available"):
+            Classifier.from_checkpoint(folder, device="cuda")
+        assert main(["classify", "wheat farm", "--model", str(folder), "--device", "cuda"]) == 2
+        assert "device 'cuda'" in capsys.readouterr().err
+    assert main(["classify", "wheat farm", "--model", str(folder), "--device", "cpu"]) == 0
+    assert answers[0][0][0].code in capsys.readouterr().out
+
+
 def ranked_for(classifier: Classifier, text: str) -> list[str]:
     return [p.code for p in classifier.predict([text], top_k=10_000)[0]]
 

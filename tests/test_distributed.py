@@ -1,4 +1,7 @@
-"""Two CPU processes under torchrun (gloo) train the tiny model from tiny shards in lockstep."""
+"""Two CPU processes under torchrun (gloo) train the tiny model from tiny shards in lockstep.
+
+The same code path selects NCCL and cuda:LOCAL_RANK for a CUDA device; that choice is tested
+without a GPU in tests/test_device.py."""
 
 from __future__ import annotations
 
@@ -148,6 +151,8 @@ def test_torchrun_two_ranks_train_in_lockstep(tmp_path):
         "--out",
         str(out),
         "--no-progress",
+        "--preset",  # the defaults; the device "cpu" selects gloo
+        "cpu",
         "--model-config",
         json.dumps(model_config.to_dict()),
         "--train-config",

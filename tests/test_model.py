@@ -28,7 +28,7 @@ from naics_ml.model.network import ModelConfig, NaicsModel
 from naics_ml.model.precision import resolve_precision
 from naics_ml.training.checkpoint import load_checkpoint, save_checkpoint
 
-from .tiny import tiny_bert
+from .tiny import tiny_bert, tiny_mpnet
 
 CODE_TEXTS: dict[str, list[str | None]] = {
     "title": [
@@ -545,3 +545,25 @@ def test_classifier_reuses_a_model_prepared_for_the_same_codes(tokenizer, monkey
     other = codes.with_columns(pl.col("title").str.to_uppercase())
     Classifier(model, other)
     assert calls == [1]  # other texts: prepared again
+
+
+def test_mpnet_layers_run_one_by_one_as_in_the_full_forward(tokenizer):
+    """MPNet (the GPU preset's base) adds a relative position bias in every layer and returns
+    tuples: the cached layer-by-layer path must still equal the whole transformer."""
+    base = tiny_mpnet(tokenizer.vocab_size)
+    config = tiny_config(lora_target_modules=("q", "v"))
+    model = NaicsModel(config, base=base, tokenizer=tokenizer)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.3)
+    lora = {n.split(".lora_A")[0] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert lora == {f"encoder.base.encoder.layer.1.attention.attn.{m}" for m in ("q", "v")}
+    model.prepare(CODE_TEXTS, QUERIES)
+    model.eval()
+    ids = torch.tensor([0, 1, 2, 3, 4, 1])
+    cached = model.encode_codes(ids).points
+    full = model.encode_codes_reference(ids, dedupe=False, pad_to_max_length=True).points
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+    free = model.encode_texts(QUERIES)  # prepared texts from the cache; the same without it
+    torch.testing.assert_close(free, model.encode_queries(torch.arange(4)).points)

@@ -43,6 +43,7 @@ ASSETS = [
     naics_embeddings,
 ]
 STAGES = ("stage_01_easy", "stage_02_medium", "stage_03_hard")
+MACHINE = {"preset": "cpu", "device": "auto", "precision": "float32"}
 METRICS = METRIC_KEYS
 
 
@@ -73,7 +74,8 @@ def chain(slice_root: Path, tiny_base: Path, tmp_path_factory: pytest.TempPathFa
         "ops": {
             "naics_triplets": {"config": {"cross_sector_k": 4, "workers": 1}},
             "stage_01_easy": stage_config(4, model),
-            "stage_02_medium": stage_config(4),
+            # the launchpad's machine fields, given: the cpu preset, the device resolved here
+            "stage_02_medium": {"config": stage_config(4)["config"] | MACHINE},
             "stage_03_hard": stage_config(4),
         }
     }
@@ -192,6 +194,9 @@ def test_mlflow_holds_one_run_per_stage(chain) -> None:
             meta["all_metrics"]["realtext_hit1"]
         )
         assert run.data.params["train.steps"] == "4"
+        assert run.data.tags["preset"] == "cpu" and run.data.params["train.precision"] == "float32"
+        medium = run.data.tags["stage"] == "stage_02_medium"
+        assert run.data.params["train.device"] == ("auto" if medium else "cpu")
         assert "curriculum.name" in run.data.params
         assert {"spearman", "spearman_ceiling", "test_mrr", "baseline_tfidf_test_mrr"} <= set(
             run.data.metrics

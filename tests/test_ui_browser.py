@@ -241,7 +241,6 @@ def stage_request(revision_dir: Path, stage: str, previous: str | None):
     from naics_assets.assets import stages
     from naics_ml.model.config import ModelConfig
     from naics_ml.stage import StagePaths, StageRequest, resolve_curriculum
-    from naics_ml.training.config import TrainConfig
 
     config_class = {
         "stage_01_easy": stages.EasyStageConfig,
@@ -249,12 +248,13 @@ def stage_request(revision_dir: Path, stage: str, previous: str | None):
         "stage_03_hard": stages.HardStageConfig,
     }[stage]
     config = config_class()
+    _, train_config = stages.stage_configs(config)
     return StageRequest(
         name=f"{REVISION}/{stage}",
         paths=StagePaths.in_revision(revision_dir, stage, previous),
         curriculum=resolve_curriculum(config.curriculum, stage),
         model_config=ModelConfig(),
-        train_config=TrainConfig.from_dict(config.model_dump(exclude={"curriculum", "model"})),
+        train_config=train_config,
         extra={"revision": REVISION, "stage": stage},
     )
 

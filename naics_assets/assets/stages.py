@@ -6,9 +6,13 @@ held-out test split, and leaves ``models/<stage>/`` (checkpoint, code table, ent
 the Classifier's points, metrics, plot). Two asset checks read the stage's own metrics: it must
 beat both baselines, and no expert may starve.
 Re-materializing an interrupted stage resumes from its last checkpoint.
+
+``preset`` (``naics_ml.training.presets``: ``cpu``, the defaults, or ``gpu``) fills every field
+that depends on the machine (base model, LoRA layers, batch sizes, device, precision) and that
+the launchpad leaves empty; a field given a value keeps it.
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import Field
@@ -23,6 +27,7 @@ from naics_assets.resources import ArtifactStore, RealTextSource
 from naics_assets.tracking import MlflowTracker
 from naics_ml.model.config import ModelConfig
 from naics_ml.training.config import TrainConfig
+from naics_ml.training.presets import PRESETS, PresetName, get_preset
 
 if TYPE_CHECKING:
     from naics_ml.stage import StageReport, StageRequest
@@ -30,19 +35,26 @@ if TYPE_CHECKING:
 _MODEL = ModelConfig()  # the one set of model defaults; the launchpad shows them
 
 
+def from_preset(section: str, name: str, what: str = "") -> Any:
+    """A field the preset fills when it is left empty; its description lists each preset's
+    value (read from ``naics_ml.training.presets``, the one place they are set)."""
+    values = ", ".join(f"{p}: {PRESETS[p].value(section, name)}" for p in PRESETS)
+    return Field(default=None, description=f"{what} Empty: the preset's ({values}).".lstrip())
+
+
 class ModelSettings(dg.Config):
     """The model of the first stage; later stages inherit it from their starting checkpoint."""
 
-    base_model: str = Field(default=_MODEL.base_model, description="Hugging Face name or path.")
-    lora_r: int = _MODEL.lora_r
-    lora_alpha: int = _MODEL.lora_alpha
+    base_model: str | None = from_preset("model", "base_model", "Hugging Face name or path.")
+    lora_r: int | None = from_preset("model", "lora_r")
+    lora_alpha: int | None = from_preset("model", "lora_alpha")
     lora_dropout: float = Field(
         default=_MODEL.lora_dropout, description="Dropout on the LoRA adapters' input."
     )
-    lora_layers: int = Field(
-        default=_MODEL.lora_layers, description="LoRA on the top N layers (rest cached)."
+    lora_layers: int | None = from_preset(
+        "model", "lora_layers", "LoRA on the top N layers (rest cached)."
     )
-    embedding_dim: int = _MODEL.embedding_dim
+    embedding_dim: int | None = from_preset("model", "embedding_dim")
     curvature: float = _MODEL.curvature
     balance_weight: float = Field(
         default=_MODEL.balance_weight,
@@ -60,9 +72,15 @@ _TRAIN = TrainConfig()  # the one set of training defaults; the launchpad shows 
 class StageConfig(dg.Config):
     """Hyperparameters of one stage, editable in the launchpad (defaults: ``TrainConfig``)."""
 
+    preset: PresetName = Field(
+        default="cpu",
+        description="Machine settings for the empty fields: "
+        + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values())
+        + " (docs/training.md).",
+    )
     curriculum: str = Field(default="", description="Packaged name or YAML path; empty = default.")
     steps: int = _TRAIN.steps
-    batch_size: int = _TRAIN.batch_size
+    batch_size: int | None = from_preset("train", "batch_size")
     learning_rate: float = Field(default=_TRAIN.learning_rate, description="LoRA adapters.")
     fusion_learning_rate: float = Field(
         default=_TRAIN.fusion_learning_rate,
@@ -70,8 +88,8 @@ class StageConfig(dg.Config):
     )
     warmup_steps: int = _TRAIN.warmup_steps
     temperature: float = _TRAIN.temperature
-    query_batch_size: int = Field(
-        default=_TRAIN.query_batch_size, description="Labelled queries per step (short texts)."
+    query_batch_size: int | None = from_preset(
+        "train", "query_batch_size", "Labelled queries per step (short texts)."
     )
     query_loss_weight: float = _TRAIN.query_loss_weight
     query_candidates: str = Field(
@@ -102,6 +120,12 @@ class StageConfig(dg.Config):
         default=_TRAIN.bank_live_positives,
         description="Encode triplet positives live (slower) instead of the bank.",
     )
+    device: str | None = from_preset(
+        "train", "device", "Where it trains and is evaluated: auto, cpu, cuda, cuda:N or mps."
+    )
+    precision: str | None = from_preset(
+        "train", "precision", "Transformer layers: float32, bfloat16, or auto (where native)."
+    )
 
 
 class EasyStageConfig(StageConfig):
@@ -128,6 +152,16 @@ class HardStageConfig(StageConfig):
 FINAL_STAGE = "stage_03_hard"
 
 
+def stage_configs(config: StageConfig) -> tuple[ModelConfig | None, TrainConfig]:
+    """The launchpad's values over its preset's: the model (None for a stage without model
+    settings, which inherits its checkpoint's) and the training config."""
+    preset = get_preset(config.preset)
+    train = config.model_dump(exclude={"curriculum", "model", "preset"}, exclude_none=True)
+    model = getattr(config, "model", None)
+    first = None if model is None else preset.model_config(model.model_dump(exclude_none=True))
+    return first, preset.train_config(train)
+
+
 def stage_request(
     context: dg.AssetExecutionContext,
     config: StageConfig,
@@ -150,7 +184,8 @@ def stage_request(
 
     revision = context.partition_key
     paths = StagePaths.in_revision(store.revision_dir(revision), stage, previous)
-    first = ModelConfig.from_dict(config.model.model_dump()) if previous is None else None
+    first, train_config = stage_configs(config)
+    first = first if previous is None else None
     try:
         model_config = stage_model_config(paths.init_from, first)
     except StageOrderError as error:
@@ -164,7 +199,7 @@ def stage_request(
         paths=paths,
         curriculum=resolve_curriculum(config.curriculum, stage),
         model_config=model_config,
-        train_config=TrainConfig.from_dict(config.model_dump(exclude={"curriculum", "model"})),
+        train_config=train_config,
         realtext=labelled,
         extra={"revision": revision, "stage": stage},
     )
@@ -189,6 +224,7 @@ def train_stage_asset(
         "naics_revision": context.partition_key,
         "stage": stage,
         "init_from": str(request.paths.init_from or ""),
+        "preset": config.preset,
     }
     with mlflow.start_run(request.name, tags) as run:
         run.log_params(stage_params(request))

@@ -24,6 +24,12 @@ softmax over the code texts and remembered entries: what it knew before training
 (``naics_ml.evaluation.blend_tuning``). ``distance`` is the Lorentz geodesic distance to the
 code. Results are sorted by score, best first (by distance, nearest first, when the embedding is
 the only part).
+
+Device: the model and every point, remembered entry and base vector live on one device
+(``from_checkpoint(device="auto")``: CUDA, else Apple MPS, else the CPU; ``naics_ml.model.device``);
+the float64 scoring runs there too, except on MPS, which has no float64: its points live on the
+CPU (``naics_ml.model.lorentz.float64_device``). What the methods return (tensors of ``embed``,
+numpy arrays, frames) is on the CPU.
 """
 
 from __future__ import annotations
@@ -59,9 +65,11 @@ from naics_ml.inference.lexical_memory import LexicalIndex
 from naics_ml.inference.serving import load_blend
 from naics_ml.inference.stage_points import StagePoints, load_stage_points, save_stage_points
 from naics_ml.model.channels import channel_fingerprint, code_channel_texts
+from naics_ml.model.device import resolve_device
 from naics_ml.model.lorentz import (
     LiftedPoints,
     check_on_manifold,
+    float64_device,
     radius,
     to_poincare,
 )
@@ -162,28 +170,16 @@ class Classifier:
         stage has just trained).
         """
         self.model = model.eval()
+        self.points_device = float64_device(model.device)  # see the module doc
         self.codes = codes.sort("index")
         self.temperature = float(temperature)
         self.curvature = float(model.config.curvature)
-        if points is not None:
-            expected = (self.codes.height, model.config.embedding_dim + 1)
-            if tuple(points.codes.shape) != expected:
-                raise ValueError(
-                    f"saved code points have shape {tuple(points.codes.shape)}, "
-                    f"the model and code table need {expected}"
-                )
-            self._points = points.codes
-        else:
-            texts = code_channel_texts(self.codes)
-            if model.code_fingerprint != channel_fingerprint(texts):
-                model.prepare(texts)
-            with torch.no_grad():
-                self._points = model.encode_all_codes()
+        self._points = self._code_points(points)
         check_on_manifold(self._points, self.curvature)
         six = six_digit_mask(self.codes)
         if not six.any():
             raise ValueError("the code table has no six-digit codes")
-        self._six_index = torch.as_tensor(np.flatnonzero(six))
+        self._six_index = torch.as_tensor(np.flatnonzero(six), device=self.points_device)
         self._six_lifted = LiftedPoints(self._points[self._six_index], self.curvature)
         self._six_codes = self.codes["code"].to_numpy()[six]
         self._six_titles = self.codes["title"].to_numpy()[six]
@@ -199,6 +195,23 @@ class Classifier:
         if self.memory_config.base_weight > 0:
             self._init_base_part(memory, None if points is None else points.base)
 
+    def _code_points(self, points: StagePoints | None) -> torch.Tensor:
+        """Every code's point: the saved ones, or embedded now (preparing the model if it is
+        not prepared for exactly these code texts)."""
+        if points is None:
+            texts = code_channel_texts(self.codes)
+            if self.model.code_fingerprint != channel_fingerprint(texts):
+                self.model.prepare(texts)
+            with torch.no_grad():
+                return self.model.encode_all_codes().to(self.points_device)
+        expected = (self.codes.height, self.model.config.embedding_dim + 1)
+        if tuple(points.codes.shape) != expected:
+            raise ValueError(
+                f"saved code points have shape {tuple(points.codes.shape)}, "
+                f"the model and code table need {expected}"
+            )
+        return points.codes.to(self.points_device)
+
     def _init_memory(self, memory: pl.DataFrame | None, points: StagePoints | None) -> None:
         """The entry memory as points and as words; the index entries that can be evidence."""
         self._memory = memory if memory is not None and memory.height else None
@@ -210,15 +223,17 @@ class Classifier:
         if self._memory is None or not self.memory_config.active:
             return
         column = candidate_positions(memory["code"].to_numpy(), self._six_codes)
-        self._memory_column = torch.as_tensor(column)
+        self._memory_column = torch.as_tensor(column, device=self.points_device)
         self._memory_size = memory.height
         if self.memory_config.weight > 0:
             saved = None if points is None else points.memory
             if saved is not None and len(saved) == memory.height:
-                self._memory_points = saved
+                self._memory_points = saved.to(self.points_device)
             else:
                 with torch.no_grad():
-                    self._memory_points = self.embed(memory["text"].to_list())
+                    self._memory_points = self.embed(memory["text"].to_list()).to(
+                        self.points_device
+                    )
             check_on_manifold(self._memory_points, self.curvature)
             self._memory_lifted = LiftedPoints(self._memory_points, self.curvature)
         if self.memory_config.lexical_weight > 0:
@@ -244,11 +259,11 @@ class Classifier:
         if memory is not None and memory.height:
             texts += memory["text"].to_list()
             column += candidate_positions(memory["code"].to_numpy(), self._six_codes).tolist()
-        self._base_column = torch.as_tensor(column, dtype=torch.long)
+        self._base_column = torch.as_tensor(column, dtype=torch.long, device=self.points_device)
         if saved is not None and len(saved) == len(texts):
-            self._base_vectors = saved
+            self._base_vectors = saved.to(self.points_device)
         else:
-            self._base_vectors = self.model.encode_frozen(texts)
+            self._base_vectors = self.model.encode_frozen(texts).to(self.points_device)
 
     @property
     def six_digit_codes(self) -> np.ndarray:
@@ -273,6 +288,7 @@ class Classifier:
         memory_config: MemoryConfig | None = None,
         reuse_points: bool = True,
         precision: str = "float32",
+        device: str = "auto",
     ) -> Classifier:
         """Rebuild the model of a stage folder (or its checkpoint file) and its points.
 
@@ -284,8 +300,11 @@ class Classifier:
         spares embedding the codes and the memory again while it matches the stage's files;
         ``reuse_points=False`` embeds afresh. ``precision`` (``naics_ml.model.precision``):
         ``float32`` (the stage's own evaluation), ``bfloat16`` or ``auto`` for the texts to
-        classify (the saved points stay as the stage computed them).
+        classify (the saved points stay as the stage computed them). ``device``
+        (``naics_ml.model.device``): where the model and the points live; ``auto`` is CUDA, else
+        Apple MPS, else the CPU.
         """
+        where = resolve_device(device)  # before any loading: a missing GPU fails at once
         file = resolve_checkpoint(path)
         state = load_checkpoint(file)
         if not state.get("complete", False) and not allow_incomplete:
@@ -299,7 +318,8 @@ class Classifier:
             config = dataclasses.replace(config, base_model=base_model)
         model = NaicsModel(config, base=base, tokenizer=tokenizer)
         model.load_trainable_state_dict(state["model_state"])
-        model.encoder.layer_dtype = resolve_precision(precision)
+        model.to(where)
+        model.encoder.layer_dtype = resolve_precision(precision, where.type)
         temperature = float(state.get("train_config", {}).get("temperature", 0.1))
         entries = load_stage_memory(file) if memory else None
         memory_config = memory_config or load_blend(file)  # the weights the stage chose
@@ -326,10 +346,10 @@ class Classifier:
         return save_stage_points(path, points)
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        """Hyperboloid points (n, D+1) of free texts."""
+        """Hyperboloid points (n, D+1) of free texts, on the CPU."""
         if isinstance(texts, str):
             raise TypeError("texts must be a sequence of strings, not one string")
-        return self.model.encode_texts(list(texts))
+        return self.model.encode_texts(list(texts)).cpu()
 
     def scores(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(distance, probability) arrays (n, m) of each text against the six-digit codes
@@ -386,6 +406,7 @@ class Classifier:
     ) -> ScoreParts:
         """The module doc's parts for one batch of query points (``rows``, from ``start``)."""
         config = self.memory_config
+        rows = rows.to(self.points_device)
         distance = self._six_lifted.distance_from(rows).to(rows.dtype).double()
         num_codes = distance.shape[1]
         batch_texts = None if texts is None else list(texts[start : start + len(rows)])
@@ -393,33 +414,46 @@ class Classifier:
         if self._memory_points is not None:
             entry_distance = self._memory_lifted.distance_from(rows).to(rows.dtype)
             if keep_entries and self._evidence_rows:
-                parts["entry_distance"] = entry_distance.numpy()
-            parts["points"] = memory_probabilities(
-                entry_distance.double(),
-                self._memory_column,
-                num_codes,
-                config.temperature or self.temperature,
-            ).numpy()
+                parts["entry_distance"] = entry_distance.cpu().numpy()
+            parts["points"] = (
+                memory_probabilities(
+                    entry_distance.double(),
+                    self._memory_column,
+                    num_codes,
+                    config.temperature or self.temperature,
+                )
+                .cpu()
+                .numpy()
+            )
         if self._lexical is not None:
             cosine, hit = self._lexical.similarity(batch_texts)
-            parts["lexical"] = memory_probabilities(  # cosine distance 1 - cos: same softmax
-                torch.as_tensor(1.0 - cosine),
-                self._memory_column,
-                num_codes,
-                config.lexical_temperature,
-            ).numpy()
+            parts["lexical"] = (
+                memory_probabilities(  # cosine distance 1 - cos: same softmax
+                    torch.as_tensor(1.0 - cosine, device=self.points_device),
+                    self._memory_column,
+                    num_codes,
+                    config.lexical_temperature,
+                )
+                .cpu()
+                .numpy()
+            )
             parts["matched"] = np.asarray(hit, dtype=bool)
         if self._base_vectors is not None:
             query = self.model.encode_frozen(batch_texts) if base_query is None else base_query
-            parts["base"] = memory_probabilities(
-                (1.0 - query @ self._base_vectors.T).double(),
-                self._base_column,
-                num_codes,
-                config.base_temperature,
-            ).numpy()
-            parts["base_query"] = query.double().numpy()
-        code = torch.softmax(-distance / self.temperature, dim=1).numpy()
-        return ScoreParts(distance=distance.numpy(), code=code, **parts)
+            query = query.to(self.points_device)
+            parts["base"] = (
+                memory_probabilities(
+                    (1.0 - query @ self._base_vectors.T).double(),
+                    self._base_column,
+                    num_codes,
+                    config.base_temperature,
+                )
+                .cpu()
+                .numpy()
+            )
+            parts["base_query"] = query.cpu().double().numpy()
+        code = torch.softmax(-distance / self.temperature, dim=1).cpu().numpy()
+        return ScoreParts(distance=distance.cpu().numpy(), code=code, **parts)
 
     def predict(
         self, texts: Sequence[str], top_k: int = 5, min_confidence: float = 0.5
@@ -450,7 +484,7 @@ class Classifier:
         k = min(top_k, distance.shape[1])
         # stable sort on (-probability, distance): ties in probability go to the nearer code
         order = np.lexsort((distance, -probs), axis=1)[:, :k]
-        warnings = self.exclusion_warnings(order[:, 0], texts, frozen.double().numpy())
+        warnings = self.exclusion_warnings(order[:, 0], texts, frozen.cpu().double().numpy())
         out = []
         for row in range(len(order)):
             fb = fallback.codes[row]
@@ -511,7 +545,7 @@ class Classifier:
     def frozen_vectors(self, texts: Sequence[str]) -> np.ndarray:
         """Unit vectors (n, H) of the texts under the frozen base model (no adapter)."""
         with torch.no_grad():
-            return self.model.encode_frozen(texts).double().numpy()
+            return self.model.encode_frozen(texts).cpu().double().numpy()
 
     def _evidence(self, column: int, entry_distance: np.ndarray | None) -> tuple[Evidence, ...]:
         """Up to three index entries of the candidate in ``column``, nearest to the text."""
@@ -529,7 +563,7 @@ class Classifier:
         D+1 hyperboloid coordinates, time-like first), ``poincare`` (list[float], the same
         point in the Poincare ball of radius sqrt(curvature), D coordinates) and ``radius``
         (distance from the origin, the depth signal)."""
-        points = self._points.double()
+        points = self._points.cpu().double()
         ball = to_poincare(points, self.curvature)
         return self.codes.select("index", "code", "level", "sector", "title").with_columns(
             pl.Series("coordinates", points.numpy().tolist(), dtype=pl.List(pl.Float64)),

@@ -60,7 +60,7 @@ def save_stage_points(path: Path | str, points: StagePoints) -> Path:
     folder = StageFolder.of(path)
     state = {
         "fingerprint": stage_fingerprint(folder.path),
-        "codes": points.codes.detach().float().contiguous(),
+        "codes": _floats(points.codes),
         "memory": _floats(points.memory),
         "base": _floats(points.base),
         "exclusions": _floats(points.exclusions),
@@ -86,4 +86,5 @@ def load_stage_points(path: Path | str) -> StagePoints | None:
 
 
 def _floats(tensor: Tensor | None) -> Tensor | None:
-    return None if tensor is None else tensor.detach().float().contiguous()
+    """float32 on the CPU: the file loads on any machine."""
+    return None if tensor is None else tensor.detach().cpu().float().contiguous()

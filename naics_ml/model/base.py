@@ -41,14 +41,39 @@ def _local_only(resolved: str) -> bool:
     return Path(resolved).exists() or offline
 
 
+class BaseModelUnavailable(OSError):
+    """The base model is neither packaged, nor a local folder, nor loadable from the hub."""
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """The tokenizer of the base model (local files only when the model is local)."""
     resolved = resolve_base_model(name_or_path)
-    return AutoTokenizer.from_pretrained(resolved, local_files_only=_local_only(resolved))
+    try:
+        return AutoTokenizer.from_pretrained(resolved, local_files_only=_local_only(resolved))
+    except (OSError, ValueError) as error:  # missing files; a folder without a model
+        raise _unavailable(name_or_path, resolved, error) from error
 
 
 def load_base_model(name_or_path: str) -> PreTrainedModel:
     """The bare transformer (no task head) of the base model, in eval mode."""
     resolved = resolve_base_model(name_or_path)
-    model = AutoModel.from_pretrained(resolved, local_files_only=_local_only(resolved))
+    try:
+        model = AutoModel.from_pretrained(resolved, local_files_only=_local_only(resolved))
+    except (OSError, ValueError) as error:  # missing files; a folder without a model
+        raise _unavailable(name_or_path, resolved, error) from error
     return model.eval()
+
+
+def _unavailable(name: str, resolved: str, error: Exception) -> BaseModelUnavailable:
+    """A message naming the base model and how to provide it (the hub's own error names
+    neither the setting nor the remedy)."""
+    if Path(resolved).exists():
+        reason = f"the folder {resolved} holds no loadable model"
+    elif _local_only(resolved):
+        reason = "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache"
+    else:
+        reason = "it could not be downloaded from the Hugging Face hub"
+    return BaseModelUnavailable(
+        f"base model {name!r} cannot be loaded: {reason}. Download it where there is a "
+        f"network (hf download {name}) or set base_model to a local folder holding it ({error})"
+    )

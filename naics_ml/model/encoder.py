@@ -9,6 +9,11 @@ Speed comes from three exact (not approximate) tricks:
   longest in their micro-batch.
 * Channels share one base and switch adapters, so the base weights exist once in memory.
 
+Everything runs on the base's device (``ChannelEncoder.device``); the prefix cache is built and
+saved on the CPU and moved to that device by ``NaicsModel``. Token ids are padded on the CPU and
+moved once per batch. Layer-by-layer execution also handles MPNet (all-mpnet-base-v2), whose
+layers take the encoder's relative position bias and return tuples.
+
 The base's own dropout is switched off (it is frozen and its prefix is cached, so the top
 layers must behave as in the cached forward); LoRA dropout is kept.
 """
@@ -53,7 +58,10 @@ def digest_tensors(digest: Any, state: dict[str, Tensor]) -> None:
 
 
 def length_buckets(lengths: Tensor, max_tokens: int, max_rows: int) -> list[Tensor]:
-    """Positions grouped into micro-batches of similar length (each padded to its own max)."""
+    """Positions grouped into micro-batches of similar length (each padded to its own max), on
+    ``lengths``' device; the grouping itself reads the lengths once, on the CPU."""
+    device = lengths.device
+    lengths = lengths.cpu()
     order = torch.argsort(lengths, stable=True)
     buckets: list[Tensor] = []
     start = 0
@@ -65,7 +73,7 @@ def length_buckets(lengths: Tensor, max_tokens: int, max_rows: int) -> list[Tens
             if longest * (end - start + 1) > max_tokens:
                 break
             end += 1
-        buckets.append(order[start:end])
+        buckets.append(order[start:end].to(device))
         start = end
     return buckets
 
@@ -85,7 +93,7 @@ class PrefixCache:
         """Padded (n, L, H) float32 hidden states and (n, L) mask for texts ``ids``."""
         lengths = self.lengths[ids]
         width = int(lengths.max())
-        pos = torch.arange(width)
+        pos = torch.arange(width, device=lengths.device)
         mask = pos.unsqueeze(0) < lengths.unsqueeze(1)
         rows = self.offsets[ids].unsqueeze(1) + torch.minimum(
             pos.unsqueeze(0), lengths.unsqueeze(1) - 1
@@ -94,6 +102,10 @@ class PrefixCache:
 
     def nbytes(self) -> int:
         return self.flat.numel() * self.flat.element_size()
+
+    def to(self, device: torch.device) -> PrefixCache:
+        """The same cache on ``device`` (itself when already there)."""
+        return PrefixCache(self.flat.to(device), self.offsets.to(device), self.lengths.to(device))
 
     def save(self, path: Path | str) -> Path:
         """Write the cache atomically (a torch file of three tensors)."""
@@ -165,6 +177,10 @@ class ChannelEncoder(nn.Module):
     def hidden_size(self) -> int:
         return int(self.base.config.hidden_size)
 
+    @property
+    def device(self) -> torch.device:
+        return self.base.embeddings.word_embeddings.weight.device
+
     def activate(self, channel: str) -> None:
         """Route the LoRA layers through ``channel``'s adapter.
 
@@ -186,14 +202,16 @@ class ChannelEncoder(nn.Module):
         return out["input_ids"]
 
     def _pad(self, ids: Sequence[Sequence[int]], width: int | None = None) -> tuple[Tensor, Tensor]:
+        """Padded token ids and mask on the encoder's device (filled on the CPU, moved once)."""
         width = width or max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        cpu = torch.device("cpu")
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long, device=cpu)
+        mask = torch.zeros((len(ids), width), dtype=torch.long, device=cpu)
         for row, seq in enumerate(ids):
-            input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long, device=cpu)
             mask[row, : len(seq)] = 1
-        return input_ids, mask
+        return input_ids.to(self.device), mask.to(self.device)
 
     # --- frozen prefix --------------------------------------------------------------------
     def _run_layers(self, hidden: Tensor, mask: Tensor, start: int, stop: int) -> Tensor:
@@ -201,9 +219,14 @@ class ChannelEncoder(nn.Module):
         mask4d = create_bidirectional_mask(
             config=self.base.config, inputs_embeds=hidden, attention_mask=mask
         )
+        extra = {}
+        encoder = self.base.encoder
+        if hasattr(encoder, "compute_position_bias"):  # MPNet: relative positions, per width
+            extra["position_bias"] = encoder.compute_position_bias(hidden)
         with autocast_layers(hidden.device.type, self.layer_dtype):
-            for layer in self.base.encoder.layer[start:stop]:
-                hidden = layer(hidden, mask4d)
+            for layer in encoder.layer[start:stop]:
+                hidden = layer(hidden, mask4d, **extra)
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # MPNet: a tuple
         return hidden.float()
 
     @torch.no_grad()
@@ -251,16 +274,24 @@ class ChannelEncoder(nn.Module):
 
     @torch.no_grad()
     def _cache_from_ids(self, token_ids: list[list[int]], dtype: torch.dtype) -> PrefixCache:
-        lengths = torch.tensor([len(x) for x in token_ids], dtype=torch.long)
-        offsets = torch.zeros(len(token_ids), dtype=torch.long)
+        """The cache on the CPU (where it is saved), computed on the encoder's device and in
+        float32 whatever ``layer_dtype`` says: one file serves every precision."""
+        cpu = torch.device("cpu")
+        lengths = torch.tensor([len(x) for x in token_ids], dtype=torch.long, device=cpu)
+        offsets = torch.zeros(len(token_ids), dtype=torch.long, device=cpu)
         if len(token_ids):
             offsets[1:] = torch.cumsum(lengths, 0)[:-1]
-        flat = torch.empty((int(lengths.sum()), self.hidden_size), dtype=dtype)
-        for bucket in length_buckets(lengths, self.max_tokens, self.max_rows):
-            hidden, _ = self.prefix([token_ids[i] for i in bucket.tolist()])
-            for row, i in enumerate(bucket.tolist()):
-                n = int(lengths[i])
-                flat[offsets[i] : offsets[i] + n] = hidden[row, :n].to(dtype)
+        flat = torch.empty((int(lengths.sum()), self.hidden_size), dtype=dtype, device=cpu)
+        layer_dtype, self.layer_dtype = self.layer_dtype, None
+        try:
+            for bucket in length_buckets(lengths, self.max_tokens, self.max_rows):
+                hidden, _ = self.prefix([token_ids[i] for i in bucket.tolist()])
+                hidden = hidden.to(cpu)
+                for row, i in enumerate(bucket.tolist()):
+                    n = int(lengths[i])
+                    flat[offsets[i] : offsets[i] + n] = hidden[row, :n].to(dtype)
+        finally:
+            self.layer_dtype = layer_dtype
         return PrefixCache(flat=flat, offsets=offsets, lengths=lengths)
 
     # --- trainable top ----------------------------------------------------------------------
@@ -288,18 +319,19 @@ class ChannelEncoder(nn.Module):
         """
         self.activate(channel)
         token_ids = self.tokenize(texts)
+        cpu = torch.device("cpu")
         if pad_to_max_length:
             input_ids, mask = self._pad(token_ids, self.max_length)
             out = self.base(input_ids=input_ids, attention_mask=mask).last_hidden_state
             return mean_pool(out, mask)
-        lengths = torch.tensor([len(x) for x in token_ids], dtype=torch.long)
+        lengths = torch.tensor([len(x) for x in token_ids], dtype=torch.long, device=cpu)
         parts, order = [], []
         for bucket in length_buckets(lengths, self.max_tokens, self.max_rows):
             input_ids, mask = self._pad([token_ids[i] for i in bucket.tolist()])
             out = self.base(input_ids=input_ids, attention_mask=mask).last_hidden_state
             parts.append(mean_pool(out, mask))
             order.append(bucket)
-        return torch.cat(parts)[torch.argsort(torch.cat(order))]
+        return torch.cat(parts)[torch.argsort(torch.cat(order)).to(self.device)]
 
     @contextmanager
     def adapters_off(self) -> Iterator[None]:
@@ -326,7 +358,7 @@ class ChannelEncoder(nn.Module):
         the bare base (every adapter bypassed). The frozen prefix is computed once and shared
         by the routes, so the base vectors beside the adapted ones cost only the top layers."""
         token_ids = self.tokenize(texts)
-        lengths = torch.tensor([len(x) for x in token_ids], dtype=torch.long)
+        lengths = torch.tensor([len(x) for x in token_ids], dtype=torch.long, device="cpu")
         parts: list[list[Tensor]] = [[] for _ in routes]
         order = []
         for bucket in length_buckets(lengths, self.max_tokens, self.max_rows):
@@ -334,7 +366,7 @@ class ChannelEncoder(nn.Module):
             for route, out in zip(routes, parts, strict=True):
                 out.append(mean_pool(self._top_layers(hidden, mask, route), mask))
             order.append(bucket)
-        inverse = torch.argsort(torch.cat(order))
+        inverse = torch.argsort(torch.cat(order)).to(self.device)
         return [torch.cat(out)[inverse] for out in parts]
 
     def _top_layers(self, hidden: Tensor, mask: Tensor, route: str | None) -> Tensor:

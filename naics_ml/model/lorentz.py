@@ -5,6 +5,9 @@ Convention (geoopt's): a curvature parameter ``k > 0`` is the hyperboloid
 hyperbolic space. The origin is ``(sqrt(k), 0, ..., 0)``. Distances are computed in float64
 with the time coordinate recomputed from the space-like part (see ``lift``): points far from
 the origin have large coordinates and their Minkowski inner product loses precision in float32.
+That holds on every device: on CUDA the float64 maths runs on the GPU; Apple MPS has no float64,
+so there (see ``wide``) it runs on the CPU and the results go back to the MPS device, rather than
+in float32, which would lose the accuracy ``lift`` exists for.
 """
 
 from __future__ import annotations
@@ -39,13 +42,23 @@ def minkowski_inner(x: Tensor, y: Tensor) -> Tensor:
     return -x[..., 0] * y[..., 0] + (x[..., 1:] * y[..., 1:]).sum(-1)
 
 
+def float64_device(device: torch.device) -> torch.device:
+    """Where float64 tensors of ``device`` live: the device itself, the CPU for Apple MPS."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
+def wide(x: Tensor) -> Tensor:
+    """``x`` in float64, on :func:`float64_device` of its device (autograd follows the move)."""
+    return x.to(float64_device(x.device), torch.float64)
+
+
 def lift(x: Tensor, curvature: float) -> Tensor:
     """``x`` in float64 with the time coordinate recomputed from the space-like part.
 
     Far from the origin x0 ~ e^r, so the float32 x0 alone carries an error that would swamp
     the distance between nearby points; recomputing it in float64 keeps distances accurate.
     """
-    xs = x[..., 1:].double()
+    xs = wide(x[..., 1:])
     x0 = torch.sqrt(float(curvature) + (xs * xs).sum(-1, keepdim=True))
     return torch.cat([x0, xs], dim=-1)
 
@@ -60,14 +73,14 @@ def _arcosh_distance(neg_inner: Tensor, curvature: float) -> Tensor:
 def distance(x: Tensor, y: Tensor, curvature: float = 1.0) -> Tensor:
     """Geodesic distance between ``x`` and ``y`` (broadcast over leading dimensions)."""
     d = _arcosh_distance(-minkowski_inner(lift(x, curvature), lift(y, curvature)), curvature)
-    return d.to(x.dtype)
+    return d.to(x.device, x.dtype)
 
 
 def pairwise_distance(x: Tensor, y: Tensor, curvature: float = 1.0) -> Tensor:
     """All distances between rows of ``x`` (n, D+1) and ``y`` (m, D+1) -> (n, m)."""
     xd, yd = lift(x, curvature), lift(y, curvature)
     inner = -torch.outer(xd[:, 0], yd[:, 0]) + xd[:, 1:] @ yd[:, 1:].T
-    return _arcosh_distance(-inner, curvature).to(x.dtype)
+    return _arcosh_distance(-inner, curvature).to(x.device, x.dtype)
 
 
 class LiftedPoints:
@@ -85,7 +98,8 @@ class LiftedPoints:
         return len(self.time)
 
     def distance_from(self, x: Tensor) -> Tensor:
-        """(n, m) float64 distances from the rows of ``x`` (n, D+1) to the set."""
+        """(n, m) float64 distances from the rows of ``x`` (n, D+1) to the set (on the set's
+        :func:`float64_device`)."""
         xd = lift(x, self.curvature)
         inner = -torch.outer(xd[:, 0], self.time) + xd[:, 1:] @ self.space_t
         return _arcosh_distance(-inner, self.curvature)
@@ -97,7 +111,7 @@ def radius(x: Tensor, curvature: float = 1.0) -> Tensor:
     Equal to ``sqrt(k) arcosh(x0 / sqrt(k))`` on the manifold, but accurate near the origin.
     """
     k = float(curvature) ** 0.5
-    return (k * torch.asinh(x[..., 1:].double().norm(dim=-1) / k)).to(x.dtype)
+    return (k * torch.asinh(wide(x[..., 1:]).norm(dim=-1) / k)).to(x.device, x.dtype)
 
 
 def to_poincare(x: Tensor, curvature: float = 1.0) -> Tensor:
@@ -111,7 +125,7 @@ def to_poincare(x: Tensor, curvature: float = 1.0) -> Tensor:
 
 def manifold_violation(x: Tensor, curvature: float = 1.0) -> Tensor:
     """Per point ``|<x, x>_L + k| / (k + x0^2)``: a relative error, since x0^2 grows as e^(2r)."""
-    xd = x.detach().double()
+    xd = wide(x.detach())
     k = float(curvature)
     return (minkowski_inner(xd, xd) + k).abs() / (k + xd[..., 0] ** 2)
 

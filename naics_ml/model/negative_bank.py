@@ -50,6 +50,11 @@ class NegativeBank:
         self.rows = None
         self._versions = ()
 
+    def to(self, device: torch.device) -> None:
+        """Keep the rows on ``device`` (the model's); still current if they were."""
+        if self.rows is not None:
+            self.rows = self.rows.to(device)
+
     def is_current(self, versions: tuple[int, ...]) -> bool:
         """Filled, no live row written since, and the weights still at ``versions``."""
         return self.rows is not None and bool(self._versions) and self._versions == versions
@@ -61,13 +66,13 @@ class NegativeBank:
 
     def save(self, path: Path | str, key: str) -> Path:
         """Write the rows with the key of the model state they belong to, atomically."""
-        return atomic_save_torch({"key": key, "bank": self.rows}, path)
+        return atomic_save_torch({"key": key, "bank": self.rows.cpu()}, path)
 
     def load(
         self, path: Path | str, key: str, shape: tuple[int, ...], versions: tuple[int, ...]
     ) -> bool:
-        """Adopt a saved bank whose key and shape match; False (nothing changed) for a
-        missing, unreadable or mismatched file: it is a cache, never a reason to fail."""
+        """Adopt a saved bank (on the CPU) whose key and shape match; False (nothing changed)
+        for a missing, unreadable or mismatched file: it is a cache, never a reason to fail."""
         path = Path(path)
         if not path.is_file():
             return False

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +52,10 @@ class NaicsModel(nn.Module):
     the examples channel's adapter with the other channels masked, then the same fusion and
     exponential map: queries live in the space of codes, and the examples channel is the centroid
     of query-like phrases (illustrative examples and index entries).
+
+    Every tensor lives on the model's :attr:`device`: ``model.to(device)`` also moves the
+    prepared texts (prefix cache, slots) and the negative bank, and each tensor made on the way
+    is made there (tests run the model with the default device set to ``meta`` to prove it).
     """
 
     def __init__(
@@ -86,6 +90,23 @@ class NaicsModel(nn.Module):
         self._query_slots: Tensor | None = None  # (n_queries,) slot ids
         self._bank = NegativeBank()  # every code's pooled channel vectors, for training
         self.code_fingerprint: str | None = None  # channel_fingerprint of the prepared codes
+
+    @property
+    def device(self) -> torch.device:
+        return self.fusion.skip.weight.device
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> NaicsModel:
+        """``to``/``cuda``/``cpu`` of the weights, then the prepared tensors follow them."""
+        super()._apply(fn, recurse)
+        device = self.device
+        if self._cache is not None:
+            self._cache = self._cache.to(device)
+        self._groups = self._groups.to(device)
+        if self._code_slots is not None:
+            self._code_slots = self._code_slots.to(device)
+            self._query_slots = self._query_slots.to(device)
+        self._bank.to(device)
+        return self
 
     # --- preparation ------------------------------------------------------------------------
     def prepare(
@@ -128,17 +149,18 @@ class NaicsModel(nn.Module):
         if any(not isinstance(q, str) for q in queries):
             raise ValueError("queries must be strings")
         query_slots = [slot_id([q]) for q in queries]
+        device = self.device
         self._texts = list(index)
         self._text_ids = index
-        self._groups = TextGroups.build(list(groups))
-        self._code_slots = torch.tensor(code_slots, dtype=torch.long).reshape(
+        self._groups = TextGroups.build(list(groups)).to(device)
+        self._code_slots = torch.tensor(code_slots, dtype=torch.long, device=device).reshape(
             n_codes, len(CHANNELS)
         )
-        self._query_slots = torch.tensor(query_slots, dtype=torch.long)
+        self._query_slots = torch.tensor(query_slots, dtype=torch.long, device=device)
         self._bank.clear()
         self.code_fingerprint = None
         dtype = _CACHE_DTYPES[self.config.cache_dtype]
-        self._cache = self.encoder.cached_prefix(self._texts, dtype, cache_dir)
+        self._cache = self.encoder.cached_prefix(self._texts, dtype, cache_dir).to(device)
         self.code_fingerprint = channel_fingerprint(channel_texts)
 
     @property
@@ -181,7 +203,7 @@ class NaicsModel(nn.Module):
         columns = []
         for c, channel in enumerate(CHANNELS):
             rows = mask[:, c].nonzero().squeeze(1)
-            column = torch.zeros(n, hidden)
+            column = torch.zeros(n, hidden, device=slots.device)
             if len(rows):
                 distinct, inverse = torch.unique(slots[rows, c], return_inverse=True)
                 members, owner = self._groups.gather(distinct)
@@ -220,7 +242,9 @@ class NaicsModel(nn.Module):
             enc = self._encode_slots(slots)
         else:
             live_ids = torch.as_tensor(
-                live if isinstance(live, Tensor) else sorted(live), dtype=torch.long
+                live if isinstance(live, Tensor) else sorted(live),
+                dtype=torch.long,
+                device=distinct.device,
             )
             is_live = torch.isin(distinct, live_ids.reshape(-1))
             channels = self._bank.rows[distinct]  # a copy: bank rows of the non-live codes
@@ -280,7 +304,9 @@ class NaicsModel(nn.Module):
         config and code texts): it then equals what :meth:`refresh_bank` would compute. False
         (nothing changed) for a missing, unreadable or mismatched file."""
         shape = (self.num_codes, len(CHANNELS), self.encoder.hidden_size)
-        return self._bank.load(path, self.bank_key(), shape, self._trainable_versions())
+        loaded = self._bank.load(path, self.bank_key(), shape, self._trainable_versions())
+        self._bank.to(self.device)
+        return loaded
 
     def _trainable_versions(self) -> tuple[int, ...]:
         return tuple(p._version for p in self.parameters() if p.requires_grad)
@@ -314,14 +340,14 @@ class NaicsModel(nn.Module):
         self._require_prepared()
         with self.eval_mode():
             n, hidden = self.num_codes, self.encoder.hidden_size
-            bank = torch.zeros(n, len(CHANNELS), hidden, dtype=torch.float32)
+            bank = torch.zeros(n, len(CHANNELS), hidden, dtype=torch.float32, device=self.device)
             for start in range(0, n, batch_size):
                 rows = self._code_slots[start : start + batch_size]
                 bank[start : start + len(rows)] = self._channel_vectors(rows).float()
             self._bank.fill(bank, self._trainable_versions())
 
     def _query_rows(self, slots: Tensor) -> Tensor:
-        rows = torch.full((len(slots), len(CHANNELS)), -1, dtype=torch.long)
+        rows = torch.full((len(slots), len(CHANNELS)), -1, dtype=torch.long, device=slots.device)
         rows[:, CHANNELS.index(QUERY_CHANNEL)] = slots
         return rows
 
@@ -362,16 +388,18 @@ class NaicsModel(nn.Module):
 
     def _query_points(self, vectors: Tensor) -> Tensor:
         """Fuse pooled query vectors (examples channel only, rest masked) into points."""
+        device = vectors.device
         if not len(vectors):
-            return torch.zeros(0, self.config.embedding_dim + 1)
+            return torch.zeros(0, self.config.embedding_dim + 1, device=device)
         with self.eval_mode():
             q = CHANNELS.index(QUERY_CHANNEL)
-            mask = torch.zeros(len(vectors), len(CHANNELS), dtype=torch.bool)
+            mask = torch.zeros(len(vectors), len(CHANNELS), dtype=torch.bool, device=device)
             mask[:, q] = True
             out = []
             for start in range(0, len(vectors), 512):
                 part = vectors[start : start + 512]
-                channels = torch.zeros(len(part), len(CHANNELS), self.encoder.hidden_size)
+                shape = (len(part), len(CHANNELS), self.encoder.hidden_size)
+                channels = torch.zeros(shape, device=device)
                 channels[:, q] = part
                 out.append(self._fuse(channels, mask[start : start + 512]).points)
             return torch.cat(out)
@@ -381,11 +409,14 @@ class NaicsModel(nn.Module):
     ) -> list[Tensor]:
         """Pooled (n, H) vectors per route (an adapter's channel, or None for the bare base;
         see ``ChannelEncoder.encode_uncached_routes``), in eval mode."""
+        device = self.device
         with self.eval_mode():
-            vectors = [torch.empty(len(texts), self.encoder.hidden_size) for _ in routes]
+            shape = (len(texts), self.encoder.hidden_size)
+            vectors = [torch.empty(shape, device=device) for _ in routes]
             cached = [i for i, t in enumerate(texts) if t in self._text_ids]
             if cached:
-                ids = torch.tensor([self._text_ids[texts[i]] for i in cached], dtype=torch.long)
+                text_rows = [self._text_ids[texts[i]] for i in cached]
+                ids = torch.tensor(text_rows, dtype=torch.long, device=device)
                 for route, out in zip(routes, vectors, strict=True):
                     out[cached] = self._encode_cached_route(ids, route)
             fresh = sorted(
@@ -410,7 +441,7 @@ class NaicsModel(nn.Module):
     def encode_all_codes(self, batch_size: int = 512) -> Tensor:
         """Points (n_codes, D+1) of every prepared code, in eval mode."""
         with self.eval_mode():
-            ids = torch.arange(self.num_codes)
+            ids = torch.arange(self.num_codes, device=self.device)
             return torch.cat(
                 [
                     self.encode_codes(ids[s : s + batch_size]).points
@@ -432,13 +463,13 @@ class NaicsModel(nn.Module):
         if dedupe:
             flat, inverse = torch.unique(flat, return_inverse=True)
         else:
-            inverse = torch.arange(len(flat))
+            inverse = torch.arange(len(flat), device=flat.device)
         slots = self._code_slots[flat]
         mask = slots >= 0
         columns = []
         for c, channel in enumerate(CHANNELS):
             rows = mask[:, c].nonzero().squeeze(1)
-            column = torch.zeros(len(flat), self.encoder.hidden_size)
+            column = torch.zeros(len(flat), self.encoder.hidden_size, device=flat.device)
             if len(rows):
                 members, owner = self._groups.gather(slots[rows, c])
                 texts = [self._texts[i] for i in members.tolist()]

@@ -31,13 +31,18 @@ class TextGroups:
 
     @classmethod
     def build(cls, groups: Sequence[Sequence[int]]) -> TextGroups:
-        sizes = torch.tensor([len(g) for g in groups], dtype=torch.long)
+        """On the CPU (``to`` moves them)."""
+        cpu = torch.device("cpu")
+        sizes = torch.tensor([len(g) for g in groups], dtype=torch.long, device=cpu)
         if len(sizes) and int(sizes.min()) == 0:
             raise ValueError("a text group must hold at least one text")
-        offsets = torch.zeros(len(groups) + 1, dtype=torch.long)
+        offsets = torch.zeros(len(groups) + 1, dtype=torch.long, device=cpu)
         offsets[1:] = torch.cumsum(sizes, 0)
-        members = torch.tensor([t for g in groups for t in g], dtype=torch.long)
+        members = torch.tensor([t for g in groups for t in g], dtype=torch.long, device=cpu)
         return cls(offsets=offsets, members=members)
+
+    def to(self, device: torch.device) -> TextGroups:
+        return TextGroups(offsets=self.offsets.to(device), members=self.members.to(device))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -48,9 +53,10 @@ class TextGroups:
     def gather(self, group_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Member text ids of ``group_ids`` (flattened) and each member's position in it."""
         sizes = self.sizes(group_ids)
-        owner = torch.repeat_interleave(torch.arange(len(group_ids)), sizes)
+        device = group_ids.device
+        owner = torch.repeat_interleave(torch.arange(len(group_ids), device=device), sizes)
         first = torch.cumsum(sizes, 0) - sizes
-        rank = torch.arange(int(sizes.sum())) - first[owner]
+        rank = torch.arange(int(sizes.sum()), device=device) - first[owner]
         return self.members[self.offsets[group_ids][owner] + rank], owner
 
 
@@ -59,7 +65,7 @@ def group_mean(vectors: Tensor, owner: Tensor, num_groups: int) -> Tensor:
 
     A one-member group returns its (unit) vector unchanged, so single-text slots are exact.
     """
-    sums = torch.zeros(num_groups, vectors.shape[-1], dtype=vectors.dtype)
+    sums = torch.zeros(num_groups, vectors.shape[-1], dtype=vectors.dtype, device=vectors.device)
     sums = sums.index_add(0, owner, vectors)
     several = torch.bincount(owner, minlength=num_groups).unsqueeze(1) > 1
     return torch.where(several, F.normalize(sums, dim=-1), sums)

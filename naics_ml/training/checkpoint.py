@@ -38,7 +38,7 @@ __all__ = [
 #   optimizer, scheduler:  state dicts
 #   step: int              optimizer iterations done (skipped ones included)
 #   skipped_steps: int     iterations skipped for a non-finite loss or gradient
-#   rng: dict              python / numpy / torch generator states (rank 0)
+#   rng: dict              python / numpy / torch (and CUDA, when used) generator states (rank 0)
 #   complete: bool         True once the stage ran all its steps
 #   extra: dict            caller's data (curriculum, revision, ...); part of the resume identity
 #   metrics: dict          last logged metrics
@@ -65,6 +65,10 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     if isinstance(state.get("model_config"), dict):
         # written before ModelConfig.line_channels existed: every channel was one text
         state["model_config"].setdefault("line_channels", [])
+    if isinstance(state.get("train_config"), dict):
+        # written before TrainConfig.device/precision existed: trained on the CPU in float32
+        state["train_config"].setdefault("device", "cpu")
+        state["train_config"].setdefault("precision", "float32")
     return state
 
 
@@ -93,8 +97,10 @@ def load_stage_codes(path: Path | str) -> pl.DataFrame:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """Python, numpy (global) and torch CPU generator states as weights_only-safe values."""
+    """Python, numpy (global) and torch CPU generator states as weights_only-safe values, and
+    every CUDA device's once CUDA is in use (LoRA dropout and router noise draw from it there)."""
     np_state = np.random.get_state(legacy=True)
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     return {
         "python": _to_lists(random.getstate()),
         "numpy": {
@@ -104,6 +110,7 @@ def capture_rng_state() -> dict[str, Any]:
             "cached_gaussian": float(np_state[4]),
         },
         "torch": torch.get_rng_state(),
+        **({"cuda": cuda} if cuda is not None else {}),
     }
 
 
@@ -122,6 +129,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         )
     )
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)  # a CUDA run resumed on a CUDA machine like it
 
 
 def _to_lists(value: Any) -> Any:

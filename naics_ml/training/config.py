@@ -11,6 +11,8 @@ from typing import Any
 
 from naics_ml.data.index_split import HELD_OUT_SPLITS
 from naics_ml.data.training_texts import QUERY_SPLITS
+from naics_ml.model.device import check_device
+from naics_ml.model.precision import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,12 @@ class TrainConfig:
     hierarchy_loss_weight: float = 4.0  # distortion loss on sampled code pairs (0 = off)
     hierarchy_pairs: int = 3072  # pairs per step (stratified, see naics_ml.training.tree_pairs)
     hierarchy_scale: float = 0.5  # target Lorentz distance per unit of tree distance
+    # where the stage trains and is evaluated (naics_ml.model.device); not part of the resume
+    # identity: a stage interrupted on a GPU may resume on a CPU
+    device: str = "cpu"
+    # transformer layers in float32 or bfloat16 autocast (naics_ml.model.precision); float32
+    # keeps CPU results as they were, "auto" is bfloat16 where the device computes it natively
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         positive = (
@@ -87,6 +95,9 @@ class TrainConfig:
             raise ValueError("hierarchy_loss_weight must be >= 0 and hierarchy_pairs >= 1")
         if not self.hierarchy_scale > 0:
             raise ValueError(f"TrainConfig.hierarchy_scale must be > 0, got {self.hierarchy_scale}")
+        check_device(self.device)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun (gloo, CPU): join the group, train, compare replicas.
+"""Data-parallel training under torchrun: join the group, train, compare replicas.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 \\
         -m naics_ml.training.distributed \\
@@ -10,7 +10,12 @@
 
 Without torchrun (``python -m naics_ml.training.distributed ...``) it is a single-process run.
 ``--model-config``/``--train-config`` take a JSON file or inline JSON with the fields of
-``ModelConfig``/``TrainConfig`` (missing fields keep their defaults).
+``ModelConfig``/``TrainConfig`` (missing fields keep their defaults); ``--preset gpu`` starts
+from the GPU preset's settings (``naics_ml.training.presets``) instead of the defaults.
+
+One code path for both kinds of machine: the training device (``TrainConfig.device``, resolved
+per rank by ``naics_ml.training.loop.rank_device``) picks the process group's backend, NCCL for
+CUDA (each rank on cuda:LOCAL_RANK) and gloo for the CPU (:func:`process_group_backend`).
 
 Every rank runs :func:`naics_ml.training.runner.train_from_inputs`; gradients are averaged with
 one all-reduce per step and rank 0 writes the training files of the stage folder (checkpoint,
@@ -35,29 +40,42 @@ import polars as pl
 import torch
 import torch.distributed as dist
 
-from naics_ml.model.config import ModelConfig
 from naics_ml.model.encoder import digest_tensors
 from naics_ml.model.network import NaicsModel
-from naics_ml.training.config import TrainConfig
-from naics_ml.training.loop import StageHooks, StageResult
+from naics_ml.training.loop import StageHooks, StageResult, rank_device
+from naics_ml.training.presets import PRESETS, get_preset
 from naics_ml.training.runner import StageInputs, train_from_inputs
 
-__all__ = ["init_distributed", "main", "weights_fingerprint"]
+__all__ = ["init_distributed", "main", "process_group_backend", "weights_fingerprint"]
 
 log = logging.getLogger(__name__)
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join the torchrun process group (gloo) when ``WORLD_SIZE`` > 1; returns (rank, world).
+def process_group_backend(device: torch.device) -> str:
+    """NCCL for CUDA tensors, gloo for CPU ones; other devices cannot train data-parallel."""
+    if device.type == "cuda":
+        return "nccl"
+    if device.type == "cpu":
+        return "gloo"
+    raise ValueError(f"data-parallel training runs on CUDA or the CPU, not on {device}")
 
-    Also splits the CPU cores between the local ranks: oversubscribed intra-op threads make
-    every rank many times slower.
+
+def init_distributed(device_setting: str = "cpu") -> tuple[int, int]:
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1; returns (rank, world).
+
+    The backend follows this rank's training device (:func:`process_group_backend`); a CUDA
+    rank makes cuda:LOCAL_RANK its current device, which NCCL's collectives use. Also splits
+    the CPU cores between the local ranks: oversubscribed intra-op threads make every rank many
+    times slower.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
+    device = rank_device(device_setting)
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(process_group_backend(device))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     return dist.get_rank(), dist.get_world_size()
@@ -118,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-config", help="ModelConfig fields: JSON file or inline JSON")
     parser.add_argument("--train-config", help="TrainConfig fields: JSON file or inline JSON")
     parser.add_argument("--prefix-cache", type=Path, help="folder keeping the frozen prefix")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="cpu", help="what the configs start from"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -128,18 +149,19 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s rank{rank} %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    preset = get_preset(args.preset)
+    configs = (
+        preset.model_config(_json_arg(args.model_config)),
+        preset.train_config(_json_arg(args.train_config)),
+    )
     try:
-        _, world = init_distributed()
+        _, world = init_distributed(configs[1].device)
         inputs = StageInputs(
             pl.read_parquet(args.codes),
             args.triplets,
             args.curriculum,
             pl.read_parquet(args.queries) if args.queries else None,
             args.prefix_cache,
-        )
-        configs = (
-            ModelConfig.from_dict(_json_arg(args.model_config)),
-            TrainConfig.from_dict(_json_arg(args.train_config)),
         )
         hooks = StageHooks(progress=not args.no_progress)
         result = train_from_inputs(inputs, args.out, configs, args.init_from, hooks)

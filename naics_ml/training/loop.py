@@ -21,6 +21,13 @@ it is bit-identical to an uninterrupted one when ``checkpoint_every`` is a multi
 Data parallel (torchrun, :mod:`naics_ml.training.distributed`): every rank draws its own
 batches; gradients, loss values and the "bad step" flag are averaged with one all-reduce per
 step; the weights are broadcast from rank 0 at start; only rank 0 writes files and reports.
+
+Device and precision (``TrainConfig.device``/``precision``): the model, with its prefix cache and
+negative bank, the optimizer state and every batch tensor live on the stage's device
+(:func:`rank_device`); the transformer layers autocast to bfloat16 when ``precision`` asks for
+it (the Lorentz maths stays float32/float64). Checkpoints hold CPU tensors only, so a stage
+trained on a GPU loads, evaluates and resumes anywhere; the device is not part of the resume
+identity.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -45,7 +53,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from naics_ml.io import atomic_write_text
+from naics_ml.model.device import resolve_device
 from naics_ml.model.lorentz import check_on_manifold
+from naics_ml.model.precision import resolve_precision
 from naics_ml.stage_folder import StageFolder
 from naics_ml.training.checkpoint import (
     capture_rng_state,
@@ -67,6 +77,8 @@ __all__ = [
     "StageResult",
     "TrainConfig",
     "lr_factor",
+    "place_model",
+    "rank_device",
     "rank_world",
     "seed_everything",
     "train_stage",
@@ -189,6 +201,7 @@ def train_stage(
     """
     if data.queries is not None and data.query_codes is None:
         raise ValueError("queries need query_codes (the code index of every prepared query)")
+    place_model(model, config)
     # -- resume or start: weights, optimizer, RNG; the data streams from that step ------------
     run = _resume_or_start(model, config, StageFolder(Path(out_dir)), init_from, extra or {})
     objective = StageObjective(model, config, data.codes, data.query_codes)
@@ -226,6 +239,24 @@ def train_stage(
         bar.close()
     # -- finish: the bank for the next stage, the summary -------------------------------------
     return _finish(run)
+
+
+def rank_device(setting: str) -> torch.device:
+    """The device this process trains on: ``setting`` resolved (``naics_ml.model.device``);
+    under torchrun (WORLD_SIZE > 1) each rank of a CUDA job takes cuda:LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else None
+    return resolve_device(setting, local)
+
+
+def place_model(model: NaicsModel, config: TrainConfig) -> torch.device:
+    """Move ``model`` (and what it prepared) to the stage's device and set the precision of
+    its transformer layers; a model already there is left untouched."""
+    device = rank_device(config.device)
+    if model.device != device:
+        model.to(device)
+    model.encoder.layer_dtype = resolve_precision(config.precision, device.type)
+    return device
 
 
 def _resume_or_start(
@@ -344,7 +375,7 @@ def _save_checkpoint(run: _Run) -> None:
             "model_state": {
                 k: v.detach().cpu() for k, v in run.model.trainable_state_dict().items()
             },
-            "optimizer": run.optimizer.state_dict(),
+            "optimizer": _on_cpu(run.optimizer.state_dict()),  # loads on any machine
             "scheduler": run.scheduler.state_dict(),
             "step": run.step,
             "skipped_steps": run.skipped,
@@ -533,9 +564,26 @@ def _next(iterator: Iterator[Any], name: str, step: int) -> Any:
         ) from None
 
 
+def _on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in its dicts and lists copied to the CPU."""
+    if isinstance(value, Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
 def _json_normal(value: Any) -> Any:
     """Tuples -> lists etc., so identities compare equal after a round trip through a file."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _without_device(identity: dict[str, Any]) -> dict[str, Any]:
+    """The identity minus the device: where a stage runs is not what it trains."""
+    train = {k: v for k, v in (identity.get("train_config") or {}).items() if k != "device"}
+    return {**identity, "train_config": train}
 
 
 def _resumable(ckpt_file: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -553,7 +601,7 @@ def _resumable(ckpt_file: Path, identity: dict[str, Any]) -> dict[str, Any] | No
             "extra": state.get("extra", {}),
         }
     )
-    if found != identity:
+    if _without_device(found) != _without_device(identity):
         log.warning("%s was written with another configuration; starting over", ckpt_file)
         return None
     return state

@@ -87,9 +87,9 @@ class StageObjective:
                     "TrainConfig.hierarchy_loss_weight > 0 needs the code table (codes=...)"
                 )
             self.tree_pairs = TreePairs.from_codes(codes)
-        self.query_codes = None
+        self.query_codes = None  # on the CPU with the step's other code ids
         if query_codes is not None:
-            self.query_codes = torch.as_tensor(query_codes, dtype=torch.long)
+            self.query_codes = torch.as_tensor(query_codes, dtype=torch.long, device="cpu")
         all_candidates = query_codes is not None and config.query_candidates == "all"
         self.every_code = model.num_codes if self.tree_pairs or all_candidates else None
 
@@ -105,12 +105,13 @@ class StageObjective:
         b, k = negatives.shape
         ids = [anchor, positive, negatives.reshape(-1)]
         if query_ids is not None and len(query_ids) > 0:
-            q_ids = torch.tensor(np.asarray(query_ids), dtype=torch.long)
+            q_ids = torch.tensor(np.asarray(query_ids), dtype=torch.long, device="cpu")
             ids.append(self.query_codes[q_ids])
         if self.every_code is not None:  # all codes: inverse is the identity on code indices
-            unique, inverse = torch.arange(self.every_code), torch.cat(ids)
+            unique, inverse = torch.arange(self.every_code, device="cpu"), torch.cat(ids)
         else:
             unique, inverse = torch.unique(torch.cat(ids), return_inverse=True)
+        inverse = inverse.to(self.device)
         encoded = model.encode_codes(unique.to(self.device), live=self._live(ids))
         points = encoded.points
         a, p = points[inverse[:b]], points[inverse[b : 2 * b]]
@@ -209,11 +210,11 @@ def triplet_accuracy(
 
 
 def _triplet_ids(batch: TripletBatchLike) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Anchor, positive and negative code indices; padded negatives (< 0) point at the anchor
-    and are masked out."""
-    anchor = torch.tensor(np.asarray(batch.anchor), dtype=torch.long)
-    positive = torch.tensor(np.asarray(batch.positive), dtype=torch.long)
-    negatives = torch.tensor(np.asarray(batch.negatives), dtype=torch.long)
+    """Anchor, positive and negative code indices (on the CPU); padded negatives (< 0) point at
+    the anchor and are masked out."""
+    anchor = torch.tensor(np.asarray(batch.anchor), dtype=torch.long, device="cpu")
+    positive = torch.tensor(np.asarray(batch.positive), dtype=torch.long, device="cpu")
+    negatives = torch.tensor(np.asarray(batch.negatives), dtype=torch.long, device="cpu")
     b, k = negatives.shape
     mask = negatives >= 0
     negatives = torch.where(mask, negatives, anchor[:, None].expand(b, k))

@@ -4,7 +4,8 @@ The one entry point for a stage's training, in one process (the Dagster asset, t
 :func:`naics_ml.stage.run_stage`) or on every rank of a torchrun job
 (:mod:`naics_ml.training.distributed`). Every rank builds the same model, draws its own
 (anchor, positive) pairs and query batches (the samplers split them by rank); the per-rank batch
-is ``TrainConfig.batch_size``, so the global batch is ``world_size`` times that.
+is ``TrainConfig.batch_size``, so the global batch is ``world_size`` times that. The model goes to
+the stage's device before it prepares its texts, so the frozen prefix is computed there.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from naics_ml.training.loop import (
     StageData,
     StageHooks,
     StageResult,
+    place_model,
     rank_world,
     seed_everything,
     train_stage,
@@ -66,6 +68,7 @@ def train_from_inputs(
     spec = load_curriculum(inputs.curriculum)
     seed_everything(train_config.seed)  # identical initial weights on every rank
     model = NaicsModel(model_config)
+    place_model(model, train_config)
     codes = inputs.codes.sort("index")
     train_q = _split(inputs.queries, *train_config.query_splits)
     val_q = _split(inputs.queries, "validation")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from naics_ml.model.lorentz import pairwise_distance
+from naics_ml.model.lorentz import pairwise_distance, wide
 
 if TYPE_CHECKING:
     from naics_ml.model.network import NaicsModel
@@ -31,13 +31,13 @@ def query_validator(
     Returns ``val_loss`` (cross-entropy of the query softmax over all candidates, the quantity
     the query loss trains), ``val_top1`` and ``val_mrr``. Never pass the test split here.
     """
-    q_all = torch.tensor(np.asarray(query_ids), dtype=torch.long)
-    cand = torch.tensor(np.asarray(candidate_codes), dtype=torch.long)
+    q_all = torch.tensor(np.asarray(query_ids), dtype=torch.long, device="cpu")
+    cand = torch.tensor(np.asarray(candidate_codes), dtype=torch.long, device="cpu")
     position = {int(c): i for i, c in enumerate(cand.tolist())}
     missing = [int(c) for c in np.asarray(query_codes) if int(c) not in position]
     if missing:
         raise ValueError(f"query codes not among the candidates, e.g. {missing[:5]}")
-    target_all = torch.as_tensor([position[int(c)] for c in np.asarray(query_codes)])
+    target_all = torch.as_tensor([position[int(c)] for c in np.asarray(query_codes)], device="cpu")
 
     def validate(model: NaicsModel) -> dict[str, float]:
         curvature = float(model.config.curvature)
@@ -51,8 +51,8 @@ def query_validator(
         total, hits, rr = 0.0, 0.0, 0.0
         for i in range(0, len(q_all), batch_size):
             q_points = model.encode_queries(q_all[i : i + batch_size].to(device)).points
-            target = target_all[i : i + batch_size].to(device)
-            dist_qc = pairwise_distance(q_points, code_points, curvature).double()
+            dist_qc = wide(pairwise_distance(q_points, code_points, curvature))
+            target = target_all[i : i + batch_size].to(dist_qc.device)
             total += float(F.cross_entropy(-dist_qc / temperature, target, reduction="sum"))
             true_d = dist_qc.gather(1, target[:, None])
             rank = (dist_qc < true_d).sum(1) + (dist_qc == true_d).sum(1)  # pessimistic ties
