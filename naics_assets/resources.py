@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -126,6 +129,22 @@ class ArtifactStore(dg.ConfigurableResource):
         path = self.base() / safe_revision(revision)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def lock(self, context: dg.AssetExecutionContext) -> AbstractContextManager[Path]:
+        """Held while an asset writes one partition (``<root>/.locks/<revision>/<asset>.lock``):
+        a second materialization of the same asset and partition fails at once with a message
+        naming the lock and its holder (pid, host, Dagster run, start) instead of writing the
+        same files (``naics_ml.io.exclusive_lock``)."""
+        from naics_ml.io import exclusive_lock
+
+        revision = validate_revision(context.partition_key)
+        name = context.asset_key.to_user_string()
+        started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        holder = (
+            f"pid {os.getpid()} on {socket.gethostname()} (Dagster run {context.run.run_id}, "
+            f"{name} for {revision}, since {started})"
+        )
+        return exclusive_lock(self.base() / ".locks" / revision / f"{name}.lock", holder)
 
     def census_dir(self, revision: str) -> Path:
         return self.revision_dir(revision) / "census"

@@ -117,6 +117,25 @@ class MlflowTracker(dg.ConfigurableResource):
         link = f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
         return StageRun(client, run_id, experiment_id, link, self.uri())
 
+    def close_interrupted_runs(self, run_name: str, artifacts_dir: str) -> list[str]:
+        """Mark KILLED the runs named ``run_name`` for ``artifacts_dir`` still RUNNING: a killed
+        process cannot end its run. Only call it holding the stage's lock, when no live process
+        can own such a run. Returns their ids."""
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.uri())
+        found = client.get_experiment_by_name(self.experiment)
+        if found is None:
+            return []
+        name = run_name.replace("'", "")
+        query = f"attributes.run_name = '{name}' and attributes.status = 'RUNNING'"
+        runs = client.search_runs([found.experiment_id], filter_string=query)
+        stale = [r.info.run_id for r in runs if r.data.tags.get("artifacts_dir") == artifacts_dir]
+        for run_id in stale:
+            client.set_terminated(run_id, status="KILLED")
+        return stale
+
     @contextmanager
     def start_run(self, run_name: str, tags: Mapping[str, str]) -> Iterator[StageRun]:
         """Open a run; it ends FINISHED, or FAILED when the body raises."""

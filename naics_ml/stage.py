@@ -97,6 +97,7 @@ class StageReport:
     metrics: dict[str, float]
     history: History  # (step, metrics) as training reported them
     training_queries: dict[str, int]  # training and validation queries by kind
+    resumed_from: int = 0  # the checkpoint step training continued from (0: a fresh start)
 
     @property
     def expert_utilization(self) -> dict[str, float]:
@@ -168,6 +169,7 @@ def run_stage(
         metrics,
         history,
         dict(queries.group_by("split").len().sort("split").iter_rows()),
+        result.resumed_from,
     )
 
 

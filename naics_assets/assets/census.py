@@ -16,7 +16,8 @@ def census_workbooks(
     previous materialization is replaced.
     """
     revision = context.partition_key
-    files = census.fetch(revision, store.census_dir(revision))
+    with store.lock(context):
+        files = census.fetch(revision, store.census_dir(revision))
     rows = "\n".join(
         f"| {f.role} | `{f.path.name}` | {f.bytes:,} | `{f.sha256[:16]}…` |" for f in files
     )

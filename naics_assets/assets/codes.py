@@ -9,8 +9,13 @@ from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore
 from naics_ml.data import invariants
 from naics_ml.data.census import read_census
-from naics_ml.data.codes import build_code_table, level_counts
-from naics_ml.data.index_split import SplitConfig, split_index_entries, split_sizes
+from naics_ml.data.codes import build_code_table, level_counts, unresolved_references
+from naics_ml.data.index_split import (
+    UNASSIGNED_CODE,
+    SplitConfig,
+    split_index_entries,
+    split_sizes,
+)
 from naics_ml.io import write_parquet_atomic
 
 
@@ -37,18 +42,20 @@ def naics_index_entries(
 ) -> dg.MaterializeResult:
     """Census index entries split into examples / train / validation / test without leakage."""
     revision = context.partition_key
-    tables = read_census(store.census_dir(revision), revision)
-    bare = build_code_table(tables)
-    split = SplitConfig(config.examples, config.train, config.validation, config.test, config.salt)
-    entries = split_index_entries(tables.index, bare, split)
-    path = write_parquet_atomic(entries, store.index_entries_path(revision))
+    with store.lock(context):
+        tables = read_census(store.census_dir(revision), revision)
+        bare = build_code_table(tables)
+        shares = (config.examples, config.train, config.validation, config.test, config.salt)
+        entries = split_index_entries(tables.index, bare, SplitConfig(*shares))
+        path = write_parquet_atomic(entries, store.index_entries_path(revision))
     sizes = split_sizes(entries)
-    dropped = tables.index.height - entries.height
+    unassigned = tables.index.filter(pl.col("code") == UNASSIGNED_CODE).height
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
             "dagster/row_count": entries.height,
-            "dropped_unassigned_rows": dropped,
+            "dropped_unassigned_rows": unassigned,
+            "dropped_rows_without_text": tables.index.height - entries.height - unassigned,
             "codes_with_entries": entries["code"].n_unique(),
             **{f"split_{name}": n for name, n in sizes.items()},
         },
@@ -67,11 +74,18 @@ def naics_index_entries(
 def naics_codes(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
     """One row per code: level, parent, sector, title, description, examples, exclusions."""
     revision = context.partition_key
-    tables = read_census(store.census_dir(revision), revision)
-    entries = pl.read_parquet(store.index_entries_path(revision))
-    codes = build_code_table(tables, entries.filter(pl.col("split") == "examples"))
-    path = write_parquet_atomic(codes, store.codes_path(revision))
+    with store.lock(context):
+        tables = read_census(store.census_dir(revision), revision)
+        entries = pl.read_parquet(store.index_entries_path(revision))
+        codes = build_code_table(tables, entries.filter(pl.col("split") == "examples"))
+        path = write_parquet_atomic(codes, store.codes_path(revision))
     counts = level_counts(codes)
+    unresolved = unresolved_references(tables)
+    if unresolved:
+        context.log.warning(
+            f"{len(unresolved)} cross-reference(s) name a code {revision} does not have, e.g. "
+            f"{unresolved[:5]} (code, named code): kept as text, not linked"
+        )
     table = "| level | codes |\n|---|---|\n" + "\n".join(
         f"| {k} | {v:,} |" for k, v in counts.items()
     )
@@ -88,6 +102,8 @@ def naics_codes(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.M
             "codes_with_examples": codes.height - codes["examples"].null_count(),
             "codes_with_exclusions": codes.height - codes["excluded"].null_count(),
             "excluded_code_links": int(codes["excluded_codes"].list.len().sum()),
+            "unresolved_cross_references": len(unresolved),
+            "unresolved_examples": ", ".join(f"{c}->{t}" for c, t in unresolved[:20]) or "none",
         },
         check_results=[
             result("level_counts", invariants.check_level_counts(codes, revision)),

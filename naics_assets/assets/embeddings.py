@@ -42,11 +42,12 @@ def naics_embeddings(
     revision = context.partition_key
     stage_dir = store.model_dir(revision, "stage_03_hard")
     table_path = store.embeddings_path(revision)
-    report = build_embeddings(stage_dir, table_path, table_path.with_name(PICTURE))
-    metrics = json.loads((stage_dir / "metrics.json").read_text())
     models = store.revision_dir(revision) / "models"
-    served = choose_served_stage(models, STAGES)  # by validation, not by position
-    stage_run = _log_to_stage_run(context, mlflow, report)
+    with store.lock(context):
+        report = build_embeddings(stage_dir, table_path, table_path.with_name(PICTURE))
+        served = choose_served_stage(models, STAGES)  # by validation, not by position
+        stage_run = _log_to_stage_run(context, mlflow, report)
+    metrics = json.loads((stage_dir / "metrics.json").read_text())
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(report.table)),

@@ -170,10 +170,12 @@ def stage_request(
     stage: str,
     previous: str | None,
 ) -> "StageRequest":
-    """Dagster config and resources -> the library's request (configs and paths)."""
+    """Dagster config and resources -> the library's request (configs and paths). Every setting
+    is checked here, before the stage's MLflow run, its folder or its base model is touched."""
     import polars as pl
 
     from naics_ml.data.codes import six_digit_codes
+    from naics_ml.model.config import check_base_model
     from naics_ml.stage import (
         StageOrderError,
         StagePaths,
@@ -181,15 +183,19 @@ def stage_request(
         resolve_curriculum,
         stage_model_config,
     )
+    from naics_ml.triplets.curriculum import load_curriculum
 
+    first, train_config = stage_configs(config)  # the launchpad's values over the preset's
+    first = first if previous is None else None
+    curriculum = resolve_curriculum(config.curriculum, stage)
+    load_curriculum(curriculum)  # validates the file, naming it and the field
     revision = context.partition_key
     paths = StagePaths.in_revision(store.revision_dir(revision), stage, previous)
-    first, train_config = stage_configs(config)
-    first = first if previous is None else None
     try:
         model_config = stage_model_config(paths.init_from, first)
     except StageOrderError as error:
         raise dg.Failure(f"{stage} starts from {previous}: {error}") from error
+    check_base_model(model_config.base_model)
     labelled = realtext.load(six_digit_codes(pl.read_parquet(paths.codes)).tolist())
     for name, file in (("eval", realtext.eval_file), ("val", realtext.val_file)):
         if labelled[name] is None:
@@ -197,7 +203,7 @@ def stage_request(
     return StageRequest(
         name=f"{revision}/{stage}",
         paths=paths,
-        curriculum=resolve_curriculum(config.curriculum, stage),
+        curriculum=curriculum,
         model_config=model_config,
         train_config=train_config,
         realtext=labelled,
@@ -215,8 +221,6 @@ def train_stage_asset(
     realtext: RealTextSource,
 ) -> dg.MaterializeResult:
     """Shared body of the three stage assets: one MLflow run around ``naics_ml.stage``."""
-    from naics_ml.stage import run_stage
-
     request = stage_request(context, config, store, realtext, stage, previous)
     tags = {
         "dagster_run_id": context.run.run_id,
@@ -225,7 +229,22 @@ def train_stage_asset(
         "stage": stage,
         "init_from": str(request.paths.init_from or ""),
         "preset": config.preset,
+        "artifacts_dir": str(store.base().resolve()),
     }
+    with store.lock(context):  # one materialization of this stage and revision at a time
+        # holding the lock, a run of this stage still RUNNING in MLflow belongs to a dead process
+        for run_id in mlflow.close_interrupted_runs(request.name, tags["artifacts_dir"]):
+            context.log.warning(f"MLflow run {run_id} of a killed materialization set KILLED")
+        report, metadata = _tracked_stage(request, mlflow, tags)
+    return dg.MaterializeResult(check_results=stage_check_results(report), metadata=metadata)
+
+
+def _tracked_stage(
+    request: "StageRequest", mlflow: MlflowTracker, tags: dict[str, str]
+) -> tuple["StageReport", dict[str, object]]:
+    """``naics_ml.stage.run_stage`` inside one MLflow run; the report and the asset metadata."""
+    from naics_ml.stage import run_stage
+
     with mlflow.start_run(request.name, tags) as run:
         run.log_params(stage_params(request))
         report = run_stage(request, lambda step, metrics: run.log_metrics(metrics, step))
@@ -235,10 +254,10 @@ def train_stage_asset(
             if artifact.is_file():
                 run.log_artifact(artifact)
         metadata = stage_metadata(request, report, run.link, run.run_id)
-        if stage == FINAL_STAGE:  # the classifier users get, as a registered MLflow model
+        if tags["stage"] == FINAL_STAGE:  # the classifier users get, as a registered model
             version = run.log_classifier_model(folder.path, tags)
             metadata["registered_model"] = f"naics-gemini-classifier/{version}"
-    return dg.MaterializeResult(check_results=stage_check_results(report), metadata=metadata)
+    return report, metadata
 
 
 def stage_params(request: "StageRequest") -> dict:
@@ -274,6 +293,7 @@ def stage_metadata(
         "mlflow_run": dg.MetadataValue.url(link),
         "mlflow_run_id": run_id,
         "steps": report.steps,
+        "resumed_from_step": report.resumed_from,
         "skipped_steps": report.skipped_steps,
         "train_wall_s": round(report.train_wall_s, 1),
         "curriculum": dg.MetadataValue.path(str(request.curriculum)),

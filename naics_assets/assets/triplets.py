@@ -51,14 +51,15 @@ def naics_triplets(
     codes = pl.read_parquet(store.codes_path(revision))
     distance = matrix_from_pairs(pl.read_parquet(store.distances_path(revision)), codes.height)
     out = store.triplets_dir(revision)
-    report = build_triplet_shards(
-        codes,
-        out,
-        TripletConfig(cross_sector_k=config.cross_sector_k, seed=config.seed),
-        sectors=config.sectors or None,
-        workers=config.workers or None,
-        distance=distance,
-    )
+    with store.lock(context):
+        report = build_triplet_shards(
+            codes,
+            out,
+            TripletConfig(cross_sector_k=config.cross_sector_k, seed=config.seed),
+            sectors=config.sectors or None,
+            workers=config.workers or None,
+            distance=distance,
+        )
     by_hardness = "| hardness | kind | triplets |\n|---|---|---|\n" + "\n".join(
         f"| {h} | {HARDNESS_NAMES[h]} | {n:,} |" for h, n in sorted(report.rows_by_hardness.items())
     )

@@ -139,8 +139,21 @@ def read_workbook(path: Path, spec: WorkbookSpec) -> pl.DataFrame:
     frame = frame.select(
         _clean_cell(pl.col(by_key[_header_key(theirs)])).alias(ours)
         for ours, theirs in spec.columns.items()
-    )
-    return frame.filter(~pl.all_horizontal(pl.all().is_null()))
+    ).with_row_index("row", offset=2)  # the spreadsheet's row number (1 is the header)
+    frame = frame.filter(~pl.all_horizontal(pl.exclude("row").is_null()))
+    _check_codes_present(frame, path, spec)
+    return frame.drop("row")
+
+
+def _check_codes_present(frame: pl.DataFrame, path: Path, spec: WorkbookSpec) -> None:
+    """A row with text but no code cannot be placed anywhere: name the rows."""
+    rows = frame.filter(pl.col("code").is_null())["row"].to_list()
+    if rows:
+        shown = ", ".join(str(r) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+        raise CensusFormatError(
+            f"{path.name}, sheet {spec.sheet!r}: {len(rows)} row(s) with text but no code in "
+            f"column {spec.columns['code']!r} (spreadsheet row(s) {shown})"
+        )
 
 
 @dataclass(frozen=True)
@@ -158,11 +171,4 @@ def read_census(census_dir: Path, revision: str) -> CensusTables:
     """Read all four workbooks of a revision from a folder laid out like shared/census/<YEAR>/."""
     specs = workbook_specs(revision)
     frames = {role: read_workbook(Path(census_dir) / s.file_name, s) for role, s in specs.items()}
-    for role, frame in frames.items():
-        nulls = frame.filter(pl.col("code").is_null()).height
-        if nulls:
-            raise CensusFormatError(
-                f"{specs[role].file_name}: {nulls} row(s) with text but no code in column "
-                f"{specs[role].columns['code']!r}"
-            )
     return CensusTables(revision=revision, **frames)

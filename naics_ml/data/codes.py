@@ -211,6 +211,20 @@ def _exclusions(
     return text, targets
 
 
+def unresolved_references(tables: CensusTables) -> list[tuple[str, str]]:
+    """(code, named code) for each cross-reference naming a code the revision does not have.
+
+    The line stays in the code's ``excluded`` text; only its link to that code cannot be made
+    (none in the published 2022 and 2017 files, so ``naics_codes`` reports every one)."""
+    known = {normalize_code(c) for c in tables.codes["code"]}
+    return [
+        (normalize_code(code), target)
+        for code, text in tables.cross_references.select("code", "text").iter_rows()
+        for target in referenced_codes(text)
+        if target not in known
+    ]
+
+
 def level_counts(codes: pl.DataFrame) -> dict[int, int]:
     """Codes per level, 2..6."""
     counts = codes.group_by("level").len().sort("level")

