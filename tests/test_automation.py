@@ -69,12 +69,14 @@ def republish(folder: Path, role: str) -> str:
 def tick(instance: dg.DagsterInstance, census: CensusSource) -> dg.ScheduleExecutionData:
     """One evaluation of the registered schedule, as the daemon asks it (run requests validated)."""
     schedule = defs.resolve_schedule_def("census_checksum_schedule")
-    context = dg.build_schedule_context(
+    # closed after the tick: the context opens its own instance from the ref, and left open
+    # that instance stays Dagster's current one after it is gone (later tests then fail)
+    with dg.build_schedule_context(
         instance=instance,
         resources={"census": census},
         repository_def=defs.get_repository_def(),
-    )
-    return schedule.evaluate_tick(context)
+    ) as context:
+        return schedule.evaluate_tick(context)
 
 
 def launch(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.DagsterRun:
