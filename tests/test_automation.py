@@ -28,17 +28,9 @@ from naics_assets.schedules import CHANGE_TAG, CHANGED_TAG
 from naics_ml.data.census import ROLES, workbook_specs
 from naics_ml.data.download import source_checksums
 
-ASSETS = (
-    "census_workbooks",
-    "naics_index_entries",
-    "naics_codes",
-    "naics_distances",
-    "naics_triplets",
-    "stage_01_easy",
-    "stage_02_medium",
-    "stage_03_hard",
-    "naics_embeddings",
-)
+from .pipeline import ASSET_NAMES
+
+ASSETS = ASSET_NAMES
 AFTER_CODES = ASSETS[3:]  # everything downstream of naics_codes
 # evaluate_automation_conditions' own default selection uses a beta parameter (Dagster's noise)
 pytestmark = pytest.mark.filterwarnings("ignore:Parameter `include_sources`:dagster.BetaWarning")

@@ -25,6 +25,7 @@ from naics_ml.data.census import workbook_specs
 from naics_ml.data.taxonomy import tree_distance_matrix
 
 from .conftest import SLICE, metadata_of
+from .pipeline import error_text
 
 DATA_ASSETS = [census_workbooks, naics_index_entries, naics_codes, naics_distances, naics_triplets]
 DATA_CHECKS = {
@@ -57,16 +58,6 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-def error_text(result: dg.ExecuteInProcessResult) -> str:
-    texts = []
-    for event in result.get_step_failure_events():
-        error = event.step_failure_data.error
-        while error is not None:
-            texts.append(error.message)
-            error = error.cause
-    return "\n".join(texts)
 
 
 def test_definitions_load_with_the_data_assets_and_checks() -> None:

@@ -48,6 +48,7 @@ from naics_ml.io import (
 
 from .conftest import metadata_of
 from .fault_child import write_all
+from .pipeline import error_text
 from .tiny import save_tiny_bert
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -114,16 +115,6 @@ def set_cell(path: Path, spec: WorkbookSpec, row: int, column: str, value: objec
     # (``sheet.cell(..., value=None)`` would leave the cell as it is)
     sheet.cell(row=row, column=header.index(spec.columns.get(column, column)) + 1).value = value
     book.save(path)
-
-
-def error_text(result: dg.ExecuteInProcessResult) -> str:
-    texts = []
-    for event in result.get_step_failure_events():
-        error = event.step_failure_data.error
-        while error is not None:
-            texts.append(error.message)
-            error = error.cause
-    return "\n".join(texts)
 
 
 # ------------------------------------------------------------------------------ fixtures

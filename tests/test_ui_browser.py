@@ -26,19 +26,10 @@ import yaml
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from .browser import chromium_executable, free_port, running_server, save_screenshot, venv_script
+from .pipeline import ASSET_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = (
-    "census_workbooks",
-    "naics_index_entries",
-    "naics_codes",
-    "naics_distances",
-    "naics_triplets",
-    "stage_01_easy",
-    "stage_02_medium",
-    "stage_03_hard",
-    "naics_embeddings",
-)
+ASSETS = ASSET_NAMES
 CENSUS_ASSETS = ASSETS[:3]
 REVISION = "2022"
 RUN_TIMEOUT_S = 240
