@@ -1,6 +1,7 @@
 """The Kubernetes deployment in docs/deploy/k8s/ is valid: the instance config passes Dagster's and
 each part's own schema, it builds the run pod it describes, and the step executor's config
-matches the executor's schema and the job's real step names. Needs the optional ``k8s`` extra."""
+matches the executor's schema and the job's real step names. Needs the ``k8s`` extra, which
+``dev`` includes."""
 
 from __future__ import annotations
 
@@ -11,15 +12,6 @@ from typing import Any
 
 import pytest
 import yaml
-
-pytest.importorskip(
-    "dagster_k8s", reason="dagster-k8s not installed: pip install -e '.[k8s]' to check docs/deploy"
-)
-pytest.importorskip(
-    "dagster_postgres",
-    reason="dagster-postgres not installed: pip install -e '.[k8s]' to check docs/deploy",
-)
-
 from dagster._config import process_config, resolve_to_config_type
 from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.instance.ref import InstanceRef
