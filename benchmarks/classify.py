@@ -30,6 +30,8 @@ def real_texts(n: int) -> list[str]:
     texts: list[str] = []
     for file in sorted(REALTEXT.glob("*.csv")):
         texts += pl.read_csv(file)["text"].drop_nulls().to_list()
+    if not texts:
+        raise SystemExit(f"no labelled texts (*.csv with a text column) under {REALTEXT}")
     return [texts[i % len(texts)] for i in range(n)]
 
 

@@ -246,6 +246,26 @@ def test_encode_texts_matches_prepared_queries(tokenizer):
         resolve_precision("int8")
 
 
+def test_frozen_weights_stored_in_bfloat16_give_the_same_vectors(tokenizer):
+    """An inference-only model keeps its frozen matrices in bfloat16 (no cast per call): the
+    same vectors as autocasting float32 weights; LoRA stays float32; float32 paths refuse."""
+    model = make_model(tokenizer)
+    texts = ["a brand new text", QUERIES[1], "another unseen one"]
+    model.encoder.layer_dtype = torch.bfloat16
+    autocast = model.encode_texts_and_frozen(texts)
+    with pytest.raises(ValueError, match="need layer_dtype"):
+        model.encoder.store_frozen_weights(torch.float16)
+    model.encoder.store_frozen_weights(torch.bfloat16)
+    stored = model.encode_texts_and_frozen(texts)
+    for before, after in zip(autocast, stored, strict=True):
+        torch.testing.assert_close(after, before, atol=0, rtol=0)
+    weights = {n: p.dtype for n, p in model.encoder.base.encoder.named_parameters()}
+    assert {d for n, d in weights.items() if "lora_" in n} == {torch.float32}
+    assert torch.bfloat16 in {d for n, d in weights.items() if n.endswith("dense.weight")}
+    with pytest.raises(RuntimeError, match=r"stored in torch\.bfloat16"):
+        model.prepare(CODE_TEXTS, QUERIES)  # the prefix cache is float32
+
+
 def test_prefix_cache_on_disk_is_reused_and_keyed_by_weights_and_texts(tokenizer, tmp_path):
     reference = make_model(tokenizer)
     first = make_model(tokenizer)

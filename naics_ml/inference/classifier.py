@@ -300,7 +300,8 @@ class Classifier:
         spares embedding the codes and the memory again while it matches the stage's files;
         ``reuse_points=False`` embeds afresh. ``precision`` (``naics_ml.model.precision``):
         ``float32`` (the stage's own evaluation), ``bfloat16`` or ``auto`` for the texts to
-        classify (the saved points stay as the stage computed them). ``device``
+        classify (the saved points stay as the stage computed them; with bfloat16 the frozen
+        layers are then stored in it, ``ChannelEncoder.store_frozen_weights``). ``device``
         (``naics_ml.model.device``): where the model and the points live; ``auto`` is CUDA, else
         Apple MPS, else the CPU.
         """
@@ -324,7 +325,7 @@ class Classifier:
         entries = load_stage_memory(file) if memory else None
         memory_config = memory_config or load_blend(file)  # the weights the stage chose
         points = load_stage_points(file) if reuse_points else None
-        return cls(
+        classifier = cls(
             model,
             codes,
             temperature,
@@ -333,6 +334,9 @@ class Classifier:
             points=points,
             calibration=load_calibration(file),
         )
+        if model.encoder.layer_dtype is not None:  # this model only classifies from now on
+            model.encoder.store_frozen_weights(model.encoder.layer_dtype)
+        return classifier
 
     def save_points(self, path: Path | str) -> Path:
         """Save the embedded codes and memory entries as the stage's ``points.pt``, for a

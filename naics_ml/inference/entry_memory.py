@@ -126,7 +126,7 @@ def memory_probabilities(
     """
     if entry_distance.shape[1] != entry_candidate.numel():
         raise ValueError("entry_distance and entry_candidate disagree on the number of entries")
-    weights = torch.softmax(-entry_distance / temperature, dim=1)
+    weights = torch.softmax(entry_distance / -temperature, dim=1)  # = -d / T, one pass fewer
     shape = (entry_distance.shape[0], num_candidates)
     out = torch.zeros(shape, dtype=weights.dtype, device=weights.device)
     return out.index_add_(1, entry_candidate, weights)

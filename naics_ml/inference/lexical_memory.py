@@ -27,12 +27,13 @@ class LexicalIndex:
             raise ValueError("a lexical index needs a non-empty sequence of entry texts")
         self._vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
         try:
-            self._entries = self._vectorizer.fit_transform(list(entry_texts))
+            entries = self._vectorizer.fit_transform(list(entry_texts))
         except ValueError as err:  # every entry empty or made of stop-words only
             raise ValueError(f"the memory entries have no usable words: {err}") from err
+        self._entries_t = entries.T.tocsr()  # (terms, entries): spares a conversion per call
 
     def __len__(self) -> int:
-        return self._entries.shape[0]
+        return self._entries_t.shape[1]
 
     def similarity(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(cosine, matched)``: (len(texts), n) cosine similarity to each entry in [0, 1],
@@ -41,4 +42,4 @@ class LexicalIndex:
             raise TypeError("texts must be a sequence of strings, not one string")
         queries = self._vectorizer.transform(list(texts))  # rows are unit length or zero
         matched = np.asarray(queries.getnnz(axis=1) > 0)
-        return np.asarray((queries @ self._entries.T).toarray()), matched
+        return np.asarray((queries @ self._entries_t).toarray()), matched

@@ -147,6 +147,7 @@ class ChannelEncoder(nn.Module):
         self.max_rows = max_rows
         self.first_lora_layer = num_layers - lora_layers
         self.layer_dtype: torch.dtype | None = None  # bfloat16 autocast (model/precision.py)
+        self.frozen_weight_dtype: torch.dtype | None = None  # see store_frozen_weights
         for name, module in base.named_modules():  # frozen base: no dropout (see module doc)
             if isinstance(module, nn.Dropout) and "lora" not in name:
                 module.p = 0.0
@@ -213,9 +214,29 @@ class ChannelEncoder(nn.Module):
             mask[row, : len(seq)] = 1
         return input_ids.to(self.device), mask.to(self.device)
 
+    def store_frozen_weights(self, dtype: torch.dtype) -> None:
+        """Keep the frozen matrices of the transformer layers in ``dtype`` (the ``layer_dtype``
+        of an inference-only model): autocast would otherwise cast each of them again at every
+        call, most of the time of one short text. The results are the same; the float32 paths
+        (the prefix cache, ``encode_full``) refuse afterwards, as their weights are gone."""
+        if dtype != self.layer_dtype:
+            raise ValueError(f"frozen weights in {dtype} need layer_dtype {dtype}")
+        for module in self.base.encoder.layer.modules():
+            if isinstance(module, nn.Linear) and not module.weight.requires_grad:
+                module.weight.data = module.weight.data.to(dtype)
+        self.frozen_weight_dtype = dtype
+
+    def _check_weights(self, layer_dtype: torch.dtype | None) -> None:
+        if self.frozen_weight_dtype not in (None, layer_dtype):
+            raise RuntimeError(
+                f"the frozen layers are stored in {self.frozen_weight_dtype} for inference "
+                "(store_frozen_weights); this float32 path needs a model loaded in float32"
+            )
+
     # --- frozen prefix --------------------------------------------------------------------
     def _run_layers(self, hidden: Tensor, mask: Tensor, start: int, stop: int) -> Tensor:
         """Layers ``start:stop``, autocast to ``layer_dtype`` when set; float32 out."""
+        self._check_weights(self.layer_dtype)
         mask4d = create_bidirectional_mask(
             config=self.base.config, inputs_embeds=hidden, attention_mask=mask
         )
@@ -317,6 +338,7 @@ class ChannelEncoder(nn.Module):
         ``pad_to_max_length`` pads every sequence to ``max_length`` in one batch, as the naive
         design did; otherwise the same length buckets as the cached path are used.
         """
+        self._check_weights(None)
         self.activate(channel)
         token_ids = self.tokenize(texts)
         cpu = torch.device("cpu")

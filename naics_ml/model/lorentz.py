@@ -99,10 +99,14 @@ class LiftedPoints:
 
     def distance_from(self, x: Tensor) -> Tensor:
         """(n, m) float64 distances from the rows of ``x`` (n, D+1) to the set (on the set's
-        :func:`float64_device`)."""
-        xd = lift(x, self.curvature)
-        inner = -torch.outer(xd[:, 0], self.time) + xd[:, 1:] @ self.space_t
-        return _arcosh_distance(-inner, self.curvature)
+        :func:`float64_device`). No autograd: the arcosh of :func:`pairwise_distance` runs in
+        place, two (n, m) buffers instead of nine (a third of a batch's scoring time)."""
+        xd = lift(x.detach(), self.curvature)
+        k = self.curvature
+        z = torch.outer(xd[:, 0], self.time).addmm_(xd[:, 1:], self.space_t, alpha=-1.0)
+        z.div_(k).clamp_min_(1.0 + 1e-12)  # -<x, y>_L / k, as in _arcosh_distance
+        root = torch.mul(z, z).sub_(1.0).sqrt_()
+        return root.add_(z).log_().mul_(k**0.5)
 
 
 def radius(x: Tensor, curvature: float = 1.0) -> Tensor:

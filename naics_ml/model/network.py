@@ -27,6 +27,10 @@ from naics_ml.model.text_groups import TextGroups, group_mean, split_lines
 
 log = logging.getLogger(__name__)
 
+# Free texts tokenized and sorted by token length together before the encoder's micro-batches
+# (ChannelEncoder.max_tokens / max_rows): 512 rather than 64 pads 1.30x the real tokens instead
+# of 1.46x on real firm descriptions, and encodes them ~20 % faster (docs/results.md).
+TEXT_GROUP = 512
 _CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -359,7 +363,7 @@ class NaicsModel(nn.Module):
         return self._expand(enc, inverse, query_ids.shape)
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> Tensor:
+    def encode_texts(self, texts: Sequence[str], batch_size: int = TEXT_GROUP) -> Tensor:
         """Points (n, D+1) for arbitrary free text (inference, eval mode).
 
         A text that was prepared (a code line or a training query) starts from its cached prefix,
@@ -370,7 +374,7 @@ class NaicsModel(nn.Module):
         return self._query_points(vectors)
 
     @torch.inference_mode()
-    def encode_frozen(self, texts: Sequence[str], batch_size: int = 64) -> Tensor:
+    def encode_frozen(self, texts: Sequence[str], batch_size: int = TEXT_GROUP) -> Tensor:
         """Unit vectors (n, H) of the bare base model, every adapter bypassed: what it knew
         before training (the Classifier's base part). Prepared texts start from their cached
         prefix, as in :meth:`encode_texts`."""
@@ -379,7 +383,7 @@ class NaicsModel(nn.Module):
 
     @torch.inference_mode()
     def encode_texts_and_frozen(
-        self, texts: Sequence[str], batch_size: int = 64
+        self, texts: Sequence[str], batch_size: int = TEXT_GROUP
     ) -> tuple[Tensor, Tensor]:
         """:meth:`encode_texts` and :meth:`encode_frozen` of the same texts at once: the two
         share the frozen lower layers, so the pair costs a third less than two calls."""
