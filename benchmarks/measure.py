@@ -1,4 +1,5 @@
-"""Run a command and sample its process tree: wall time and peak resident memory (summed)."""
+"""Run a command and sample its process tree: wall time and peak resident memory (summed); the
+share of CPU time the hypervisor took from this machine meanwhile."""
 
 from __future__ import annotations
 
@@ -24,3 +25,18 @@ def run_measured(
             pass
         time.sleep(interval_s)
     return time.perf_counter() - start, peak / 2**20, process
+
+
+class StealMeter:
+    """Percent of the machine's CPU time stolen by the hypervisor since creation (Linux ``steal``
+    in ``/proc/stat``; 0 elsewhere). These VMs share hosts: a run with a high figure is slow
+    because of its neighbours, not because of the code."""
+
+    def __init__(self) -> None:
+        self._start = psutil.cpu_times()
+
+    def percent(self) -> float:
+        end = psutil.cpu_times()
+        total = sum(end) - sum(self._start)
+        stolen = getattr(end, "steal", 0.0) - getattr(self._start, "steal", 0.0)
+        return round(100.0 * stolen / total, 1) if total > 0 else 0.0
