@@ -6,7 +6,8 @@
 
 Loading reads the points of every code and remembered entry that the stage asset saved
 (``points.pt``, a few seconds); without them, or when the stage's files changed since, it embeds
-them afresh (75 s for the 2,125 codes and 14,901 entries of 2022 with MiniLM on a 2-core CPU).
+them afresh (over a minute for the 2,125 codes and 20,402 remembered texts of 2022 with MiniLM
+on a 2-core CPU).
 ``predict`` is then fast (0.1 s for a few texts).
 
 A stage folder holds everything needed: ``checkpoint.pt`` (model config + trainable weights),
