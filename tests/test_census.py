@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -285,7 +287,41 @@ def test_one_bad_file_leaves_previous_files_untouched(tmp_path: Path, census_roo
     with pytest.raises(CensusFormatError, match=re.escape(specs["index"].file_name)):
         fetch_workbooks("2022", dest, local_dir=broken)
     assert snapshot(dest) == before  # same files, same bytes, not even rewritten
-    assert not any(p.name.startswith(".staging") for p in dest.iterdir())
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_four_workbooks_are_switched_as_one_linked_set(
+    tmp_path: Path, census_root: Path
+) -> None:
+    """``census`` links to one complete set; a folder of loose workbooks (the older layout)
+    becomes a linked set, and one moved aside by a killed fetch is put back first."""
+    dest = tmp_path / "census"
+    shutil.copytree(census_root / "2022", dest)  # loose workbooks, as before linked sets
+    fetched = fetch_workbooks("2022", dest, local_dir=census_root / "2022")
+    target = dest.resolve()
+    assert dest.is_symlink() and re.fullmatch(r"census-[0-9a-f]{16}", target.name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["census", target.name]
+    assert sorted(p.name for p in target.iterdir()) == sorted(f.path.name for f in fetched)
+    fetch_workbooks("2022", dest, local_dir=census_root / "2022")  # same four: same set
+    assert dest.resolve() == target and len(list(tmp_path.iterdir())) == 2
+
+    # a fetch killed between moving the old folder aside and linking left no `census`
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dest.unlink()
+    shutil.rmtree(target)
+    moved = tmp_path / f".census.{finished.pid}-0123abcd.legacy"
+    shutil.copytree(census_root / "2022", moved)
+    broken = tmp_path / "broken"
+    shutil.copytree(census_root / "2022", broken)
+    spec = workbook_specs("2022")["index"]
+    (broken / spec.file_name).write_text("<html><body>Service Unavailable</body></html>")
+    with pytest.raises(CensusFormatError, match=re.escape(spec.file_name)):
+        fetch_workbooks("2022", dest, local_dir=broken)
+    assert not moved.exists() and dest.is_dir() and not dest.is_symlink()  # put back
+    assert (dest / spec.file_name).read_bytes() == (
+        census_root / "2022" / spec.file_name
+    ).read_bytes()
 
 
 class FakeResponse:
@@ -419,7 +455,7 @@ def test_connection_error_every_time_gives_oserror_after_retries(tmp_path: Path)
     assert "3 attempts" in str(error.value)
     assert len(session.calls) == 3
     assert sleeps == [0.5, 1.0]
-    assert list((tmp_path / "census").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # no census link, no staging folder left
 
 
 def test_html_page_served_with_200_is_rejected(tmp_path: Path, census_root: Path) -> None:
@@ -431,4 +467,4 @@ def test_html_page_served_with_200_is_rejected(tmp_path: Path, census_root: Path
         fetch_workbooks("2022", tmp_path / "census", session=session, config=CONFIG)
     assert name in str(error.value)
     assert "HTML" in str(error.value)
-    assert list((tmp_path / "census").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []

@@ -371,13 +371,18 @@ def test_sigkill_between_write_and_rename_keeps_the_previous_file(
     newer = tmp_path / "newer"
     shutil.copytree(slice_root / "2022", newer)
     set_cell(newer / SPECS["codes"].file_name, SPECS["codes"], 3, "title", "Renamed Utilities")
+    old_set = dest.resolve()
     killed = child("die-at-rename", "census", str(dest), str(newer), stdout=None)
     assert killed.wait(timeout=120) == -signal.SIGKILL
     assert hashes(dest, final_only=True) == before  # all four old workbooks, none of the new
-    (staging,) = hidden_entries(dest)  # the killed fetch's four validated files
-    assert staging.startswith(f".staging.{killed.pid}-")
+    assert dest.resolve() == old_set
+    (link,) = hidden_entries(tmp_path)  # killed where the link to the new set would replace it
+    assert link.startswith(f".census.{killed.pid}-") and link.endswith(".link")
+    (new_set,) = [p for p in tmp_path.glob("census-*") if p != old_set]
+    read_census(new_set, "2022")  # complete and validated, just not linked
     fetch_workbooks("2022", dest, local_dir=newer)
-    assert hidden_entries(dest) == []
+    assert hidden_entries(tmp_path) == [] and dest.resolve() == new_set
+    assert sorted(tmp_path.glob("census-*")) == [new_set]  # the old set removed after the switch
 
 
 # ------------------------------------------------------------------------------ 2: corrupt input

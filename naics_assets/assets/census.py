@@ -12,8 +12,9 @@ def census_workbooks(
 ) -> dg.MaterializeResult:
     """Copy or download the codes, descriptions, index and cross-reference workbooks.
 
-    All four are validated (xlsx bytes, sheet, columns) in a staging folder before any file of a
-    previous materialization is replaced.
+    All four are validated (xlsx bytes, sheet, columns, then together) in a staging folder;
+    ``census`` is then switched in one step to link to the new set (``census-<digest>``), so a
+    previous materialization is never replaced in part.
     """
     revision = context.partition_key
     with store.lock(context):
@@ -24,6 +25,7 @@ def census_workbooks(
     metadata: dict[str, object] = {
         "revision": revision,
         "folder": dg.MetadataValue.path(str(store.census_dir(revision))),
+        "set": store.census_dir(revision).resolve().name,
         "files": dg.MetadataValue.md(
             "| role | file | bytes | sha256 |\n|---|---|---|---|\n" + rows
         ),

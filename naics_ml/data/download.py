@@ -1,14 +1,20 @@
 """Getting the Census workbooks: a local folder, or HTTP with timeout, retries and back-off.
 
 Every file lands in a staging folder first and is validated (xlsx bytes, sheet, columns, codes;
-then the four together) before any file of the destination is replaced, so a bad download never
+then the four together) before anything of the destination is replaced, so a bad download never
 damages what is already there.
+
+The four are replaced as one set. The destination (``<revision>/census``) is a symbolic link to
+a folder ``census-<digest>`` holding one complete, validated set; a new set is renamed into
+place beside it and the link is swapped in one ``os.replace``. A kill at any point leaves the
+link on the old set or on the new one, never two workbooks of each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -25,7 +31,7 @@ from naics_ml.data.census import (
     validate_revision,
     workbook_specs,
 )
-from naics_ml.io import disk_full_error, remove_orphans, staging_name
+from naics_ml.io import disk_full_error, orphans, remove_orphans, staging_name
 
 
 class HttpResponse(Protocol):
@@ -121,8 +127,10 @@ def fetch_workbooks(
     naming known codes); only then are the files of ``dest_dir`` replaced."""
     validate_revision(revision)
     dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    remove_orphans(dest_dir, "staging")  # left by a fetch that was killed
+    dest_dir.parent.mkdir(parents=True, exist_ok=True)
+    _recover_legacy(dest_dir)
+    for suffix in ("", ".link", ".legacy"):  # left by a fetch that was killed
+        remove_orphans(dest_dir.parent, dest_dir.name, suffix)
     if local_dir is None and session is None:
         import requests
 
@@ -131,7 +139,7 @@ def fetch_workbooks(
     def get(url: str, target: Path) -> None:
         download(url, target, session, config, sleep)
 
-    staging = dest_dir / staging_name("staging")
+    staging = dest_dir.parent / staging_name(dest_dir.name)
     staging.mkdir()
     try:
         fetched = [
@@ -139,12 +147,11 @@ def fetch_workbooks(
             for spec in workbook_specs(revision).values()
         ]
         check_census_contents(staging, revision)
-        final = []
-        for item in fetched:  # all four are valid: only now touch the destination
-            path = dest_dir / item.path.name
-            os.replace(item.path, path)
-            final.append(FetchedFile(item.role, path, item.source, item.bytes, item.sha256))
-        return final
+        _publish_set(staging, dest_dir, fetched)  # all four are valid: only now switch
+        return [
+            FetchedFile(f.role, dest_dir / f.path.name, f.source, f.bytes, f.sha256)
+            for f in fetched
+        ]
     except OSError as error:
         full = disk_full_error(error, staging)  # while the staged files still take their space
         if full is None or full is error:
@@ -152,6 +159,50 @@ def fetch_workbooks(
         raise full from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish_set(staging: Path, dest: Path, fetched: list[FetchedFile]) -> None:
+    """Make the validated ``staging`` folder the set ``dest`` links to, in one atomic step."""
+    digest = hashlib.sha256("".join(f.sha256 for f in fetched).encode()).hexdigest()[:16]
+    version = dest.parent / f"{dest.name}-{digest}"  # the same four files: the same folder
+    if not version.is_dir():
+        _fsync_dir(staging)
+        os.rename(staging, version)
+    link = dest.parent / staging_name(dest.name, ".link")
+    os.symlink(version.name, link)  # relative: the artifacts root may move or be mounted
+    legacy = None
+    if dest.is_dir() and not dest.is_symlink():  # loose workbooks of the older layout
+        legacy = dest.parent / staging_name(dest.name, ".legacy")
+        os.rename(dest, legacy)  # a kill before the next line: _recover_legacy puts it back
+    os.replace(link, dest)  # readers see the old set or the new one, never a mix
+    _fsync_dir(dest.parent)
+    if legacy is not None:
+        shutil.rmtree(legacy, ignore_errors=True)
+    earlier = re.compile(rf"{re.escape(dest.name)}-[0-9a-f]{{16}}")
+    for entry in dest.parent.iterdir():
+        if entry.name != version.name and earlier.fullmatch(entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _recover_legacy(dest: Path) -> None:
+    """Put back a folder of the older layout that a killed fetch moved aside before linking."""
+    if dest.exists() or dest.is_symlink():
+        return
+    moved = sorted(orphans(dest.parent, dest.name, ".legacy"), key=lambda p: p.stat().st_mtime)
+    if moved:
+        os.rename(moved[-1], dest)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (renames) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _stage_workbook(
@@ -202,7 +253,7 @@ def source_checksums(
     and an invalid file at the source raises here instead of becoming a failing run.
     """
     with tempfile.TemporaryDirectory(prefix="naics-checksums-") as tmp:
-        fetched = fetch_workbooks(revision, Path(tmp), local_dir, session, config, sleep)
+        fetched = fetch_workbooks(revision, Path(tmp) / "census", local_dir, session, config, sleep)
     return {item.role: item.sha256 for item in fetched}
 
 
