@@ -141,10 +141,11 @@ class ArtifactStore(dg.ConfigurableResource):
         name = context.asset_key.to_user_string()
         started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         holder = (
-            f"pid {os.getpid()} on {socket.gethostname()} (Dagster run {context.run.run_id}, "
-            f"{name} for {revision}, since {started})"
+            f"pid {os.getpid()} (parent {os.getppid()}) on {socket.gethostname()} "
+            f"(Dagster run {context.run.run_id}, {name} for {revision}, since {started})"
         )
-        return exclusive_lock(self.base() / ".locks" / revision / f"{name}.lock", holder)
+        path = self.base() / ".locks" / revision / f"{name}.lock"
+        return exclusive_lock(path, holder, lambda left: fail_abandoned_run(context, left))
 
     def census_dir(self, revision: str) -> Path:
         return self.revision_dir(revision) / "census"
@@ -168,3 +169,26 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def embeddings_path(self, revision: str) -> Path:
         return self.revision_dir(revision) / "naics_embeddings.parquet"
+
+
+HOLDER = re.compile(r"pid (\d+) \(parent (\d+)\) on (\S+) \(Dagster run ([0-9a-f-]+),")
+
+
+def fail_abandoned_run(context: dg.AssetExecutionContext, left: str) -> None:
+    """Mark FAILURE the Dagster run whose step was killed holding this lock (``left``, the
+    holder text it left), when that step and its parent process are gone from this machine
+    and the run still reads as in progress: a killed ``dagster asset materialize`` cannot
+    report its own end, and its run would otherwise stay STARTED in the run list for ever."""
+    from naics_ml.io import is_running
+
+    match = HOLDER.match(left)
+    if match is None or match[3] != socket.gethostname() or match[4] == context.run.run_id:
+        return
+    if is_running(int(match[1])) or is_running(int(match[2])):
+        return  # only the step died: its run, still alive, reports the failure itself
+    run = context.instance.get_run_by_id(match[4])
+    if run is None or run.status not in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING):
+        return
+    message = f"killed: its step died holding {context.asset_key.to_user_string()}'s lock ({left})"
+    context.instance.report_run_failed(run, message=message)
+    context.log.warning(f"marked run {run.run_id} FAILURE: {message}")

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,8 @@ def _writer_pid(name: str, prefix: str, suffix: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _is_running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -77,7 +78,7 @@ def orphans(folder: Path, prefix: str, suffix: str = "") -> list[Path]:
     found = []
     for entry in sorted(Path(folder).glob(f".{glob.escape(prefix)}.*")):
         pid = _writer_pid(entry.name, prefix, suffix)
-        if pid is not None and pid != os.getpid() and not _is_running(pid):
+        if pid is not None and pid != os.getpid() and not is_running(pid):
             found.append(entry)
     return found
 
@@ -169,13 +170,17 @@ def atomic_save_torch(obj: Any, path: Path | str) -> Path:
 
 
 @contextmanager
-def exclusive_lock(path: Path | str, holder: str) -> Iterator[Path]:
+def exclusive_lock(
+    path: Path | str, holder: str, on_abandoned: Callable[[str], None] | None = None
+) -> Iterator[Path]:
     """Hold an exclusive ``flock`` on ``path`` for the block, or fail at once.
 
     ``holder`` (who, since when) is written into the file while held, so a second process
     raises :class:`LockHeldError` naming the lock and its holder instead of writing the same
     files. The kernel drops the lock when its process ends, even by SIGKILL: a lock is never
-    stale. The file itself stays (deleting a lock file races with its next user).
+    stale. The file itself stays (deleting a lock file races with its next user); a holder
+    that ended normally empties it, so a name still in it when the lock is taken is a holder
+    that was killed: ``on_abandoned`` is called with that text.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,9 +195,12 @@ def exclusive_lock(path: Path | str, holder: str) -> Iterator[Path]:
                 "another process is writing what it guards: wait for it to end, or stop it, "
                 "and run again"
             ) from None
+        abandoned = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.encode("utf-8"), 0)
         try:
+            if abandoned and on_abandoned is not None:
+                on_abandoned(abandoned)
             yield path
         finally:
             os.ftruncate(fd, 0)  # released: nobody holds it

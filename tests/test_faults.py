@@ -271,6 +271,15 @@ def test_killed_stage_resumes_and_a_second_run_is_turned_away(
         env.setenv("DAGSTER_HOME", str(site["home"]))
         with dg.DagsterInstance.get() as instance:
             records = instance.fetch_materializations(stage_01_easy.key, limit=1).records
+            runs = {r.run_id: r.status for r in instance.get_runs()}
+            failures = [
+                e.message
+                for run_id in runs
+                for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+            ]
+    # the killed CLI could not end its run: the third run, taking the lock it left, did
+    assert dg.DagsterRunStatus.STARTED not in runs.values(), runs
+    assert sum("killed: its step died holding stage_01_easy's lock" in m for m in failures) == 1
     meta = records[0].asset_materialization.metadata
     assert meta["resumed_from_step"].value == killed["step"]
     client = MlflowClient(cli_env(site)["MLFLOW_TRACKING_URI"])
@@ -308,9 +317,14 @@ def test_a_lock_names_its_holder_and_dies_with_it(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait(timeout=30)
-    with exclusive_lock(lock, "third") as held:
+    abandoned: list[str] = []
+    with exclusive_lock(lock, "third", on_abandoned=abandoned.append) as held:
         assert held.read_text() == "third"
+    assert abandoned == [f"pid {holder.pid} (test holder)"]  # the killed holder's name, once
     assert lock.read_text() == ""  # released: no holder named
+    with exclusive_lock(lock, "fourth", on_abandoned=abandoned.append):
+        pass
+    assert len(abandoned) == 1  # released normally: nothing abandoned
 
 
 # ------------------------------------------------------------------------------ 1: torn files
