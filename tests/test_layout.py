@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "naics_ml"
-SHARED = {"naics_ml.io", "naics_ml.stage_folder"}
+SHARED = {"naics_ml.io", "naics_ml.linked_sets", "naics_ml.stage_folder"}
 # what each layer may import besides itself and the shared modules (pipeline order)
 ALLOWED = {
     "data": set(),

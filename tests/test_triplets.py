@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -260,6 +262,37 @@ def test_shards_build_rebuild_and_survive_a_failure(
         )
     assert snapshot(out) == before
     assert sorted(p.name for p in out.iterdir()) == ["sector=22", "sector=55"]
+
+
+def test_shards_switch_as_one_set_and_convert_the_older_layout(
+    tmp_path: Path, codes_2022, distance_2022
+) -> None:
+    """``triplets`` links to one complete build (``naics_ml.linked_sets``). A plain folder of
+    the older layout is converted, after a sector a killed build had moved aside is put back."""
+    out = tmp_path / "triplets"
+    config = TripletConfig(cross_sector_k=K, seed=5)
+    build_triplet_shards(codes_2022, out, config, list(SMALL_SECTORS), 1, distance_2022)
+    first = out.resolve()
+    assert out.is_symlink() and first.parent == tmp_path and first.name.startswith("triplets-")
+    expected = {s: read_sector(out, s) for s in SMALL_SECTORS}
+
+    # the older layout: sector folders in a plain folder, 55 moved aside by a killed swap
+    out.unlink()
+    shutil.copytree(first, out)
+    shutil.rmtree(first)
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    retired = out / f".retired.{finished.pid}-0123abcd"
+    retired.mkdir()
+    (out / "sector=55").rename(retired / "sector=55")
+    build_triplet_shards(codes_2022, out, config, ["22"], 1, distance_2022)
+    assert out.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "triplets",
+        out.resolve().name,
+    ]
+    assert sorted(p.name for p in out.iterdir()) == ["sector=22", "sector=55"]
+    for s in SMALL_SECTORS:
+        assert read_sector(out, s).equals(expected[s])  # 55 carried over from the old folder
 
 
 def test_unknown_or_malformed_sector_is_rejected(tmp_path: Path, codes_2022) -> None:

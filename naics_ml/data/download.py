@@ -4,17 +4,15 @@ Every file lands in a staging folder first and is validated (xlsx bytes, sheet, 
 then the four together) before anything of the destination is replaced, so a bad download never
 damages what is already there.
 
-The four are replaced as one set. The destination (``<revision>/census``) is a symbolic link to
-a folder ``census-<digest>`` holding one complete, validated set; a new set is renamed into
-place beside it and the link is swapped in one ``os.replace``. A kill at any point leaves the
-link on the old set or on the new one, never two workbooks of each.
+The four are replaced as one set (``naics_ml.linked_sets``): ``<revision>/census`` links to a
+folder ``census-<digest of the four checksums>``, and a kill at any point leaves it on the old
+set or on the new one, never two workbooks of each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -31,7 +29,8 @@ from naics_ml.data.census import (
     validate_revision,
     workbook_specs,
 )
-from naics_ml.io import disk_full_error, orphans, remove_orphans, staging_name
+from naics_ml.io import disk_full_error
+from naics_ml.linked_sets import prepare_set, publish_set, staging_folder
 
 
 class HttpResponse(Protocol):
@@ -127,10 +126,7 @@ def fetch_workbooks(
     naming known codes); only then are the files of ``dest_dir`` replaced."""
     validate_revision(revision)
     dest_dir = Path(dest_dir)
-    dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    _recover_legacy(dest_dir)
-    for suffix in ("", ".link", ".legacy"):  # left by a fetch that was killed
-        remove_orphans(dest_dir.parent, dest_dir.name, suffix)
+    prepare_set(dest_dir)  # what a killed fetch left (naics_ml.linked_sets)
     if local_dir is None and session is None:
         import requests
 
@@ -139,15 +135,15 @@ def fetch_workbooks(
     def get(url: str, target: Path) -> None:
         download(url, target, session, config, sleep)
 
-    staging = dest_dir.parent / staging_name(dest_dir.name)
-    staging.mkdir()
+    staging = staging_folder(dest_dir)
     try:
         fetched = [
             _stage_workbook(spec, revision, staging, local_dir, get)
             for spec in workbook_specs(revision).values()
         ]
         check_census_contents(staging, revision)
-        _publish_set(staging, dest_dir, fetched)  # all four are valid: only now switch
+        digest = hashlib.sha256("".join(f.sha256 for f in fetched).encode()).hexdigest()
+        publish_set(staging, dest_dir, digest[:16])  # all four are valid: only now switch
         return [
             FetchedFile(f.role, dest_dir / f.path.name, f.source, f.bytes, f.sha256)
             for f in fetched
@@ -159,50 +155,6 @@ def fetch_workbooks(
         raise full from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _publish_set(staging: Path, dest: Path, fetched: list[FetchedFile]) -> None:
-    """Make the validated ``staging`` folder the set ``dest`` links to, in one atomic step."""
-    digest = hashlib.sha256("".join(f.sha256 for f in fetched).encode()).hexdigest()[:16]
-    version = dest.parent / f"{dest.name}-{digest}"  # the same four files: the same folder
-    if not version.is_dir():
-        _fsync_dir(staging)
-        os.rename(staging, version)
-    link = dest.parent / staging_name(dest.name, ".link")
-    os.symlink(version.name, link)  # relative: the artifacts root may move or be mounted
-    legacy = None
-    if dest.is_dir() and not dest.is_symlink():  # loose workbooks of the older layout
-        legacy = dest.parent / staging_name(dest.name, ".legacy")
-        os.rename(dest, legacy)  # a kill before the next line: _recover_legacy puts it back
-    os.replace(link, dest)  # readers see the old set or the new one, never a mix
-    _fsync_dir(dest.parent)
-    if legacy is not None:
-        shutil.rmtree(legacy, ignore_errors=True)
-    earlier = re.compile(rf"{re.escape(dest.name)}-[0-9a-f]{{16}}")
-    for entry in dest.parent.iterdir():
-        if entry.name != version.name and earlier.fullmatch(entry.name):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _recover_legacy(dest: Path) -> None:
-    """Put back a folder of the older layout that a killed fetch moved aside before linking."""
-    if dest.exists() or dest.is_symlink():
-        return
-    moved = sorted(orphans(dest.parent, dest.name, ".legacy"), key=lambda p: p.stat().st_mtime)
-    if moved:
-        os.rename(moved[-1], dest)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Flush a folder's entries (renames) to disk; a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _stage_workbook(

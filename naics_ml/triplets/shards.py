@@ -1,12 +1,12 @@
-"""Build the triplet shards of a revision in parallel and swap them into place atomically.
+"""Build the triplet shards of a revision in parallel and switch them into place as one set.
 
 Work is cut into units of (sector, slice of its anchors) of similar size, because one sector
 (31-33, manufacturing) holds most of the triplets; units run in a process pool and each writes one
-``part-NNNNN.parquet``. All parts of a build go to a hidden temporary folder first; only when every
-unit succeeded is each sector folder renamed into place, so a failure leaves the previous shards
-untouched (a full disk raises ``naics_ml.io.DiskFullError``). A build killed part-way leaves
-hidden folders naming its pid; the next build removes them, putting back a sector folder the
-killed build had moved aside but not yet replaced.
+``part-NNNNN.parquet``. All parts of a build go to a hidden staging folder first, with the
+sectors not rebuilt hard-linked in from the current set; only when every unit succeeded does
+``triplets`` switch to it in one step (``naics_ml.linked_sets``), so a failure or a kill leaves
+the previous shards untouched and never a mix of two builds (a full disk raises
+``naics_ml.io.DiskFullError``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ import numpy as np
 import polars as pl
 
 from naics_ml.data.taxonomy import exclusion_matrix, tree_distance_matrix
-from naics_ml.io import disk_full_error, orphans, remove_orphans, staging_name
+from naics_ml.io import disk_full_error, orphans, remove_orphans
+from naics_ml.linked_sets import (
+    current_set,
+    new_set_version,
+    prepare_set,
+    publish_set,
+    staging_folder,
+)
 from naics_ml.triplets.generate import TripletConfig, sector_seed, write_triplet_part
 
 _SECTOR = re.compile(r"^\d{2}$")
@@ -111,13 +118,18 @@ def build_triplet_shards(
     excluded = exclusion_matrix(codes)
     units = _plan_units(sector, excluded.sum(axis=1), sectors, config.cross_sector_k, 3)
 
-    _recover(triplets_dir)
-    staging = triplets_dir / staging_name("build")
+    prepare_set(triplets_dir)
+    current = current_set(triplets_dir)
+    if current is not None and not triplets_dir.is_symlink():
+        _recover(current)  # a plain folder of the older layout: undo a killed sector swap
+    staging = staging_folder(triplets_dir)
     try:
         for s in sectors:
             sector_dir(staging, s).mkdir(parents=True)
         counted = _build_parts(staging, units, config, workers, (distance, excluded, sector))
-        files = _swap_into_place(staging, triplets_dir, sectors)
+        _carry_unchanged(current, staging, sectors)
+        publish_set(staging, triplets_dir, new_set_version())
+        files = [f for s in sectors for f in sorted(sector_dir(triplets_dir, s).glob("part-*"))]
     except OSError as error:
         full = disk_full_error(error, triplets_dir)  # while the parts still take their space
         if full is None or full is error:
@@ -154,34 +166,33 @@ def _build_parts(
         return [future.result() for future in futures]
 
 
-def _recover(triplets_dir: Path) -> None:
-    """Clean up after a build killed part-way: a sector folder it had moved aside but not yet
-    replaced goes back, then its staging and retired folders are removed."""
-    if not triplets_dir.is_dir():
-        return
-    for retired in orphans(triplets_dir, "retired"):
+def _recover(folder: Path) -> None:
+    """In a plain triplets folder of the older layout, undo a build killed part-way through its
+    sector-by-sector swap: a sector folder moved aside but not yet replaced goes back."""
+    for retired in orphans(folder, "retired"):
         for old in retired.glob("sector=*"):
-            final = triplets_dir / old.name
+            final = folder / old.name
             if not final.exists():
                 os.replace(old, final)
-    remove_orphans(triplets_dir, "retired")
-    remove_orphans(triplets_dir, "build")
+    remove_orphans(folder, "retired")
+    remove_orphans(folder, "build")
 
 
-def _swap_into_place(staging: Path, triplets_dir: Path, sectors: list[str]) -> list[Path]:
-    retired = triplets_dir / staging_name("retired")
-    files = []
+def _carry_unchanged(current: Path | None, staging: Path, rebuilt: list[str]) -> None:
+    """The sectors of the current set that this build does not rebuild, hard-linked into the
+    new one (the same files, no copy; copied where the file system has no hard links)."""
+    if current is None:
+        return
+    for folder in sorted(current.glob("sector=*")):
+        if folder.is_dir() and folder.name.split("=", 1)[1] not in rebuilt:
+            shutil.copytree(folder, staging / folder.name, copy_function=_link_or_copy)
+
+
+def _link_or_copy(source: str, target: str) -> None:
     try:
-        for s in sectors:
-            final = sector_dir(triplets_dir, s)
-            if final.exists():
-                retired.mkdir(exist_ok=True)
-                os.replace(final, sector_dir(retired, s))
-            os.replace(sector_dir(staging, s), final)
-            files.extend(sorted(final.glob("part-*.parquet")))
-    finally:
-        shutil.rmtree(retired, ignore_errors=True)
-    return files
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def shard_sectors(triplets_dir: Path) -> list[str]:
