@@ -19,11 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-from measure import StealMeter
+from measure import StealMeter, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 REALTEXT = ROOT.parent / "shared" / "realtext"
+DEFAULT_STAGE = ROOT / "storage" / "artifacts" / "2022" / "models" / "stage_03_hard"
 
 
 def real_texts(n: int) -> list[str]:
@@ -39,8 +39,7 @@ def real_texts(n: int) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    default = ROOT / "storage" / "artifacts" / "2022" / "models" / "stage_03_hard"
-    parser.add_argument("--stage", type=Path, default=default)
+    parser.add_argument("--stage", type=Path, default=DEFAULT_STAGE)
     parser.add_argument("--texts", type=int, default=10_000)
     parser.add_argument("--singles", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=256)
@@ -78,7 +77,7 @@ def main() -> int:
         "one_text_p95_ms": round(1000 * single[int(len(single) * 0.95)], 1),
         "texts": len(texts),
         "texts_per_s": round(len(texts) / batch_s, 1),
-        "peak_rss_mb": round(_peak_rss_mb()),
+        "peak_rss_mb": round(peak_rss_mb()),
         "threads": __import__("torch").get_num_threads(),
         "precision": args.precision,
         "device": str(classifier.model.device),
@@ -87,16 +86,6 @@ def main() -> int:
     }
     print(json.dumps(result))
     return 0
-
-
-def _peak_rss_mb() -> float:
-    """The process's high-water mark of resident memory (VmHWM on Linux), in MiB."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return psutil.Process().memory_info().rss / 2**20
 
 
 if __name__ == "__main__":

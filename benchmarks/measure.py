@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 from typing import IO
 
 import psutil
@@ -40,3 +41,14 @@ class StealMeter:
         total = sum(end) - sum(self._start)
         stolen = getattr(end, "steal", 0.0) - getattr(self._start, "steal", 0.0)
         return round(100.0 * stolen / total, 1) if total > 0 else 0.0
+
+
+def peak_rss_mb() -> float:
+    """This process's high-water mark of resident memory (VmHWM on Linux; the current RSS
+    elsewhere), in MiB."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return psutil.Process().memory_info().rss / 2**20

@@ -18,8 +18,7 @@ import os
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-REALTEXT = ROOT.parent / "shared" / "realtext"
+from classify import DEFAULT_STAGE, REALTEXT
 
 
 def evaluation_sets(known: list[str], entries_path: Path) -> dict[str, tuple[list, list]]:
@@ -57,8 +56,7 @@ def quantize_int8(classifier) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    default = ROOT / "storage" / "artifacts" / "2022" / "models" / "stage_03_hard"
-    parser.add_argument("--stage", type=Path, default=default)
+    parser.add_argument("--stage", type=Path, default=DEFAULT_STAGE)
     parser.add_argument("--variant", choices=("float32", "bfloat16", "int8"), default="float32")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

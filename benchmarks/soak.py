@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 import psutil
-from classify import real_texts
+from classify import DEFAULT_STAGE, real_texts
+from measure import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 CENSUS = ROOT.parent / "shared" / "census"
@@ -32,15 +33,10 @@ CENSUS = ROOT.parent / "shared" / "census"
 def sample(storage: Path) -> dict[str, float]:
     """Memory, descriptors and stored files of this process now."""
     process = psutil.Process()
-    peak_kb = next(
-        int(line.split()[1])
-        for line in Path("/proc/self/status").read_text().splitlines()
-        if line.startswith("VmHWM:")
-    )
     artifacts = count_files(storage / "artifacts")
     return {
         "rss_mb": round(process.memory_info().rss / 2**20),
-        "peak_rss_mb": round(peak_kb / 1024),
+        "peak_rss_mb": round(peak_rss_mb()),
         "open_fds": process.num_fds(),
         "artifact_files": artifacts,  # must stay flat: each run replaces its files
         "dagster_files": count_files(storage) - artifacts,  # run history: grows by design
@@ -97,8 +93,7 @@ def classify_runs(stage: Path, runs: int, n_texts: int, storage: Path) -> list[d
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    default = ROOT / "storage" / "artifacts" / "2022" / "models" / "stage_03_hard"
-    parser.add_argument("--stage", type=Path, default=default)
+    parser.add_argument("--stage", type=Path, default=DEFAULT_STAGE)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--texts", type=int, default=10_000)
     args = parser.parse_args()
