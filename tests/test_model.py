@@ -25,6 +25,7 @@ from naics_ml.model.lorentz import (
 )
 from naics_ml.model.loss import hyperbolic_info_nce, load_balance_loss
 from naics_ml.model.network import ModelConfig, NaicsModel
+from naics_ml.model.packed import split_into_packs
 from naics_ml.model.precision import resolve_precision
 from naics_ml.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -244,6 +245,46 @@ def test_encode_texts_matches_prepared_queries(tokenizer):
     assert resolve_precision("float32") is None
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("int8")
+
+
+@pytest.mark.parametrize("layer_dtype", [None, torch.bfloat16])
+def test_packed_texts_give_the_padded_vectors(tokenizer, layer_dtype):
+    """Free texts run packed (model/packed.py): every text's vectors, through both routes, as
+    the padded micro-batches give them, also split into several packs and attention groups."""
+    model = make_model(tokenizer)
+    encoder = model.encoder
+    encoder.layer_dtype = layer_dtype
+    texts = [
+        "a",
+        "bakery",
+        "we repair commercial refrigeration units and walk-in coolers for restaurants",
+        "soy beans grower",
+        "pet food, dog kibble and cat treats made from grains and meat by-products " * 3,
+        "flour mill",
+        "bread shop",
+    ]
+    routes = ("examples", None)
+    assert encoder.packs_tokens
+    packed = encoder.encode_uncached_routes(texts, routes)
+    encoder.max_rows, encoder.pack_tokens = 2, 40  # more groups, and several packs
+    split = encoder.encode_uncached_routes(texts, routes)
+    encoder.packs_tokens = False
+    padded = encoder.encode_uncached_routes(texts, routes)
+    # bfloat16 keeps 8 bits: a product of another shape may round one value the other way
+    tolerance = 1e-6 if layer_dtype is None else 1e-3
+    for p, s, ref in zip(packed, split, padded, strict=True):
+        torch.testing.assert_close(p, ref, atol=tolerance, rtol=tolerance)
+        torch.testing.assert_close(s, ref, atol=tolerance, rtol=tolerance)
+    assert not torch.allclose(packed[0], packed[1])  # the adapter changes the route
+    lengths = (3, 50, 9, 30, 12)
+    packs = split_into_packs([[0] * n for n in lengths], limit=40)
+    assert [[lengths[i] for i in pack] for pack in packs] == [[3, 9, 12], [30], [50]]
+    mpnet = NaicsModel(
+        tiny_config(lora_target_modules=("q", "v")),
+        base=tiny_mpnet(tokenizer.vocab_size),
+        tokenizer=tokenizer,
+    )
+    assert not mpnet.encoder.packs_tokens  # its layers add a position bias: padded path
 
 
 def test_frozen_weights_stored_in_bfloat16_give_the_same_vectors(tokenizer):

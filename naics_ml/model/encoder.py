@@ -6,7 +6,9 @@ Speed comes from three exact (not approximate) tricks:
   layer depend on frozen weights only. :class:`PrefixCache` computes them once per distinct
   text (fp16 by default, real tokens only) and training steps run just the top layers.
 * Length-bucketed micro-batches: sequences are sorted by length and padded only to the
-  longest in their micro-batch.
+  longest in their micro-batch. Free texts (``encode_uncached_routes``) go further on BERT
+  layers: packed end to end with no padding at all, attention alone per micro-batch
+  (``naics_ml.model.packed``).
 * Channels share one base and switch adapters, so the base weights exist once in memory.
 
 Everything runs on the base's device (``ChannelEncoder.device``); the prefix cache is built and
@@ -38,6 +40,14 @@ from transformers import PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask
 
 from naics_ml.model.config import ModelConfig
+from naics_ml.model.packed import (
+    PACK_TOKENS,
+    length_buckets,
+    pack_texts,
+    run_packed_layers,
+    split_into_packs,
+    supports_packing,
+)
 from naics_ml.model.precision import autocast_layers
 
 log = logging.getLogger(__name__)
@@ -55,27 +65,6 @@ def digest_tensors(digest: Any, state: dict[str, Tensor]) -> None:
     for name, tensor in state.items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-
-
-def length_buckets(lengths: Tensor, max_tokens: int, max_rows: int) -> list[Tensor]:
-    """Positions grouped into micro-batches of similar length (each padded to its own max), on
-    ``lengths``' device; the grouping itself reads the lengths once, on the CPU."""
-    device = lengths.device
-    lengths = lengths.cpu()
-    order = torch.argsort(lengths, stable=True)
-    buckets: list[Tensor] = []
-    start = 0
-    n = len(order)
-    while start < n:
-        end = start + 1
-        while end < n and end - start < max_rows:
-            longest = int(lengths[order[end]])
-            if longest * (end - start + 1) > max_tokens:
-                break
-            end += 1
-        buckets.append(order[start:end].to(device))
-        start = end
-    return buckets
 
 
 @dataclass
@@ -173,6 +162,9 @@ class ChannelEncoder(nn.Module):
             param.requires_grad_("lora_" in name)
         self.active_channel: str | None = None
         self.activate(self.channels[0])
+        # free texts run packed, without padding, where the layers allow it (model/packed.py)
+        self.packs_tokens = supports_packing(self.base.encoder.layer)
+        self.pack_tokens = PACK_TOKENS  # real tokens per pack
 
     @property
     def hidden_size(self) -> int:
@@ -380,6 +372,8 @@ class ChannelEncoder(nn.Module):
         the bare base (every adapter bypassed). The frozen prefix is computed once and shared
         by the routes, so the base vectors beside the adapted ones cost only the top layers."""
         token_ids = self.tokenize(texts)
+        if self.packs_tokens:
+            return self._packed_routes(token_ids, routes)
         lengths = torch.tensor([len(x) for x in token_ids], dtype=torch.long, device="cpu")
         parts: list[list[Tensor]] = [[] for _ in routes]
         order = []
@@ -393,9 +387,45 @@ class ChannelEncoder(nn.Module):
 
     def _top_layers(self, hidden: Tensor, mask: Tensor, route: str | None) -> Tensor:
         """The layers from the first LoRA layer up, through ``route`` (see above)."""
-        stop = len(self.base.encoder.layer)
+        with self._route(route):
+            return self._run_layers(
+                hidden, mask, self.first_lora_layer, len(self.base.encoder.layer)
+            )
+
+    @contextmanager
+    def _route(self, route: str | None) -> Iterator[None]:
+        """Inside the block, the LoRA layers run ``route``: a channel's adapter, or none."""
         if route is None:
             with self.adapters_off():
-                return self._run_layers(hidden, mask, self.first_lora_layer, stop)
+                yield
+            return
         self.activate(route)
-        return self._run_layers(hidden, mask, self.first_lora_layer, stop)
+        yield
+
+    def _packed_routes(
+        self, token_ids: list[list[int]], routes: Sequence[str | None]
+    ) -> list[Tensor]:
+        """:meth:`encode_uncached_routes` over packed tokens (``naics_ml.model.packed``): the
+        same vectors, each stage of the padded path in the same number format."""
+        self._check_weights(self.layer_dtype)
+        layers = self.base.encoder.layer
+        out = [torch.empty((len(token_ids), self.hidden_size), device=self.device) for _ in routes]
+        for positions in split_into_packs(token_ids, self.pack_tokens):
+            packed = pack_texts(
+                [token_ids[i] for i in positions], self.max_tokens, self.max_rows, self.device
+            )
+            with torch.no_grad():
+                hidden = self.base.embeddings(
+                    input_ids=packed.input_ids,
+                    position_ids=packed.position_ids,
+                    token_type_ids=torch.zeros_like(packed.input_ids),
+                )[0]
+                with autocast_layers(self.device.type, self.layer_dtype):
+                    hidden = run_packed_layers(layers[: self.first_lora_layer], hidden, packed)
+                hidden = hidden.float()
+            rows = torch.tensor(positions, dtype=torch.long, device=self.device)
+            for route, vectors in zip(routes, out, strict=True):
+                with self._route(route), autocast_layers(self.device.type, self.layer_dtype):
+                    top = run_packed_layers(layers[self.first_lora_layer :], hidden, packed)
+                vectors[rows] = packed.mean_pool(top.float())
+        return out
