@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from .browser import chromium_executable, free_port, running_server, save_screenshot, venv_script
 from .pipeline import ASSET_NAMES
@@ -137,8 +138,16 @@ def open_asset_graph(page: Page, url: str) -> None:
     page.goto(f"{url}/asset-groups")
     page.get_by_role("button", name="Hide navigation").click()
     page.get_by_role("button", name="panel_show_right").click()  # the asset tree beside it
-    page.locator("#zoom-slider-container").get_by_role("button", name="settings").click()
-    page.get_by_role("menuitem", name="Expand all groups").click()
+    settings = page.locator("#zoom-slider-container").get_by_role("button", name="settings")
+    expand = page.get_by_role("menuitem", name="Expand all groups")
+    for attempt in range(3):  # the community dialog may pop up late and close the menu
+        settings.click()
+        try:
+            expand.click(timeout=10_000)
+            break
+        except PlaywrightTimeoutError:
+            if attempt == 2:
+                raise
     page.keyboard.press("Escape")
 
 
