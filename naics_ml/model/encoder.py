@@ -406,7 +406,7 @@ class ChannelEncoder(nn.Module):
         self, token_ids: list[list[int]], routes: Sequence[str | None]
     ) -> list[Tensor]:
         """:meth:`encode_uncached_routes` over packed tokens (``naics_ml.model.packed``): the
-        same vectors, each stage of the padded path in the same number format."""
+        padded path's vectors up to float rounding, each stage in the same number format."""
         self._check_weights(self.layer_dtype)
         layers = self.base.encoder.layer
         out = [torch.empty((len(token_ids), self.hidden_size), device=self.device) for _ in routes]
