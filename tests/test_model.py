@@ -264,11 +264,11 @@ def test_packed_texts_give_the_padded_vectors(tokenizer, layer_dtype):
         "bread shop",
     ]
     routes = ("examples", None)
-    assert encoder.packs_tokens
+    assert encoder.runs_packed
     packed = encoder.encode_uncached_routes(texts, routes)
     encoder.max_rows, encoder.pack_tokens = 2, 40  # more groups, and several packs
     split = encoder.encode_uncached_routes(texts, routes)
-    encoder.packs_tokens = False
+    encoder.runs_packed = False
     padded = encoder.encode_uncached_routes(texts, routes)
     # bfloat16 keeps 8 bits: a product of another shape may round one value the other way
     tolerance = 1e-6 if layer_dtype is None else 1e-3
@@ -284,7 +284,7 @@ def test_packed_texts_give_the_padded_vectors(tokenizer, layer_dtype):
         base=tiny_mpnet(tokenizer.vocab_size),
         tokenizer=tokenizer,
     )
-    assert not mpnet.encoder.packs_tokens  # its layers add a position bias: padded path
+    assert not mpnet.encoder.runs_packed  # its layers add a position bias: padded path
 
 
 def test_frozen_weights_stored_in_bfloat16_give_the_same_vectors(tokenizer):

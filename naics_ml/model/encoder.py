@@ -163,7 +163,7 @@ class ChannelEncoder(nn.Module):
         self.active_channel: str | None = None
         self.activate(self.channels[0])
         # free texts run packed, without padding, where the layers allow it (model/packed.py)
-        self.packs_tokens = supports_packing(self.base.encoder.layer)
+        self.runs_packed = supports_packing(self.base.encoder.layer)
         self.pack_tokens = PACK_TOKENS  # real tokens per pack
 
     @property
@@ -372,7 +372,7 @@ class ChannelEncoder(nn.Module):
         the bare base (every adapter bypassed). The frozen prefix is computed once and shared
         by the routes, so the base vectors beside the adapted ones cost only the top layers."""
         token_ids = self.tokenize(texts)
-        if self.packs_tokens:
+        if self.runs_packed:
             return self._packed_routes(token_ids, routes)
         lengths = torch.tensor([len(x) for x in token_ids], dtype=torch.long, device="cpu")
         parts: list[list[Tensor]] = [[] for _ in routes]

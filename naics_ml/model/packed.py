@@ -140,7 +140,7 @@ def pack_texts(
 
 
 def supports_packing(layers: nn.ModuleList) -> bool:
-    """Whether every layer is an encoder-only ``BertLayer`` (what :func:`packed_layer` runs)."""
+    """Whether every layer is an encoder-only ``BertLayer``, as :func:`run_packed_layers` needs."""
     from transformers.models.bert.modeling_bert import BertLayer
 
     return all(isinstance(layer, BertLayer) and not layer.is_decoder for layer in layers)
