@@ -22,7 +22,15 @@ import os
 from pathlib import Path
 
 STAGES = ("stage_01_easy", "stage_02_medium", "stage_03_hard")
-HIERARCHY = ("recon_map", "parent_at_1", "spearman_within_sector", "spearman")
+HIERARCHY = ("recon_map", "parent_at_1", "spearman_within_sector", "spearman", "cophenetic")
+BLEND = (
+    "weight",
+    "lexical_weight",
+    "base_weight",
+    "sector_weight",
+    "subsector_weight",
+    "group_weight",
+)
 REALTEXT = ("hit1", "hit5", "group_at_1", "sector_at_1")
 
 
@@ -40,7 +48,7 @@ def stage_report(metrics: dict[str, float]) -> dict[str, object]:
         "strict_test_predict": pick(metrics, "memory_strict_test_", ("top1", "top5")),
         "strict_test_count": metrics.get("strict_test_count"),
         "hierarchy": pick(metrics, "", HIERARCHY),
-        "blend": pick(metrics, "blend_", ("weight", "lexical_weight", "base_weight")),
+        "blend": pick(metrics, "blend_", BLEND),
         "selection_score": metrics.get("selection_score"),
     }
 
@@ -100,8 +108,9 @@ def main() -> None:
                 "realtext": pick(last, f"baseline_{name}_realtext_", REALTEXT),
                 "realtext_val": pick(last, f"baseline_{name}_realtext_val_", REALTEXT),
                 "index_test": pick(last, f"baseline_{name}_test_", ("top1", "top5", "mrr")),
+                "hierarchy": pick(last, f"baseline_{name}_", HIERARCHY),
             }
-            for name in ("zero_shot", "tfidf")
+            for name in ("zero_shot", "tfidf", "peer")
         }
         report["served_stage"] = choose_served_stage(artifacts / "models", list(metrics)).name
     if args.sectors and metrics:
@@ -140,7 +149,9 @@ def without_base(artifacts: Path, stage: str) -> dict[str, object]:
     truth = {n: c for n, (_, c) in sets.items()}
     validation = {n: parts[n] for n in ("index_val", "realtext_val")}
     grid = {**blend_tuning.GRID, "base_weight": (0.0,)}
-    tuned = blend_tuning.tune_blend(validation, truth, classifier.six_digit_codes, grid=grid)
+    tuned = blend_tuning.tune_blend(
+        validation, truth, classifier.six_digit_codes, grid=grid, level_grid={}
+    )
     config = dataclasses.asdict(tuned.config)
     out: dict[str, object] = {"blend": config, "selection_score": round(tuned.score, 4)}
     for name in ("realtext", "index_test"):

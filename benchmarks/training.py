@@ -27,7 +27,12 @@ from measure import run_measured
 from naics_ml.evaluation.metrics import RETRIEVAL_KEYS
 from naics_ml.evaluation.stage_report import HEADLINE, MEMORY_PREFIX
 
-REALTEXT_PREFIXES = ("realtext_", "embedding_realtext_", "baseline_zero_shot_realtext_")
+REALTEXT_PREFIXES = (
+    "realtext_",
+    "embedding_realtext_",
+    "baseline_zero_shot_realtext_",
+    "baseline_peer_realtext_",
+)
 ASSETS = ("stage_01_easy", "stage_02_medium", "stage_03_hard", "naics_embeddings")
 CACHES = ("prefix_cache", "baselines")  # under storage/artifacts/<revision>; rebuilt on demand
 
@@ -87,9 +92,12 @@ def main() -> None:
         stages[asset]["realtext"] = {
             k: round(v, 4)
             for k, v in metrics.items()
-            if k.startswith(REALTEXT_PREFIXES) and k.endswith(("hit1", "hit5", "sector_at_1"))
+            if k.startswith(REALTEXT_PREFIXES)
+            and k.endswith(("hit1", "hit5", "sector_at_1"))
+            and "_sector_" not in k.removesuffix("sector_at_1")  # per-sector rows: in MLflow
         }
         stages[asset]["selection_score"] = metrics.get("selection_score")
+        stages[asset]["cophenetic"] = round(metrics["cophenetic"], 4)
     serving = models / "serving.json"
     result = {
         "revision": args.revision,

@@ -4,7 +4,9 @@
   change), so a revision must be registered on the instance before ``dagster asset materialize
   --partition <YEAR>`` accepts it. The new-revision sensor does that by itself.
 * ``classify``: classify one text (a table, or JSON lines with ``--format json``) or a CSV,
-  Parquet or JSON-lines file (``--input``/``--output``) with a trained stage.
+  Parquet or JSON-lines file (``--input``/``--output``) with the stage that validation chose
+  (``models/serving.json``, written by ``naics_embeddings``), or ``--stage NAME`` / ``--model
+  PATH``.
 * ``runs``: the latest finished MLflow run of each stage side by side (headline metrics, wall
   time), from the project's MLflow store.
 """
@@ -37,21 +39,43 @@ def add_revisions(revisions: list[str]) -> list[str]:
 
 
 def default_artifacts() -> Path:
-    """storage/artifacts of the project (DAGSTER_HOME, else the working directory)."""
-    return Path(os.environ.get("DAGSTER_HOME") or Path.cwd()) / "storage" / "artifacts"
+    """Where the assets write: NAICS_ARTIFACTS_DIR, else the project's storage/artifacts."""
+    from naics_assets.resources import ArtifactStore
+
+    return ArtifactStore.from_env().base()
+
+
+def stage_folder(args: argparse.Namespace) -> Path:
+    """``--model``, else ``--stage`` of the revision, else the stage validation chose."""
+    from naics_ml.inference.serving import newest_stage, served_stage
+
+    if args.revision is not None:
+        from naics_assets.resources import safe_revision
+
+        safe_revision(args.revision)
+    if args.model is not None:
+        return args.model
+    if args.stage is not None:
+        from naics_assets.resources import check_stage_name
+
+        return newest_stage(args.artifacts, check_stage_name(args.stage), args.revision)
+    return served_stage(args.artifacts, args.revision)
 
 
 def classify_command(args: argparse.Namespace) -> int:
     """``naics-gemini classify``: load the stage, classify, print or write."""
     from naics_ml.inference.batch import InputError, classify_frame, read_texts, write_table
-    from naics_ml.inference.serving import newest_stage
 
     if (args.input is None) == (args.text is None):
         raise InputError("give a text, or --input FILE with --output FILE")
     if args.input is not None and (args.output is None or args.text_column is None):
         raise InputError("--input needs --text-column COL and --output FILE")
     frame = read_texts(args.input, args.text_column) if args.input else None
-    folder = args.model or newest_stage(args.artifacts, "stage_03_hard", args.revision)
+    if args.model is not None and args.stage is not None:
+        raise InputError("give --stage NAME or --model PATH, not both")
+    folder = stage_folder(args)
+    if not args.quiet:
+        print(f"model: {folder}", file=sys.stderr)
     from naics_ml.inference.classifier import Classifier
 
     classifier = Classifier.from_checkpoint(folder, precision=args.precision, device=args.device)
@@ -129,9 +153,17 @@ def parser() -> argparse.ArgumentParser:
     cls.add_argument("--text-column", help="column of --input holding the descriptions")
     cls.add_argument("--output", type=Path, help="file to write (format by suffix)")
     cls.add_argument("--revision", help="NAICS revision (default: newest with a model)")
-    cls.add_argument("--model", type=Path, help="a stage folder (default: stage_03_hard)")
-    cls.add_argument("--artifacts", type=Path, default=default_artifacts())
-    cls.add_argument("--quiet", action="store_true", help="no progress bar")
+    cls.add_argument(
+        "--stage", help="a stage of the revision, e.g. stage_03_hard (default: the served one)"
+    )
+    cls.add_argument("--model", type=Path, help="a stage folder (default: the served stage)")
+    cls.add_argument(
+        "--artifacts",
+        type=Path,
+        default=None,
+        help="artifact root (default: NAICS_ARTIFACTS_DIR, else storage/artifacts)",
+    )
+    cls.add_argument("--quiet", action="store_true", help="no model line, no progress bar")
     cls.add_argument(
         "--precision",
         choices=("auto", "float32", "bfloat16"),
@@ -157,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         return runs_command(args)
     if args.command == "classify":
+        args.artifacts = args.artifacts or default_artifacts()
         try:
             return classify_command(args)
         except (ValueError, FileNotFoundError) as error:

@@ -33,7 +33,7 @@ defs = dg.Definitions(
     resources={
         "census": CensusSource(local_dir=os.environ.get("NAICS_CENSUS_DIR") or None),
         "realtext": RealTextSource(local_dir=os.environ.get("NAICS_REALTEXT_DIR") or None),
-        "store": ArtifactStore(root=os.environ.get("NAICS_ARTIFACTS_DIR", "")),
+        "store": ArtifactStore.from_env(),
         # MLFLOW_TRACKING_URI is read when a run starts: a value copied here would be shown in
         # the UI and stored in every run's job snapshot, credentials included.
         "mlflow": MlflowTracker(),

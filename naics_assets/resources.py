@@ -28,6 +28,13 @@ def safe_revision(revision: str) -> str:
     return revision
 
 
+def check_stage_name(stage: str) -> str:
+    """A stage name as one path component: ``stage_<NN>_<word>``."""
+    if not _STAGE.fullmatch(stage):
+        raise ValueError(f"stage name must look like 'stage_01_easy', got {stage!r}")
+    return stage
+
+
 def plain_file_name(setting: str, name: str) -> str:
     """A file name configured for a folder must stay in it: no separator, '.', '..' or NUL."""
     if name in ("", ".", "..") or "\x00" in name or Path(name).name != name:
@@ -115,6 +122,11 @@ class ArtifactStore(dg.ConfigurableResource):
 
     root: str = Field(default="", description="Artifact root; storage/artifacts when empty.")
 
+    @classmethod
+    def from_env(cls) -> ArtifactStore:
+        """The store the code location uses: ``NAICS_ARTIFACTS_DIR``, else storage/artifacts."""
+        return cls(root=os.environ.get("NAICS_ARTIFACTS_DIR", ""))
+
     def base(self) -> Path:
         """The root folder. A URL is refused: the assets write with POSIX file operations (atomic
         renames, folder swaps), so an object store must be mounted as a filesystem."""
@@ -163,9 +175,7 @@ class ArtifactStore(dg.ConfigurableResource):
         return self.revision_dir(revision) / "triplets"
 
     def model_dir(self, revision: str, stage: str) -> Path:
-        if not _STAGE.fullmatch(stage):
-            raise ValueError(f"stage name must look like 'stage_01_easy', got {stage!r}")
-        return self.revision_dir(revision) / "models" / stage
+        return self.revision_dir(revision) / "models" / check_stage_name(stage)
 
     def embeddings_path(self, revision: str) -> Path:
         return self.revision_dir(revision) / "naics_embeddings.parquet"

@@ -76,6 +76,31 @@ class StageRun:
 
         return log_classifier_model(stage_dir, self.uri, self.run_id, dict(tags))
 
+    def register_served(self, stage_dir: Path, revision: str, tags: Mapping[str, str]) -> str:
+        """Make the served stage of ``revision`` the registered model's alias
+        ``served-<revision>``: a new version (logged in this run, which is that stage's) unless
+        the alias already names one with this folder's ``stage_digest``. Returns the version."""
+        from mlflow.exceptions import MlflowException
+
+        from naics_ml.inference.pyfunc import REGISTERED_MODEL
+        from naics_ml.inference.serving import stage_digest
+
+        alias, digest = served_alias(revision), stage_digest(stage_dir)
+        try:
+            current = self.client.get_model_version_by_alias(REGISTERED_MODEL, alias)
+        except MlflowException:
+            current = None  # no model, or no such alias yet
+        if current is not None and current.tags.get("stage_digest") == digest:
+            return str(current.version)
+        version = self.log_classifier_model(stage_dir, {**tags, "stage_digest": digest})
+        self.client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
+        return version
+
+
+def served_alias(revision: str) -> str:
+    """The registered model's alias for the stage that serves ``revision``."""
+    return f"served-{revision}"
+
 
 class MlflowTracker(dg.ConfigurableResource):
     """Where stage runs are tracked, and the experiment they go to."""

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 History = list[tuple[int, dict[str, float]]]
+LEVEL_HEADS_CACHE = "level_heads.pt"  # in the revision's baselines folder: shared by its stages
 
 
 class StageOrderError(RuntimeError):
@@ -240,12 +241,16 @@ def _evaluate(
     entries: pl.DataFrame,
     queries: pl.DataFrame,
 ) -> dict[str, float]:
-    """Every metric of the stage and both baselines; saves blend, calibration and points."""
+    """Every metric of the stage and the baselines; saves level heads, blend, calibration and
+    points."""
     from naics_ml.data.taxonomy import matrix_from_pairs
     from naics_ml.evaluation.stage_report import baseline_metrics, evaluate_stage
     from naics_ml.evaluation.stage_report import evaluation_sets as make_sets
+    from naics_ml.inference.level_heads import save_level_heads
 
     paths, config = request.paths, request.train_config
+    heads = classifier.fit_level_heads(cache=paths.baselines / LEVEL_HEADS_CACHE)
+    save_level_heads(paths.out_dir, heads)
     tree: np.ndarray = matrix_from_pairs(pl.read_parquet(paths.distances), codes.height)
     realtext = request.realtext
     sets = make_sets(codes, queries, config.query_splits, realtext.get("eval"), realtext.get("val"))

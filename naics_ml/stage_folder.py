@@ -11,6 +11,7 @@ A stage folder (``storage/artifacts/<revision>/models/<stage>/``) holds everythi
     points.pt       every code's point and the entry memory's points, keyed to the files above
     blend.json      the Classifier's blend weights, chosen on validation data
     calibration.json  the temperature that makes predict's confidence calibrated (validation)
+    levels.pt       the sector, subsector and group heads of predict's hierarchical decoding
     metrics.json    every evaluation metric; metrics.png the training curves
     confidence.png  reliability diagram (before/after calibration), selective accuracy (test)
 
@@ -44,6 +45,7 @@ class StageFolder:
     METRICS: ClassVar[str] = "metrics.json"
     PLOT: ClassVar[str] = "metrics.png"
     CALIBRATION: ClassVar[str] = "calibration.json"
+    LEVELS: ClassVar[str] = "levels.pt"
     CONFIDENCE_PLOT: ClassVar[str] = "confidence.png"
 
     @classmethod
@@ -69,4 +71,5 @@ class StageFolder:
     metrics = property(lambda self: self.file(self.METRICS))
     plot = property(lambda self: self.file(self.PLOT))
     calibration = property(lambda self: self.file(self.CALIBRATION))
+    levels = property(lambda self: self.file(self.LEVELS))
     confidence_plot = property(lambda self: self.file(self.CONFIDENCE_PLOT))

@@ -530,4 +530,37 @@ def test_cli_without_a_model_says_how_to_make_one(tmp_path, capsys):
 
     assert main(["classify", "wheat", "--artifacts", str(tmp_path)]) == 2
     err = capsys.readouterr().err
+    assert "serving.json" in err and "naics_embeddings" in err and "--stage NAME" in err
+    assert (
+        main(["classify", "wheat", "--artifacts", str(tmp_path), "--stage", "stage_03_hard"]) == 2
+    )
+    err = capsys.readouterr().err
     assert "dagster asset materialize" in err and "stage_03_hard" in err
+    assert main(["classify", "wheat", "--stage", "../elsewhere"]) == 2
+    assert "stage name must look like 'stage_01_easy'" in capsys.readouterr().err
+
+
+def test_cli_serves_the_stage_validation_chose_under_naics_artifacts_dir(
+    stage, tmp_path, capsys, monkeypatch
+):
+    """The default is ``serving.json``'s stage, found under NAICS_ARTIFACTS_DIR; ``--stage``
+    picks another stage of the revision."""
+    import shutil
+
+    from naics_assets.cli import main
+    from naics_ml.inference.serving import TunedBlend, choose_served_stage, save_blend
+
+    models = tmp_path / "artifacts" / "2022" / "models"
+    for name, score in (("stage_01_easy", 0.3), ("stage_02_medium", 0.6), ("stage_03_hard", 0.5)):
+        shutil.copytree(stage[0], models / name)
+        save_blend(models / name, TunedBlend(MemoryConfig(), score, {}, score))
+    assert choose_served_stage(models, ["stage_01_easy", "stage_02_medium", "stage_03_hard"])
+    monkeypatch.setenv("NAICS_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "elsewhere"))
+    assert main(["classify", "wheat farm", "--format", "json"]) == 0
+    assert f"model: {models / 'stage_02_medium'}" in capsys.readouterr().err
+    assert main(["classify", "wheat farm", "--stage", "stage_03_hard", "--revision", "2022"]) == 0
+    assert f"model: {models / 'stage_03_hard'}" in capsys.readouterr().err
+    args = ["classify", "wheat farm", "--stage", "stage_03_hard", "--model", str(stage[0])]
+    assert main(args) == 2
+    assert "not both" in capsys.readouterr().err

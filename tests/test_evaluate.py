@@ -14,9 +14,13 @@ from sklearn.metrics import average_precision_score
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from naics_ml.evaluation.baselines import (
+    PEER_PREFIX,
     TFIDF_PREFIX,
     ZERO_SHOT_PREFIX,
     mean_pooled_embeddings,
+    peer_entries,
+    peer_metrics,
+    peer_scores,
     tfidf_metrics,
     zero_shot_metrics,
 )
@@ -75,6 +79,19 @@ def test_perfect_embedding_scores_one() -> None:
     assert m["recon_mean_rank"] == pytest.approx(1.0)
     assert m["parent_at_1"] == pytest.approx(1.0)
     assert m["radius_order"] == pytest.approx(1.0)
+    assert m["cophenetic"] == pytest.approx(1.0)
+
+
+def test_cophenetic_correlation_is_pearson_over_all_pairs() -> None:
+    """Pearson, not Spearman: a monotone but non-linear embedding keeps Spearman at 1 and
+    lowers the cophenetic correlation; an affine one keeps both."""
+    squared = hierarchy_metrics(TREE**2, TREE, PARENT, LEVEL, SECTOR)
+    iu = np.triu_indices(len(TREE), k=1)
+    expected = np.corrcoef(TREE[iu] ** 2, TREE[iu])[0, 1]
+    assert squared["spearman"] == pytest.approx(1.0)
+    assert squared["cophenetic"] == pytest.approx(expected) and expected < 0.99
+    affine = hierarchy_metrics(3 * TREE + 2, TREE, PARENT, LEVEL, SECTOR)
+    assert affine["cophenetic"] == pytest.approx(1.0)
 
 
 def test_shuffled_embedding_scores_lower() -> None:
@@ -86,6 +103,7 @@ def test_shuffled_embedding_scores_lower() -> None:
     assert m["recon_mean_rank"] > 1.5
     assert m["parent_at_1"] < 1.0
     assert m["radius_order"] == 0.0
+    assert m["cophenetic"] < 0.5
 
 
 def test_reconstruction_worked_example() -> None:
@@ -351,6 +369,38 @@ def test_zero_shot_baseline_with_tiny_bert(tiny_bert) -> None:
     assert set(m) == {ZERO_SHOT_PREFIX + k for k in METRIC_KEYS}
     assert all(np.isfinite(list(m.values())))
     assert 0.0 <= m[ZERO_SHOT_PREFIX + "test_top1"] <= 1.0
+
+
+def test_peer_scores_half_code_text_half_nearest_entry() -> None:
+    rng = np.random.default_rng(0)
+    query, code, entry = rng.normal(size=(300, 4)), rng.normal(size=(3, 4)), rng.normal(size=(6, 4))
+    column = np.array([2, 0, 2, 0, 0, 2])  # code 1 has no entry: its text alone
+    expected = np.empty((300, 3))
+    for j in range(3):
+        mine = [query @ entry[i] for i in range(6) if column[i] == j]
+        nearest = np.max(mine, axis=0) if mine else query @ code[j]
+        expected[:, j] = 0.5 * query @ code[j] + 0.5 * nearest
+    assert np.allclose(peer_scores(query, code, entry, column), expected)  # > PEER_ROWS rows
+
+
+def test_peer_baseline_reads_training_entries_only(tiny_bert) -> None:
+    model, tokenizer = tiny_bert
+    entries = pl.DataFrame(
+        {
+            "text": ["soy beans", "pet kibble", "timber sawing", "rapeseed", "lumber mill"],
+            "code": ["111110", "311111", "321113", "111120", "321113"],
+            "split": ["train", "examples", "validation", "test", "train"],
+        }
+    )
+    assert peer_entries(entries)["text"].to_list() == ["soy beans", "pet kibble", "lumber mill"]
+    realtext = {"r_": pl.DataFrame({"text": QUERIES, "codes": [[c] for c in QUERY_CODES]})}
+    m = peer_metrics(CODES, entries, realtext, model=model, tokenizer=tokenizer)
+    assert {f"{PEER_PREFIX}test_top1", f"{PEER_PREFIX}r_hit1", f"{PEER_PREFIX}r_hit5"} <= set(m)
+    assert m[f"{PEER_PREFIX}r_sector_11_rows"] == 2 and m[f"{PEER_PREFIX}r_sector_31_rows"] == 2
+    # a held-out entry changes nothing: with the validation row dropped, the same figures
+    kept = entries.filter(pl.col("split") != "validation")
+    again = peer_metrics(CODES, kept, realtext, model=model, tokenizer=tokenizer)
+    assert again == m
 
 
 def test_spearman_ceiling_is_what_a_perfect_tie_free_score_reaches():

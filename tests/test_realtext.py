@@ -16,8 +16,12 @@ from naics_ml.data.realtext import (
 )
 from naics_ml.data.training_texts import crossref_queries, strip_lead, training_queries
 from naics_ml.evaluation.blend_tuning import tune_blend
-from naics_ml.evaluation.realtext_metrics import realtext_metrics, sector_hit_rates
-from naics_ml.evaluation.stage_report import strict_test_mask
+from naics_ml.evaluation.realtext_metrics import (
+    realtext_metrics,
+    sector_hit_rates,
+    sector_metrics,
+)
+from naics_ml.evaluation.stage_report import sector_table, strict_test_mask
 from naics_ml.inference.classifier import ScoreParts
 from naics_ml.inference.entry_memory import MemoryConfig
 from naics_ml.inference.serving import (
@@ -60,6 +64,29 @@ def test_sector_table_names_each_sectors_hit_rate_and_main_confusion() -> None:
     rows = {r["sector"]: r for r in table.to_dicts()}
     assert rows["31"]["hit1"] == 0.0 and rows["31"]["main_confusion"] == "54"
     assert rows["11"]["hit1"] == 1.0 and rows["11"]["main_confusion"] is None
+
+
+def test_sector_metrics_and_their_table_show_each_sector_beside_the_peer() -> None:
+    candidates = np.array(["111110", "311111", "541511"])
+    truth = [["111110"], ["311111"], ["541511"], ["311111"]]
+    model = sector_metrics(np.eye(3)[[0, 2, 2, 1]], candidates, truth, "realtext_val_")
+    assert model == {
+        "realtext_val_sector_11_hit1": 1.0,
+        "realtext_val_sector_11_rows": 1.0,
+        "realtext_val_sector_31_hit1": 0.5,
+        "realtext_val_sector_31_rows": 2.0,
+        "realtext_val_sector_54_hit1": 1.0,
+        "realtext_val_sector_54_rows": 1.0,
+    }
+    peer = sector_metrics(np.eye(3)[[1, 1, 2, 1]], candidates, truth, "baseline_peer_realtext_val_")
+    table = sector_table(model | peer).splitlines()
+    assert table[0] == "| sector | validation rows | validation hit@1 | validation peer hit@1 |"
+    assert table[2:] == [
+        "| 11 | 1 | 1.000 | 0.000 |",
+        "| 31 | 2 | 0.500 | 1.000 |",
+        "| 54 | 1 | 1.000 | 1.000 |",
+    ]
+    assert sector_table({}) == "no real-text sets: no figures by sector"
 
 
 def test_shared_files_load_with_known_codes_only(tmp_path) -> None:

@@ -66,7 +66,26 @@ def stage_config(steps: int, model: dict | None = None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def chain(slice_root: Path, tiny_base: Path, tmp_path_factory: pytest.TempPathFactory):
+def chain_instance():
+    """The Dagster instance the chain materialized in (its events name each stage's run)."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(revision_partitions.name, ["2022"])
+        yield instance
+
+
+def chain_resources(slice_root: Path, root: Path) -> dict:
+    return {
+        "census": CensusSource(local_dir=str(slice_root)),
+        "store": ArtifactStore(root=str(root / "artifacts")),
+        "mlflow": MlflowTracker(tracking_uri=f"sqlite:///{root / 'mlflow.db'}"),
+        "realtext": RealTextSource(local_dir=str(REALTEXT_ROOT)),
+    }
+
+
+@pytest.fixture(scope="module")
+def chain(
+    slice_root: Path, tiny_base: Path, tmp_path_factory: pytest.TempPathFactory, chain_instance
+):
     root = tmp_path_factory.mktemp("chain")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     model = {"base_model": str(tiny_base), "embedding_dim": 8, "lora_layers": 1, "lora_r": 4}
@@ -79,23 +98,15 @@ def chain(slice_root: Path, tiny_base: Path, tmp_path_factory: pytest.TempPathFa
             "stage_03_hard": stage_config(4),
         }
     }
-    resources = {
-        "census": CensusSource(local_dir=str(slice_root)),
-        "store": ArtifactStore(root=str(root / "artifacts")),
-        "mlflow": MlflowTracker(tracking_uri=uri),
-        "realtext": RealTextSource(local_dir=str(REALTEXT_ROOT)),
-    }
     torch.set_num_threads(1)
-    with dg.DagsterInstance.ephemeral() as instance:
-        instance.add_dynamic_partitions(revision_partitions.name, ["2022"])
-        result = dg.materialize(
-            ASSETS,
-            partition_key="2022",
-            resources=resources,
-            run_config=run_config,
-            instance=instance,
-            raise_on_error=True,
-        )
+    result = dg.materialize(
+        ASSETS,
+        partition_key="2022",
+        resources=chain_resources(slice_root, root),
+        run_config=run_config,
+        instance=chain_instance,
+        raise_on_error=True,
+    )
     return result, root, uri
 
 
@@ -149,6 +160,44 @@ def test_each_stage_reports_real_text_and_strict_test_metrics_and_its_blend(chai
         blend = json.loads((root / f"artifacts/2022/models/{stage}/blend.json").read_text())
         assert blend["selection_score"] == pytest.approx(metrics["selection_score"])
         assert "realtext_hit1" in metadata_of(result, stage)["evaluation"]
+
+
+def test_each_stage_reports_sectors_the_no_training_peer_and_the_cophenetic_correlation(
+    chain,
+) -> None:
+    import mlflow
+
+    from naics_ml.data.realtext import EVAL_FILE, load_labelled_texts
+
+    result, root, uri = chain
+    codes = pl.read_parquet(root / "artifacts/2022/naics_codes.parquet")["code"].to_list()
+    evaluation = load_labelled_texts(REALTEXT_ROOT / EVAL_FILE, known_codes=codes)
+    for stage in STAGES:
+        meta = metadata_of(result, stage)
+        metrics = meta["all_metrics"]
+        for prefix in ("", "baseline_zero_shot_", "baseline_tfidf_"):
+            assert -1.0 <= metrics[f"{prefix}cophenetic"] <= 1.0
+        for prefix in ("realtext_", "realtext_val_"):
+            assert {f"baseline_peer_{prefix}{k}" for k in ("hit1", "hit5", "sector_at_1")} <= set(
+                metrics
+            )
+        assert "baseline_peer_test_top1" in metrics
+        # every row of the evaluation set (the slice's codes: sectors 22 and 55), by sector
+        rows = {k: v for k, v in metrics.items() if k.startswith("realtext_sector_")}
+        assert sum(v for k, v in rows.items() if k.endswith("_rows")) == evaluation.height > 0
+        assert {k[:-5] for k in rows if k.endswith("_rows")} <= {
+            "realtext_sector_22",
+            "realtext_sector_55",
+        }
+        assert "| sector |" in meta["by_sector"] and "peer hit@1" in meta["by_sector"]
+        assert "no-training peer" in meta["evaluation"] and "cophenetic" in meta["evaluation"]
+        assert (root / f"artifacts/2022/models/{stage}/levels.pt").is_file()
+        assert "blend_sector_weight" in metrics
+        run = mlflow.MlflowClient(uri).get_run(meta["mlflow_run_id"])
+        assert (
+            run.data.metrics["realtext_val_sector_22_hit1"]
+            == metrics["realtext_val_sector_22_hit1"]
+        )
 
 
 def test_each_stage_starts_from_the_previous_one(chain) -> None:
@@ -304,18 +353,23 @@ def test_stage_checks_run_on_each_stage_metrics(chain) -> None:
         assert experts.passed == (min(shares.values()) >= 0.05)
 
 
-def test_the_last_stage_registers_the_classifier_as_an_mlflow_model(chain) -> None:
+def test_the_served_stage_is_the_registered_model(chain) -> None:
     import mlflow
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
     result, root, uri = chain
-    assert "registered_model" not in metadata_of(result, "stage_02_medium")
-    assert metadata_of(result, "stage_03_hard")["registered_model"] == "naics-gemini-classifier/1"
+    assert all("registered_model" not in metadata_of(result, s) for s in STAGES)
+    embeddings = metadata_of(result, "naics_embeddings")
+    served = embeddings["served_stage"]
+    assert embeddings["registered_model"] == "naics-gemini-classifier/1"
+    assert embeddings["served_model_uri"] == "models:/naics-gemini-classifier@served-2022"
     client = MlflowClient(tracking_uri=uri)
-    version = client.get_model_version("naics-gemini-classifier", "1")
+    version = client.get_model_version_by_alias("naics-gemini-classifier", "served-2022")
+    assert str(version.version) == "1" and version.tags["stage"] == served
     assert version.tags["naics_revision"] == "2022"
     assert version.tags["dagster_run_id"] == result.run_id
+    assert version.run_id == metadata_of(result, served)["mlflow_run_id"]  # the stage's run
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/naics-gemini-classifier/1")
     out = model.predict(pd.DataFrame({"text": ["electric power plant", "water utility"]}))
@@ -367,7 +421,13 @@ def test_mlflow_models_serve_answers_a_request(chain) -> None:
         port = probe.getsockname()[1]
     bin_dir = str(Path(sys.executable).parent)
     env = os.environ | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    command = [f"{bin_dir}/mlflow", "models", "serve", "-m", "models:/naics-gemini-classifier/1"]
+    command = [
+        f"{bin_dir}/mlflow",
+        "models",
+        "serve",
+        "-m",
+        "models:/naics-gemini-classifier@served-2022",
+    ]
     command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     server = subprocess.Popen(
         command,
@@ -426,3 +486,64 @@ def test_runs_command_lines_up_the_latest_run_of_each_stage(chain, tmp_path, cap
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     assert main(["runs", "--tracking-uri", empty]) == 1
     assert "dagster asset materialize" in capsys.readouterr().err
+
+
+def test_a_non_final_stage_chosen_on_validation_serves_the_cli_and_the_registered_model(
+    chain, chain_instance, slice_root, capsys
+) -> None:
+    """Validation's choice (the blend scores) decides what ``classify`` and
+    ``models:/naics-gemini-classifier/latest`` serve; an unchanged choice registers nothing."""
+    import mlflow
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from naics_assets.cli import main
+
+    result, root, uri = chain
+    models = root / "artifacts/2022/models"
+    before = metadata_of(result, "naics_embeddings")["served_stage"]
+    chosen = "stage_02_medium" if before == "stage_01_easy" else "stage_01_easy"
+    blend_file = models / chosen / "blend.json"
+    saved = blend_file.read_text()
+    blend = json.loads(saved)  # validation prefers ``chosen``: its score above the others
+    blend["selection_score"] = 1.0 + max(
+        json.loads((models / s / "blend.json").read_text())["selection_score"] for s in STAGES
+    )
+    blend_file.write_text(json.dumps(blend))
+
+    def materialize_embeddings() -> dict:
+        again = dg.materialize(
+            [naics_embeddings],
+            partition_key="2022",
+            resources=chain_resources(slice_root, root),
+            instance=chain_instance,
+        )
+        return metadata_of(again, "naics_embeddings")
+
+    try:
+        metadata = materialize_embeddings()
+        assert metadata["served_stage"] == chosen and metadata["embedding_stage"] == STAGES[-1]
+        assert metadata["registered_model"] == "naics-gemini-classifier/2"
+        text = "electric power plant"
+        expected = Classifier.from_checkpoint(models / chosen, precision="auto").predict([text])
+        expected_codes = [p.code for p in expected[0]]
+
+        args = ["classify", text, "--artifacts", str(root / "artifacts"), "--format", "json"]
+        assert main(args) == 0
+        out = capsys.readouterr()
+        assert f"model: {models / chosen}" in out.err
+        assert [json.loads(line)["code"] for line in out.out.splitlines()] == expected_codes
+
+        client = MlflowClient(tracking_uri=uri)
+        version = client.get_model_version("naics-gemini-classifier", "2")
+        assert version.tags["stage"] == chosen
+        assert float(version.tags["selection_score"]) == pytest.approx(blend["selection_score"])
+        assert version.run_id == metadata_of(result, chosen)["mlflow_run_id"]
+        mlflow.set_tracking_uri(uri)
+        latest = mlflow.pyfunc.load_model("models:/naics-gemini-classifier/latest")
+        frame = latest.predict(pd.DataFrame({"text": [text]}))
+        assert list(frame["code"]) == expected_codes
+
+        assert materialize_embeddings()["registered_model"] == "naics-gemini-classifier/2"
+    finally:
+        blend_file.write_text(saved)

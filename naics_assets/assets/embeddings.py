@@ -1,4 +1,11 @@
-"""``naics_embeddings``: every code's coordinates from the final stage, and their picture."""
+"""``naics_embeddings``: every code's coordinates from the final stage, and their picture; and
+the stage that serves ``predict`` (chosen on validation), registered as the MLflow model.
+
+The two may be different stages on purpose: the coordinates come from ``stage_03_hard``, the
+stage trained hardest on the tree (the hierarchy figures), while the classifier users get is the
+stage whose blend scored best on the validation sets (``models/serving.json``), which the CLI's
+default and the registered model's alias ``served-<revision>`` both load.
+"""
 
 import base64
 import json
@@ -10,7 +17,7 @@ import dagster as dg
 from naics_assets.assets.stages import stage_03_hard
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore
-from naics_assets.tracking import MlflowTracker
+from naics_assets.tracking import MlflowTracker, served_alias
 
 if TYPE_CHECKING:
     import polars as pl
@@ -33,7 +40,8 @@ def naics_embeddings(
 ) -> dg.MaterializeResult:
     """Code, level, title, Lorentz and Poincare coordinates and radius of every code, a
     Poincare-disk picture, per-level structure and the evaluation; also records which stage
-    serves ``predict`` (``models/serving.json``, best on validation)."""
+    serves ``predict`` (``models/serving.json``, best on validation) and registers it as a
+    version of ``naics-gemini-classifier`` when it changed."""
     from naics_ml.embeddings import build_embeddings
     from naics_ml.evaluation.metrics import level_metrics
     from naics_ml.evaluation.stage_report import comparison_table
@@ -47,6 +55,7 @@ def naics_embeddings(
         report = build_embeddings(stage_dir, table_path, table_path.with_name(PICTURE))
         served = choose_served_stage(models, STAGES)  # by validation, not by position
         stage_run = _log_to_stage_run(context, mlflow, report)
+        registered = _register_served(context, mlflow, served)
     metrics = json.loads((stage_dir / "metrics.json").read_text())
     return dg.MaterializeResult(
         metadata={
@@ -58,7 +67,9 @@ def naics_embeddings(
             "levels": dg.MetadataValue.md(_levels_table(report.levels)),
             **level_metrics(report.levels),
             "evaluation": dg.MetadataValue.md(comparison_table(metrics)),
+            "embedding_stage": stage_dir.name,
             "served_stage": served.name,
+            **registered,
             "selection_scores": dg.MetadataValue.json(selection_scores(models, STAGES)),
             "mlflow_stage_run": stage_run,
         }
@@ -80,23 +91,59 @@ def _inline_png(path: Path) -> str:
     return f"![Poincare disk of the codes](data:image/png;base64,{data})"
 
 
+def _stage_run_id(context: dg.AssetExecutionContext, stage: str) -> str | None:
+    """The MLflow run of the newest materialization of ``stage`` for this partition."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(stage), asset_partitions=[context.partition_key]
+        ),
+        limit=1,
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    entry = None if materialization is None else materialization.metadata.get("mlflow_run_id")
+    return None if entry is None else str(entry.value)
+
+
 def _log_to_stage_run(
     context: dg.AssetExecutionContext, mlflow: MlflowTracker, report: "EmbeddingsReport"
 ) -> str:
     """Add the picture to the MLflow run of the ``stage_03_hard`` materialization this
     partition was built from (whose metrics already hold the level figures); the run id, or
     why nothing was logged."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=stage_03_hard.key, asset_partitions=[context.partition_key]
-        ),
-        limit=1,
-    ).records
-    materialization = records[0].asset_materialization if records else None
-    entry = None if materialization is None else materialization.metadata.get("mlflow_run_id")
-    if entry is None:
+    run_id = _stage_run_id(context, stage_03_hard.key.to_user_string())
+    if run_id is None:
         context.log.warning("no stage_03_hard MLflow run recorded; picture not logged there")
         return "none recorded"
-    run = mlflow.existing_run(str(entry.value))
+    run = mlflow.existing_run(run_id)
     run.log_artifact(report.picture)
     return run.run_id
+
+
+def _register_served(
+    context: dg.AssetExecutionContext, mlflow: MlflowTracker, served: Path
+) -> dict[str, str]:
+    """The served stage as the registered model's ``served-<revision>`` version, logged in
+    that stage's MLflow run (a new run when none is recorded); the version and the alias's URI
+    as metadata."""
+    from naics_ml.inference.pyfunc import REGISTERED_MODEL
+    from naics_ml.inference.serving import selection_scores
+
+    revision, stage = context.partition_key, served.name
+    score = selection_scores(served.parent, [stage])[stage]
+    tags = {
+        "naics_revision": revision,
+        "stage": stage,
+        "selection_score": f"{score:.6f}",
+        "dagster_run_id": context.run.run_id,
+    }
+    run_id = _stage_run_id(context, stage)
+    if run_id is not None:
+        version = mlflow.existing_run(run_id).register_served(served, revision, tags)
+    else:
+        context.log.warning(f"no {stage} MLflow run recorded; the served model gets its own run")
+        with mlflow.start_run(f"{revision}/served", tags) as run:
+            version = run.register_served(served, revision, tags)
+    return {
+        "registered_model": f"{REGISTERED_MODEL}/{version}",
+        "served_model_uri": f"models:/{REGISTERED_MODEL}@{served_alias(revision)}",
+    }

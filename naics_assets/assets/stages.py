@@ -149,9 +149,6 @@ class HardStageConfig(StageConfig):
     )
 
 
-FINAL_STAGE = "stage_03_hard"
-
-
 def stage_configs(config: StageConfig) -> tuple[ModelConfig | None, TrainConfig]:
     """The launchpad's values over its preset's: the model (None for a stage without model
     settings, which inherits its checkpoint's) and the training config."""
@@ -254,9 +251,6 @@ def _tracked_stage(
             if artifact.is_file():
                 run.log_artifact(artifact)
         metadata = stage_metadata(request, report, run.link, run.run_id)
-        if tags["stage"] == FINAL_STAGE:  # the classifier users get, as a registered model
-            version = run.log_classifier_model(folder.path, tags)
-            metadata["registered_model"] = f"naics-gemini-classifier/{version}"
     return report, metadata
 
 
@@ -285,7 +279,12 @@ def stage_check_results(report: "StageReport") -> list[dg.AssetCheckResult]:
 def stage_metadata(
     request: "StageRequest", report: "StageReport", link: str, run_id: str
 ) -> dict[str, object]:
-    from naics_ml.evaluation.stage_report import HEADLINE, comparison_table, confidence_table
+    from naics_ml.evaluation.stage_report import (
+        HEADLINE,
+        comparison_table,
+        confidence_table,
+        sector_table,
+    )
 
     metrics = report.metrics
     return {
@@ -300,6 +299,7 @@ def stage_metadata(
         "init_from": str(request.paths.init_from or "base model"),
         "training_queries": dg.MetadataValue.json(report.training_queries),
         "evaluation": dg.MetadataValue.md(comparison_table(metrics)),
+        "by_sector": dg.MetadataValue.md(sector_table(metrics)),
         "confidence": dg.MetadataValue.md(confidence_table(metrics)),
         "expert_utilization": dg.MetadataValue.json(report.expert_utilization),
         **{name: dg.MetadataValue.float(float(metrics[name])) for name in HEADLINE},

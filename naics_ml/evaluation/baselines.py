@@ -1,11 +1,17 @@
-"""Reference points measured in the same run as the model: a frozen base encoder and TF-IDF.
+"""Reference points measured in the same run as the model: a frozen base encoder, TF-IDF, and
+the frozen encoder reading the index entries too (the no-training peer).
 
-Both embed each code's ``title + ". " + description`` (title only when there is no description)
-and each query's text, compare by cosine distance and go through
+The frozen base encoder and TF-IDF embed each code's ``title + ". " + description`` (title
+only when there is no description) and each query's text, compare by cosine distance and go through
 ``naics_ml.evaluation.metrics.evaluate_distances``, so their numbers are directly comparable with
 the model's. Cosine vectors have no natural "distance from the origin"; ``radius_order`` uses the
 vector norm before normalisation (mean-pooled hidden state norm / raw TF-IDF norm), a weak but
 well-defined stand-in that says whether depth is readable from the norm at all.
+
+The no-training peer (``baseline_peer_*``) is the strongest thing the frozen base model does
+alone: a text's score for a code is half its cosine with the code's title and description, half
+its cosine with the code's nearest index entry of the training splits (never ``validation`` or
+``test``). What training adds is measured against it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from naics_ml.model.channels import code_texts
 
 ZERO_SHOT_PREFIX = "baseline_zero_shot_"
 TFIDF_PREFIX = "baseline_tfidf_"
+PEER_PREFIX = "baseline_peer_"
+PEER_ROWS = 256  # query rows scored at once against every training entry
 
 
 def _unit_rows(x: np.ndarray | sparse.spmatrix) -> tuple[np.ndarray | sparse.spmatrix, np.ndarray]:
@@ -177,4 +185,72 @@ def realtext_baseline_metrics(
             dense @ dense_codes.T, candidates, truth, ZERO_SHOT_PREFIX + prefix
         )
         metrics |= realtext_metrics(lexical, candidates, truth, TFIDF_PREFIX + prefix)
+    return metrics
+
+
+def peer_entries(entries: pl.DataFrame) -> pl.DataFrame:
+    """The index entries the no-training peer may read: ``text`` and ``code`` of every entry
+    outside the held-out splits."""
+    from naics_ml.data.index_split import HELD_OUT_SPLITS
+
+    return entries.filter(~pl.col("split").is_in(list(HELD_OUT_SPLITS))).select("text", "code")
+
+
+def peer_scores(
+    query_unit: np.ndarray, code_unit: np.ndarray, entry_unit: np.ndarray, entry_column: np.ndarray
+) -> np.ndarray:
+    """(q, m): half the cosine with each code's text (``code_unit``, m rows), half the cosine
+    with its nearest entry (``entry_unit`` rows, of candidate ``entry_column``); a code
+    without entries scores its text's cosine alone."""
+    order = np.argsort(entry_column, kind="stable")
+    columns, starts = np.unique(entry_column[order], return_index=True)
+    out = np.empty((len(query_unit), len(code_unit)))
+    for start in range(0, len(query_unit), PEER_ROWS):
+        rows = query_unit[start : start + PEER_ROWS]
+        code_sim = rows @ code_unit.T
+        nearest = code_sim.copy()
+        if len(order):
+            nearest[:, columns] = np.maximum.reduceat(rows @ entry_unit[order].T, starts, axis=1)
+        out[start : start + len(rows)] = 0.5 * code_sim + 0.5 * nearest
+    return out
+
+
+def peer_metrics(
+    codes: pl.DataFrame,
+    entries: pl.DataFrame,
+    realtext: dict[str, pl.DataFrame],
+    base_model: str = DEFAULT_BASE_MODEL,
+    *,
+    model=None,
+    tokenizer=None,
+) -> dict[str, float]:
+    """The no-training peer of the module doc: ``baseline_peer_test_*`` on the index ``test``
+    split, and per real-text set prefix ``p`` ``baseline_peer_<p>*`` with hit@1 per sector."""
+    from naics_ml.evaluation.metrics import retrieval_metrics
+    from naics_ml.evaluation.realtext_metrics import realtext_metrics, sector_metrics
+    from naics_ml.inference.entry_memory import candidate_positions
+
+    model = model if model is not None else load_base_model(base_model)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(base_model)
+
+    def unit(texts: Sequence[str]) -> np.ndarray:
+        return _unit_rows(mean_pooled_embeddings(list(texts), model, tokenizer))[0]
+
+    candidates = six_digit_codes(codes)
+    code_text = [t for t, six in zip(code_texts(codes), six_digit_mask(codes), strict=True) if six]
+    known = peer_entries(entries).filter(pl.col("code").is_in(candidates.tolist()))
+    columns = candidate_positions(known["code"].to_numpy(), candidates)
+    vectors = (unit(code_text), unit(known["text"].to_list()), columns)
+    test = entries.filter(pl.col("split") == "test")
+    metrics: dict[str, float] = {}
+    if test.height:
+        score = peer_scores(unit(test["text"].to_list()), *vectors)
+        metrics |= retrieval_metrics(
+            -score, candidates, test["code"].to_numpy(), PEER_PREFIX + "test_"
+        )
+    for prefix, frame in realtext.items():
+        score = peer_scores(unit(frame["text"].to_list()), *vectors)
+        truth = frame["codes"].to_list()
+        metrics |= realtext_metrics(score, candidates, truth, PEER_PREFIX + prefix)
+        metrics |= sector_metrics(score, candidates, truth, PEER_PREFIX + prefix)
     return metrics

@@ -16,13 +16,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
-from scipy.stats import spearmanr
+from scipy.stats import pearsonr, spearmanr
 
 from naics_ml.data.codes import sector_of, six_digit_codes, six_digit_mask
 
 HIERARCHY_KEYS = (
     "spearman",
     "spearman_within_sector",
+    "cophenetic",
     "recon_map",
     "recon_mean_rank",
     "parent_at_1",
@@ -67,6 +68,13 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
         return float("nan")
     return float(spearmanr(a, b).statistic)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson's r; nan when undefined (fewer than 2 pairs or a constant side)."""
+    if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+        return float("nan")
+    return float(pearsonr(a, b).statistic)
 
 
 def spearman_ceiling(target: np.ndarray) -> float:
@@ -198,10 +206,11 @@ def hierarchy_metrics(
     """How well an (n, n) embedding distance matrix preserves the code tree.
 
     ``parent_index`` is -1 for sectors. Keys: spearman (all unordered pairs),
-    spearman_within_sector, recon_map, recon_mean_rank, parent_at_1 and, only when ``radius``
-    is given, radius_order (share of parent->child edges where the child is strictly farther
-    from the origin). Without radii the key is omitted rather than set to nan, so nothing
-    downstream logs a meaningless value.
+    spearman_within_sector, cophenetic (the cophenetic correlation: Pearson's r between the
+    tree and the embedding distances over all unordered pairs), recon_map, recon_mean_rank,
+    parent_at_1 and, only when ``radius`` is given, radius_order (share of parent->child edges
+    where the child is strictly farther from the origin). Without radii the key is omitted
+    rather than set to nan, so nothing downstream logs a meaningless value.
     """
     distance = np.asarray(distance)
     tree_distance = np.asarray(tree_distance)
@@ -225,6 +234,7 @@ def hierarchy_metrics(
     out = {
         "spearman": _spearman(emb_pairs, tree_pairs),
         "spearman_within_sector": _spearman(emb_pairs[same], tree_pairs[same]),
+        "cophenetic": _pearson(emb_pairs, tree_pairs),
         "recon_map": recon_map,
         "recon_mean_rank": recon_mean_rank,
         "parent_at_1": _parent_at_1(distance, parent_index, level),

@@ -14,7 +14,7 @@ import polars as pl
 from naics_ml.data.realtext import EVAL_PREFIX, REALTEXT_KEYS
 from naics_ml.evaluation.metrics import naics_sector
 
-__all__ = ["realtext_metrics", "sector_hit_rates"]
+__all__ = ["realtext_metrics", "sector_hit_rates", "sector_metrics"]
 
 
 def realtext_metrics(
@@ -88,3 +88,21 @@ def sector_hit_rates(
         .join(wrong, on="sector", how="left")
         .sort("sector")
     )
+
+
+def sector_metrics(
+    score: np.ndarray,
+    candidate_codes: Sequence[str] | np.ndarray,
+    true_codes: Sequence[Sequence[str]],
+    prefix: str = EVAL_PREFIX,
+) -> dict[str, float]:
+    """hit@1 and rows per sector of a row's first code (:func:`sector_hit_rates`), as
+    ``<prefix>sector_<NN>_hit1`` and ``<prefix>sector_<NN>_rows``: a change that helps one
+    kind of business and hurts another shows."""
+    if not len(true_codes):
+        return {}
+    out: dict[str, float] = {}
+    for sector, rows, hit1, _ in sector_hit_rates(score, candidate_codes, true_codes).iter_rows():
+        out[f"{prefix}sector_{sector}_hit1"] = float(hit1)
+        out[f"{prefix}sector_{sector}_rows"] = float(rows)
+    return out

@@ -29,6 +29,7 @@ EMBEDDING_PREFIX = "embedding_"  # real-text retrieval by the embedding alone
 STRICT_SPLIT = "strict_test"  # test entries whose text no training line contains
 _WORDS = re.compile(r"[a-z0-9]+")
 REALTEXT_TABLE = ("hit1", "hit5", "group_at_1", "sector_at_1")  # realtext_* rows, as predict ranks
+BASELINES_VERSION = 2  # in the baseline cache key: a new metric makes cached figures stale
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,10 @@ def strict_test_mask(test_texts: Sequence[str], training_lines: Sequence[str]) -
 def realtext_model_metrics(
     classifier: object, realtext: Mapping[str, pl.DataFrame]
 ) -> dict[str, float]:
-    """Per labelled set: ``<prefix>*`` as ``predict`` ranks, ``embedding_<prefix>*`` by the
-    embedding alone (``naics_ml.data.realtext.realtext_metrics``)."""
-    from naics_ml.evaluation.realtext_metrics import realtext_metrics
+    """Per labelled set: ``<prefix>*`` as ``predict`` ranks (with hit@1 per sector),
+    ``embedding_<prefix>*`` by the embedding alone
+    (``naics_ml.evaluation.realtext_metrics``)."""
+    from naics_ml.evaluation.realtext_metrics import realtext_metrics, sector_metrics
 
     metrics: dict[str, float] = {}
     candidates = classifier.six_digit_codes
@@ -84,6 +86,7 @@ def realtext_model_metrics(
         texts, truth = frame["text"].to_list(), frame["codes"].to_list()
         distance, probability = classifier.scores(texts)
         metrics |= realtext_metrics(probability, candidates, truth, prefix)
+        metrics |= sector_metrics(probability, candidates, truth, prefix)
         metrics |= realtext_metrics(-distance, candidates, truth, EMBEDDING_PREFIX + prefix)
     return metrics
 
@@ -171,8 +174,11 @@ def _cache_key(
     from naics_ml.model.channels import code_texts
 
     texts, truth = held_out(entries)
-    digest = hashlib.sha256(base_model.encode())
-    for item in [*code_texts(codes), *texts, *truth]:
+    from naics_ml.evaluation.baselines import peer_entries
+
+    known = peer_entries(entries)
+    digest = hashlib.sha256(f"{BASELINES_VERSION}\x00{base_model}".encode())
+    for item in [*code_texts(codes), *texts, *truth, *known["text"], *known["code"]]:
         digest.update(item.encode() + b"\x00")
     for prefix, frame in sorted(sets.realtext.items()):
         digest.update(prefix.encode() + b"\x01")
@@ -189,9 +195,10 @@ def baseline_metrics(
     cache_path: Path | None = None,
     sets: EvaluationSets = EvaluationSets(),
 ) -> dict[str, float]:
-    """``baseline_zero_shot_*`` and ``baseline_tfidf_*`` metrics (index test split and the
-    real-text sets), cached at ``cache_path``."""
+    """``baseline_zero_shot_*``, ``baseline_tfidf_*`` and ``baseline_peer_*`` metrics (index
+    test split and the real-text sets), cached at ``cache_path``."""
     from naics_ml.evaluation.baselines import (
+        peer_metrics,
         realtext_baseline_metrics,
         tfidf_metrics,
         zero_shot_metrics,
@@ -207,20 +214,31 @@ def baseline_metrics(
         **zero_shot_metrics(codes, tree_distance, texts, truth, base_model),
         **tfidf_metrics(codes, tree_distance, texts, truth),
         **realtext_baseline_metrics(codes, dict(sets.realtext), base_model),
+        **peer_metrics(codes, entries, dict(sets.realtext), base_model),
     }
     if cache_path is not None:
         atomic_write_text(cache_path, json.dumps({"key": key, "metrics": metrics}, indent=1))
     return metrics
 
 
+TABLE_HIERARCHY = ("spearman_within_sector", "cophenetic")  # beside HEADLINE in the table
+BASELINE_COLUMNS = {
+    "zero-shot": "baseline_zero_shot_",
+    "TF-IDF": "baseline_tfidf_",
+    "no-training peer": "baseline_peer_",
+}
+
+
 def comparison_table(metrics: dict[str, float]) -> str:
-    """Markdown: each headline metric for the model and both baselines."""
-    rows = ["| metric | model | zero-shot | TF-IDF |", "|---|---|---|---|"]
+    """Markdown: each headline metric for the model and the three baselines."""
     from naics_ml.data.realtext import EVAL_PREFIX, VAL_PREFIX
 
+    head = " | ".join(BASELINE_COLUMNS)
+    rows = [f"| metric | model | {head} |", "|---|---|" + "---|" * len(BASELINE_COLUMNS)]
     realtext = [f"{p}{k}" for p in (EVAL_PREFIX, VAL_PREFIX) for k in REALTEXT_TABLE]
-    for name in [*HEADLINE, *(r for r in realtext if r in metrics)]:
-        cells = [metrics.get(p + name) for p in ("", "baseline_zero_shot_", "baseline_tfidf_")]
+    names = [*HEADLINE, *TABLE_HIERARCHY, *(r for r in realtext if r in metrics)]
+    for name in names:
+        cells = [metrics.get(p + name) for p in ("", *BASELINE_COLUMNS.values())]
         rows.append(
             f"| {name} | " + " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells) + " |"
         )
@@ -236,6 +254,31 @@ def comparison_table(metrics: dict[str, float]) -> str:
             f"over all pairs, {metrics['spearman_within_sector_ceiling']:.3f} within sectors."
         )
     return "\n".join(rows)
+
+
+def sector_table(metrics: dict[str, float]) -> str:
+    """Markdown: hit@1 by sector on each real-text set, the model as ``predict`` ranks beside
+    the no-training peer (``<prefix>sector_<NN>_*`` metrics)."""
+    from naics_ml.data.realtext import EVAL_PREFIX, VAL_PREFIX
+
+    sets = [(name, p) for name, p in (("validation", VAL_PREFIX), ("evaluation", EVAL_PREFIX))]
+    pattern = re.compile(r"(realtext_(?:val_)?)sector_(\d\d)_rows")
+    found = {(m[1], m[2]) for m in map(pattern.fullmatch, metrics) if m}
+    sets = [(name, p) for name, p in sets if any(prefix == p for prefix, _ in found)]
+    if not sets:
+        return "no real-text sets: no figures by sector"
+    head = " | ".join(f"{n} rows | {n} hit@1 | {n} peer hit@1" for n, _ in sets)
+    lines = [f"| sector | {head} |", "|---|" + "---|---|---|" * len(sets)]
+    for sector in sorted({s for _, s in found}):
+        cells = []
+        for _, p in sets:
+            key = f"sector_{sector}_"
+            rows = metrics.get(f"{p}{key}rows")
+            values = [metrics.get(f"{p}{key}hit1"), metrics.get(f"baseline_peer_{p}{key}hit1")]
+            cells.append("0" if rows is None else f"{rows:.0f}")
+            cells += ["-" if v is None else f"{v:.3f}" for v in values]
+        lines.append(f"| {sector} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def confidence_table(metrics: dict[str, float]) -> str:
@@ -300,6 +343,9 @@ def tune_stage_blend(
         "blend_weight": tuned.config.weight,
         "blend_lexical_weight": tuned.config.lexical_weight,
         "blend_base_weight": tuned.config.base_weight,
+        "blend_sector_weight": tuned.config.sector_weight,
+        "blend_subsector_weight": tuned.config.subsector_weight,
+        "blend_group_weight": tuned.config.group_weight,
         **{f"val_hit1_{name}": value for name, value in tuned.per_set.items()},
     }, tuned
 

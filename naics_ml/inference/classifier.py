@@ -62,6 +62,7 @@ from naics_ml.inference.evidence import (
     nearest_rows,
 )
 from naics_ml.inference.fallback import Fallback, HierarchyIndex
+from naics_ml.inference.level_heads import LevelHeads, fit_level_heads, load_level_heads
 from naics_ml.inference.lexical_memory import LexicalIndex
 from naics_ml.inference.serving import load_blend
 from naics_ml.inference.stage_points import StagePoints, load_stage_points, save_stage_points
@@ -104,13 +105,14 @@ class ScoreParts:
     matched: np.ndarray | None = None
     base: np.ndarray | None = None
     base_query: np.ndarray | None = None
+    levels: np.ndarray | None = None  # (n, levels, m) log priors of the level heads
     entry_distance: np.ndarray | None = None  # (n, entries), kept only when asked (predict)
 
     @staticmethod
     def concatenate(batches: Sequence[ScoreParts]) -> ScoreParts:
         fields = {}
         names = ("distance", "code", "points", "lexical", "matched", "base", "base_query")
-        for name in (*names, "entry_distance"):
+        for name in (*names, "levels", "entry_distance"):
             values = [getattr(b, name) for b in batches]
             fields[name] = None if values[0] is None else np.concatenate(values)
         return ScoreParts(**fields)
@@ -132,7 +134,14 @@ class ScoreParts:
         base = part(self.base, config.base_weight)
         if base is not None:
             probs = (1.0 - config.base_weight) * probs + config.base_weight * base
-        return probs.numpy()
+        probs = probs.numpy()
+        exponents = np.asarray(config.level_weights)
+        if self.levels is None or not exponents.any():
+            return probs
+        log = np.log(np.maximum(probs, 1e-300)) + np.einsum("nlm,l->nm", self.levels, exponents)
+        log -= log.max(axis=1, keepdims=True)
+        mixed = np.exp(log)
+        return mixed / mixed.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -166,9 +175,11 @@ class Classifier:
         memory_config: MemoryConfig | None = None,
         points: StagePoints | None = None,
         calibration: Calibration | None = None,
+        level_heads: LevelHeads | None = None,
     ) -> None:
         """``model`` with trained weights; codes (and the ``memory`` entries: ``text``,
-        ``code``) are embedded here, once, unless ``points`` already holds them.
+        ``code``) are embedded here, once, unless ``points`` already holds them;
+        ``level_heads`` reweight the ranking by level (``naics_ml.inference.level_heads``).
 
         The frozen prefix is cached (``model.prepare``) only when the codes must be embedded
         and the model is not already prepared for exactly these code texts (e.g. the model a
@@ -191,6 +202,7 @@ class Classifier:
         self._titles = dict(zip(self.codes["code"], self.codes["title"], strict=True))
         self.memory_config = memory_config or MemoryConfig()
         self.calibration = calibration  # None: confidence is the raw probability
+        self.level_heads = level_heads
         self._hierarchy = HierarchyIndex.build(self._six_codes.tolist())
         self._exclusions: ExclusionIndex | None = None  # built on the first warning asked for
         self._saved_exclusions = None if points is None else points.exclusions
@@ -273,6 +285,17 @@ class Classifier:
         # product with the transposed view, which makes the BLAS stride across rows
         self._base_vectors_t = vectors.T.contiguous()
 
+    def fit_level_heads(self, cache: Path | None = None) -> LevelHeads:
+        """Fit the level heads on the base part's texts (the six-digit code texts and every
+        remembered training text, as frozen vectors) and rank with them from now on;
+        ``cache``: see ``naics_ml.inference.level_heads.fit_level_heads``."""
+        if self._base_vectors_t is None:
+            self._init_base_part(self._memory, None)
+        self.level_heads = fit_level_heads(
+            self._base_vectors_t.T, self._base_column, self._six_codes, cache
+        )
+        return self.level_heads
+
     @property
     def six_digit_codes(self) -> np.ndarray:
         """The candidates: six-digit codes, in the column order of :meth:`scores`."""
@@ -341,6 +364,7 @@ class Classifier:
             memory_config=memory_config,
             points=points,
             calibration=load_calibration(file),
+            level_heads=load_level_heads(file),
         )
         if model.encoder.layer_dtype is not None:  # this model only classifies from now on
             model.encoder.store_frozen_weights(model.encoder.layer_dtype)
@@ -393,7 +417,8 @@ class Classifier:
         ``keep_entry_distance`` also returns the texts' distances to the remembered entries
         (the evidence); (n, entries) floats, so only for small n. ``base_query``: the texts'
         frozen base vectors when already encoded (``NaicsModel.encode_texts_and_frozen``)."""
-        needs_texts = self._lexical is not None or self._base_vectors_t is not None
+        frozen = self._base_vectors_t is not None or self.level_heads is not None
+        needs_texts = self._lexical is not None or frozen
         if needs_texts and (texts is None or len(texts) != len(queries)):
             raise ValueError("the lexical and base parts need the texts of the query points")
         batches = [
@@ -453,9 +478,13 @@ class Classifier:
                 .numpy()
             )
             parts["matched"] = np.asarray(hit, dtype=bool)
-        if self._base_vectors_t is not None:
+        if self._base_vectors_t is not None or self.level_heads is not None:
             query = self.model.encode_frozen(batch_texts) if base_query is None else base_query
             query = query.to(self.points_device)
+            parts["base_query"] = query.cpu().double().numpy()
+        if self.level_heads is not None:
+            parts["levels"] = self.level_heads.log_priors(query)
+        if self._base_vectors_t is not None:
             parts["base"] = (
                 memory_probabilities(
                     (1.0 - query @ self._base_vectors_t).double(),
@@ -466,7 +495,6 @@ class Classifier:
                 .cpu()
                 .numpy()
             )
-            parts["base_query"] = query.cpu().double().numpy()
         code = torch.softmax(-distance / self.temperature, dim=1).cpu().numpy()
         return ScoreParts(distance=distance.cpu().numpy(), code=code, **parts)
 

@@ -53,7 +53,9 @@ class MemoryConfig:
     of the point softmax over entries (None = the stage's training temperature) and
     ``lexical_temperature`` of the TF-IDF cosine softmax. ``base_weight`` is the share of the
     frozen base model's own vote in the final mix (its cosine softmax over every code text and
-    remembered entry, at ``base_temperature``): what the base model knew before training."""
+    remembered entry, at ``base_temperature``): what the base model knew before training.
+    ``sector_weight``, ``subsector_weight`` and ``group_weight`` are the exponents of the
+    hierarchical decoding (``naics_ml.inference.level_heads``); 0 ranks the leaves flat."""
 
     weight: float = 0.25
     temperature: float | None = None
@@ -61,12 +63,20 @@ class MemoryConfig:
     lexical_temperature: float = 0.05
     base_weight: float = 0.5
     base_temperature: float = 0.05
+    sector_weight: float = 0.0
+    subsector_weight: float = 0.0
+    group_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("weight", "lexical_weight", "base_weight"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(
                     f"MemoryConfig.{name} must be in [0, 1], got {getattr(self, name)}"
+                )
+        for name in ("sector_weight", "subsector_weight", "group_weight"):
+            if not 0.0 <= getattr(self, name) <= 4.0:
+                raise ValueError(
+                    f"MemoryConfig.{name} must be in [0, 4], got {getattr(self, name)}"
                 )
         if self.weight + self.lexical_weight > 1.0:
             raise ValueError(
@@ -83,6 +93,11 @@ class MemoryConfig:
             raise ValueError(
                 f"MemoryConfig.lexical_temperature must be > 0, got {self.lexical_temperature}"
             )
+
+    @property
+    def level_weights(self) -> tuple[float, float, float]:
+        """The hierarchical decoding's exponents, in ``level_heads.LEVELS`` order."""
+        return (self.sector_weight, self.subsector_weight, self.group_weight)
 
     @property
     def active(self) -> bool:

@@ -1,6 +1,7 @@
 """The Classifier as an MLflow pyfunc model: the stage folder is its artifact.
 
-``mlflow.pyfunc.load_model("models:/naics-gemini-classifier/<version>").predict(frame)`` takes a
+``mlflow.pyfunc.load_model("models:/naics-gemini-classifier@served-2022").predict(frame)`` (the
+stage that serves a revision, registered by ``naics_embeddings``) takes a
 DataFrame with a ``text`` column and returns one row per text and rank: ``text``, ``rank``,
 ``code``, ``title``, ``confidence``, ``fallback_code``, ``fallback_title``, ``evidence``,
 ``warning`` (the columns of :mod:`naics_ml.inference.batch`). ``mlflow models serve`` serves the

@@ -2,7 +2,8 @@
 
 Each stage folder's ``blend.json`` holds the weights chosen on validation data
 (:mod:`naics_ml.evaluation.blend_tuning`) and their ``selection_score``; the models folder's
-``serving.json`` names the stage with the best score, the one ``predict`` serves.
+``serving.json`` names the stage with the best score, the one ``predict`` serves: the CLI's
+default (:func:`served_stage`) and the registered MLflow model both read it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,19 @@ __all__ = [
     "newest_stage",
     "save_blend",
     "selection_scores",
+    "served_stage",
     "served_stage_dir",
+    "stage_digest",
 ]
+
+SERVING_FILES = (  # what decides a stage's predictions; its digest names a registered version
+    StageFolder.CHECKPOINT,
+    StageFolder.CODES,
+    StageFolder.MEMORY,
+    StageFolder.BLEND,
+    StageFolder.CALIBRATION,
+    StageFolder.LEVELS,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,18 +100,45 @@ def served_stage_dir(models_dir: Path | str) -> Path:
     return Path(models_dir) / json.loads(file.read_text())["stage"]
 
 
+def _revisions(artifacts: Path, revision: str | None) -> list[str]:
+    """``[revision]``, or every revision folder under ``artifacts``, newest first."""
+    if revision:
+        return [revision]
+    found = (p.name for p in artifacts.glob("[0-9][0-9][0-9][0-9]") if p.is_dir())
+    return sorted(found, reverse=True)
+
+
+def served_stage(artifacts: Path | str, revision: str | None = None) -> Path:
+    """The stage folder that serves ``predict`` for ``revision`` (``<rev>/models/serving.json``),
+    or for the newest revision that has one. The error says how to make one."""
+    root = Path(artifacts)
+    for rev in _revisions(root, revision):
+        if (root / rev / "models" / SERVING_FILE).is_file():
+            return served_stage_dir(root / rev / "models")
+    where = f"revision {revision}" if revision else f"any revision under {root}"
+    raise FileNotFoundError(
+        f"no {SERVING_FILE} for {where}: materialize naics_embeddings (it records the stage "
+        "chosen on validation) with: dagster asset materialize -m naics_assets.definitions "
+        f"--select '*naics_embeddings' --partition {revision or '<YEAR>'}; "
+        "or name a stage with --stage NAME or a folder with --model PATH"
+    )
+
+
+def stage_digest(stage_dir: Path | str) -> str:
+    """SHA-256 over the files that decide a stage's predictions (``SERVING_FILES``): two
+    folders with one digest classify alike."""
+    from naics_ml.inference.stage_points import stage_fingerprint
+
+    return stage_fingerprint(stage_dir, SERVING_FILES)
+
+
 def newest_stage(artifacts: Path | str, stage: str, revision: str | None = None) -> Path:
     """The finished ``stage`` folder of ``revision`` under ``artifacts`` (``<rev>/models/``),
     or of the newest revision that has one. The error says how to materialize one."""
     from naics_ml.training.checkpoint import is_complete
 
     root = Path(artifacts)
-    revisions = (
-        [revision]
-        if revision
-        else sorted((p.name for p in root.glob("[0-9][0-9][0-9][0-9]") if p.is_dir()), reverse=True)
-    )
-    for rev in revisions:
+    for rev in _revisions(root, revision):
         folder = root / rev / "models" / stage
         if is_complete(folder):
             return folder

@@ -41,11 +41,15 @@ class StagePoints:
     exclusions: Tensor | None = None  # frozen base-model vectors of the excluded activities
 
 
-def stage_fingerprint(path: Path | str) -> str:
-    """SHA-256 over the stage files the points depend on (a missing memory counts as empty)."""
+POINT_FILES = (StageFolder.CHECKPOINT, StageFolder.CODES, StageFolder.MEMORY)
+
+
+def stage_fingerprint(path: Path | str, files: tuple[str, ...] = POINT_FILES) -> str:
+    """SHA-256 over the stage ``files`` (by default those the points depend on); a missing file
+    counts as empty."""
     folder = StageFolder.of(path)
     digest = hashlib.sha256()
-    for name in (StageFolder.CHECKPOINT, StageFolder.CODES, StageFolder.MEMORY):
+    for name in files:
         file = folder.path / name
         digest.update(name.encode() + b"\x00")
         if file.is_file():
