@@ -11,16 +11,19 @@ from collections.abc import Sequence
 from typing import Any
 
 STAGES = ("stage_01_easy", "stage_02_medium", "stage_03_hard")
-ROW_METRICS = (  # hierarchy, Census index test split, real text (Maryland val, Boston), calibration
+ROW_METRICS = (  # validation score (picks the served stage), hierarchy, index test, real text
+    "selection_score",
     "parent_at_1",
     "recon_map",
     "spearman",
+    "cophenetic",
     "test_top1",
     "memory_test_top1",
     "memory_test_top5",
     "realtext_val_hit1",
     "realtext_hit1",
     "realtext_hit5",
+    "baseline_peer_realtext_hit1",
     "test_ece",
     "test_fallback_accuracy",
 )
