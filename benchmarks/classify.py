@@ -2,6 +2,9 @@
 
     python benchmarks/classify.py [--stage storage/artifacts/2022/models/stage_03_hard]
 
+The default stage is the one ``naics-gemini classify`` serves: the stage validation chose for
+2022 (``models/serving.json``).
+
 Measures, through ``Classifier.predict`` (top 5, with confidence, fallback, evidence and
 exclusion warnings) on this machine: import time, load time of the stage folder (after the
 imports), one-text latency (p50/p95 over 200 single calls) and batch throughput over 10,000
@@ -23,7 +26,13 @@ from measure import StealMeter, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 REALTEXT = ROOT.parent / "shared" / "realtext"
-DEFAULT_STAGE = ROOT / "storage" / "artifacts" / "2022" / "models" / "stage_03_hard"
+
+
+def served_stage() -> Path:
+    """What ``naics-gemini classify`` serves by default for 2022 (``models/serving.json``)."""
+    from naics_ml.inference.serving import served_stage as served
+
+    return served(ROOT / "storage" / "artifacts", "2022")
 
 
 def real_texts(n: int) -> list[str]:
@@ -39,13 +48,14 @@ def real_texts(n: int) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stage", type=Path, default=DEFAULT_STAGE)
+    parser.add_argument("--stage", type=Path, help="a stage folder (default: the served one)")
     parser.add_argument("--texts", type=int, default=10_000)
     parser.add_argument("--singles", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--precision", default="auto", help="float32, bfloat16 or auto (the CLI's)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = parser.parse_args()
+    args.stage = args.stage or served_stage()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     steal = StealMeter()
     t0 = time.perf_counter()

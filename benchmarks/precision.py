@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from classify import DEFAULT_STAGE, REALTEXT
+from classify import REALTEXT, served_stage
 
 
 def evaluation_sets(known: list[str], entries_path: Path) -> dict[str, tuple[list, list]]:
@@ -56,9 +56,10 @@ def quantize_int8(classifier) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stage", type=Path, default=DEFAULT_STAGE)
+    parser.add_argument("--stage", type=Path, help="a stage folder (default: the served one)")
     parser.add_argument("--variant", choices=("float32", "bfloat16", "int8"), default="float32")
     args = parser.parse_args()
+    args.stage = args.stage or served_stage()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from naics_ml.evaluation.realtext_metrics import realtext_metrics
     from naics_ml.inference.classifier import Classifier

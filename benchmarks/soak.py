@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import psutil
-from classify import DEFAULT_STAGE, real_texts
+from classify import real_texts, served_stage
 from measure import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,10 +93,11 @@ def classify_runs(stage: Path, runs: int, n_texts: int, storage: Path) -> list[d
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stage", type=Path, default=DEFAULT_STAGE)
+    parser.add_argument("--stage", type=Path, help="a stage folder (default: the served one)")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--texts", type=int, default=10_000)
     args = parser.parse_args()
+    args.stage = args.stage or served_stage()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     home = Path(tempfile.mkdtemp(prefix="naics-soak-"))
     # the project's dagster.yaml with its relative base_dir (read from the working directory)
