@@ -26,7 +26,7 @@ from naics_ml.triplets.shards import build_triplet_shards, sector_dir, shard_sec
 
 SMALL_SECTORS = ("22", "55")
 K = 6
-# Exhaustive within-sector triplets of 2022 before exclusions (DESIGN.md), by hardness.
+# Exhaustive within-sector triplets of 2022 before exclusions (shared/DESIGN.md), by hardness.
 DESIGN_COUNTS = {
     7: 75_747,
     6: 48_471_012,
@@ -164,7 +164,8 @@ def test_hardness_bins() -> None:
 
 
 def test_whole_2022_counts_before_exclusions(distance_2022, sector_2022) -> None:
-    """The within-sector generation with no exclusions reproduces DESIGN.md's 86,281,038."""
+    """The within-sector generation with no exclusions reproduces shared/DESIGN.md's
+    86,281,038."""
     n = distance_2022.shape[0]
     nothing = np.zeros((n, n), dtype=bool)
     config = TripletConfig(cross_sector_k=0)

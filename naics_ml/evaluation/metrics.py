@@ -3,7 +3,8 @@
 Every metric works on a precomputed distance matrix (Lorentz distances come from the model's
 own geometry, ``naics_ml.model.lorentz``), so the trained Lorentz model and the
 baselines (cosine over frozen or TF-IDF vectors, see ``naics_ml.evaluation.baselines``) are
-scored by exactly the same code. Definitions follow DESIGN.md, "Evaluation, precisely".
+scored by exactly the same code. Definitions follow the project's design notes
+(``shared/DESIGN.md`` beside the checkout), "Evaluation, precisely".
 
 Ties are never resolved in the embedding's favour: a code that is exactly as far as a competitor
 counts as ranked *behind* it (pessimistic ranks). A degenerate embedding (all distances equal)

@@ -1,10 +1,11 @@
 """Classify free-text business descriptions into six-digit NAICS codes with a trained stage::
 
-    clf = Classifier.from_checkpoint("storage/artifacts/2022/models/03_hard")
+    clf = Classifier.from_checkpoint(served_stage("storage/artifacts", "2022"))
     clf.predict(["organic dairy farm"], top_k=3)[0][0]  # Prediction(code='112120', ...)
     clf.code_embeddings()  # polars frame: code, level, title, coordinates, radius, ...
 
-Loading reads the points of every code and remembered entry that the stage asset saved
+(``served_stage``: ``naics_ml.inference.serving``, the stage validation chose.) Loading reads the
+points of every code and remembered entry that the stage asset saved
 (``points.pt``, a few seconds); without them, or when the stage's files changed since, it embeds
 them afresh (over a minute for the 2,125 codes and 20,402 remembered texts of 2022 with MiniLM
 on a 2-core CPU).
@@ -235,6 +236,7 @@ class Classifier:
         self._memory_size = 0
         self._memory_column: torch.Tensor | None = None
         self._memory_points: torch.Tensor | None = None
+        self._memory_lifted: LiftedPoints | None = None
         self._lexical: LexicalIndex | None = None
         self._evidence_rows: dict[int, np.ndarray] = {}
         if self._memory is None or not self.memory_config.active:

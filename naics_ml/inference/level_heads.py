@@ -4,7 +4,7 @@ small heads on the frozen base model's vectors, reweight ``predict``'s six-digit
 Ranking 1,012 leaves flat lets a text whose words match a product land in the wrong kind of
 business (a wholesaler under the manufacturing of what it sells). Each head is a multinomial
 logistic regression over one level's codes (2, 3 and 4 digits; sectors merged as in
-``naics_ml.evaluation.metrics.naics_sector``), fitted on the frozen vectors the Classifier's
+``naics_ml.data.codes.sector_of``), fitted on the frozen vectors the Classifier's
 base part already holds: every six-digit code's title and description and every remembered
 training text (never a validation or test entry). ``predict`` then ranks by
 
@@ -41,10 +41,10 @@ _DIGITS = {"sector": 2, "subsector": 3, "group": 4}
 
 def level_labels(codes: Sequence[str] | np.ndarray, level: str) -> np.ndarray:
     """Each six-digit code's class at ``level`` (merged sectors for ``sector``)."""
-    from naics_ml.evaluation.metrics import naics_sector
+    from naics_ml.data.codes import sector_of
 
     if level == "sector":
-        return naics_sector(codes)
+        return np.array([sector_of(str(c)) for c in codes], dtype=object)
     return np.array([str(c)[: _DIGITS[level]] for c in codes], dtype=object)
 
 

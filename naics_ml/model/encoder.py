@@ -360,11 +360,6 @@ class ChannelEncoder(nn.Module):
             for param in self._lora_params:  # enable_adapters freezes the inactive ones
                 param.requires_grad_(True)
 
-    def encode_uncached(self, texts: Sequence[str], channel: str) -> Tensor:
-        """Frozen prefix on the fly, then the top layers: for texts that were never prepared."""
-        (pooled,) = self.encode_uncached_routes(texts, (channel,))
-        return pooled
-
     def encode_uncached_routes(
         self, texts: Sequence[str], routes: Sequence[str | None]
     ) -> list[Tensor]:

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from naics_ml.triplets.curriculum import CurriculumSpec
+from naics_ml.triplets.shards import shard_sectors
 
 TRIPLET_COLUMNS = ("anchor", "positive", "negative", "hardness", "distance_ap")
 _NUMPY = {
@@ -115,18 +116,16 @@ def discover_shards(
     if not triplets_dir.is_dir():
         raise FileNotFoundError(f"triplets directory {str(triplets_dir)!r} does not exist")
     found: dict[str, list[Path]] = {}
-    for sector_dir in sorted(triplets_dir.glob("sector=*")):
-        sector = sector_dir.name.split("=", 1)[1]
+    for sector in shard_sectors(triplets_dir):
         if sectors is not None and sector not in sectors:
             continue
         parts = []
-        for path in sector_dir.glob("part-*.parquet"):
+        for path in (triplets_dir / f"sector={sector}").glob("part-*.parquet"):
             index = path.stem.removeprefix("part-")
             if not index.isdigit():
                 raise ValueError(f"{path}: shard name must be part-<integer>.parquet")
             parts.append((int(index), path))
-        if parts:
-            found[sector] = [path for _, path in sorted(parts)]
+        found[sector] = [path for _, path in sorted(parts)]
     if sectors is not None:
         missing = sorted(set(sectors) - set(found))
         if missing:
