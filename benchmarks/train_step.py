@@ -171,6 +171,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--naive-per-step", type=int, default=1, help="naive triplets per round")
+    parser.add_argument(
+        "--base-model",
+        default=ModelConfig().base_model,
+        help="the frozen base (all-mpnet-base-v2 with the mpnet extra); default the stages'",
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
@@ -187,11 +192,12 @@ def main() -> None:
     channel_texts = code_channel_texts(codes)
     # the naive design encodes every channel, an empty string where a text is missing
     naive_texts = {c: ["" if t is None else t for t in texts] for c, texts in channel_texts.items()}
-    fast, fast_opt, prepare_s = make(ModelConfig(), channel_texts)
+    fast, fast_opt, prepare_s = make(ModelConfig(base_model=args.base_model), channel_texts)
     t0 = time.perf_counter()
     fast.refresh_bank()
     bank_refresh_s = time.perf_counter() - t0
-    naive, naive_opt, _ = make(ModelConfig(lora_layers=6, line_channels=()), naive_texts)
+    naive_config = ModelConfig(base_model=args.base_model, lora_layers=6, line_channels=())
+    naive, naive_opt, _ = make(naive_config, naive_texts)
 
     objective = StageObjective(fast, TrainConfig(), codes)
     steps_done = iter(range(10**9))
@@ -254,7 +260,7 @@ def main() -> None:
                 "prefix_cache_mb": round(fast.cache_nbytes() / 2**20, 1),
                 "threads": torch.get_num_threads(),
                 "load_avg_1m": round(os.getloadavg()[0], 2),
-                "base_model": ModelConfig().base_model,
+                "base_model": args.base_model,
             }
         )
     )

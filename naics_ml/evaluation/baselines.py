@@ -188,6 +188,11 @@ def realtext_baseline_metrics(
     return metrics
 
 
+def unit_vectors(texts: Sequence[str], model, tokenizer) -> np.ndarray:
+    """Mean-pooled frozen vectors of ``texts``, scaled to unit length (cosine by product)."""
+    return _unit_rows(mean_pooled_embeddings(list(texts), model, tokenizer))[0]
+
+
 def peer_entries(entries: pl.DataFrame) -> pl.DataFrame:
     """The index entries the no-training peer may read: ``text`` and ``code`` of every entry
     outside the held-out splits."""
@@ -234,7 +239,7 @@ def peer_metrics(
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(base_model)
 
     def unit(texts: Sequence[str]) -> np.ndarray:
-        return _unit_rows(mean_pooled_embeddings(list(texts), model, tokenizer))[0]
+        return unit_vectors(texts, model, tokenizer)
 
     candidates = six_digit_codes(codes)
     code_text = [t for t, six in zip(code_texts(codes), six_digit_mask(codes), strict=True) if six]
