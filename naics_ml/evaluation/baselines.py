@@ -173,13 +173,13 @@ def realtext_baseline_metrics(
     texts = [t for t, six in zip(code_texts(codes), mask, strict=True) if six]
     model = model if model is not None else load_base_model(base_model)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(base_model)
-    dense_codes, _ = _unit_rows(mean_pooled_embeddings(texts, model, tokenizer))
+    dense_codes = unit_vectors(texts, model, tokenizer)
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     sparse_codes = vectorizer.fit_transform(texts)
     metrics: dict[str, float] = {}
     for prefix, frame in realtext.items():
         queries, truth = frame["text"].to_list(), frame["codes"].to_list()
-        dense, _ = _unit_rows(mean_pooled_embeddings(queries, model, tokenizer))
+        dense = unit_vectors(queries, model, tokenizer)
         lexical = (vectorizer.transform(queries) @ sparse_codes.T).toarray()
         metrics |= realtext_metrics(
             dense @ dense_codes.T, candidates, truth, ZERO_SHOT_PREFIX + prefix
