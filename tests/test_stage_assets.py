@@ -370,6 +370,8 @@ def test_the_served_stage_is_the_registered_model(chain) -> None:
     assert version.tags["naics_revision"] == "2022"
     assert version.tags["dagster_run_id"] == result.run_id
     assert version.run_id == metadata_of(result, served)["mlflow_run_id"]  # the stage's run
+    run = client.get_run(version.run_id).info  # ended when the stage did, not at registration
+    assert run.status == "FINISHED" and run.end_time < version.creation_timestamp
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/naics-gemini-classifier/1")
     out = model.predict(pd.DataFrame({"text": ["electric power plant", "water utility"]}))

@@ -61,7 +61,9 @@ def log_classifier_model(
     stage_dir: Path, tracking_uri: str, run_id: str, tags: dict[str, str]
 ) -> str:
     """Log the stage folder as a pyfunc model in the run and register a new version of
-    ``naics-gemini-classifier`` tagged with ``tags``; returns the version."""
+    ``naics-gemini-classifier`` tagged with ``tags``; returns the version. A finished run
+    (the served stage's, logged into later by ``naics_embeddings``) keeps its end time, so
+    its wall time stays the stage's."""
     mlflow = _import_mlflow()
     from mlflow.models import infer_signature
 
@@ -70,6 +72,8 @@ def log_classifier_model(
     example = pd.DataFrame({"text": EXAMPLE})
     output = predict_frame(Classifier.from_checkpoint(stage_dir), example)
     mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    before = client.get_run(run_id).info  # a finished run keeps its status and end time
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="classifier",
@@ -79,8 +83,9 @@ def log_classifier_model(
             input_example=example,
             registered_model_name=REGISTERED_MODEL,
         )
+    if before.end_time:
+        client.set_terminated(run_id, status=before.status, end_time=before.end_time)
     version = str(info.registered_model_version)
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     for key, value in tags.items():
         client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
     return version
