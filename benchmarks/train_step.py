@@ -176,6 +176,12 @@ def main() -> None:
         default=ModelConfig().base_model,
         help="the frozen base (all-mpnet-base-v2 with the mpnet extra); default the stages'",
     )
+    parser.add_argument(
+        "--lora-target-modules",
+        nargs="+",
+        default=list(ModelConfig().lora_target_modules),
+        help="the attention projections LoRA adapts (MPNet names them q v)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
@@ -192,11 +198,12 @@ def main() -> None:
     channel_texts = code_channel_texts(codes)
     # the naive design encodes every channel, an empty string where a text is missing
     naive_texts = {c: ["" if t is None else t for t in texts] for c, texts in channel_texts.items()}
-    fast, fast_opt, prepare_s = make(ModelConfig(base_model=args.base_model), channel_texts)
+    base = {"base_model": args.base_model, "lora_target_modules": tuple(args.lora_target_modules)}
+    fast, fast_opt, prepare_s = make(ModelConfig(**base), channel_texts)
     t0 = time.perf_counter()
     fast.refresh_bank()
     bank_refresh_s = time.perf_counter() - t0
-    naive_config = ModelConfig(base_model=args.base_model, lora_layers=6, line_channels=())
+    naive_config = ModelConfig(**base, lora_layers=6, line_channels=())
     naive, naive_opt, _ = make(naive_config, naive_texts)
 
     objective = StageObjective(fast, TrainConfig(), codes)
