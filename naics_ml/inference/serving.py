@@ -125,8 +125,8 @@ def served_stage(artifacts: Path | str, revision: str | None = None) -> Path:
 
 
 def stage_digest(stage_dir: Path | str) -> str:
-    """SHA-256 over the files that decide a stage's predictions (``SERVING_FILES``): two
-    folders with one digest classify alike."""
+    """SHA-256 over the files that decide a stage's predictions (``SERVING_FILES``, a missing
+    one as empty): it names the registered version that holds them."""
     from naics_ml.inference.stage_points import stage_fingerprint
 
     return stage_fingerprint(stage_dir, SERVING_FILES)
