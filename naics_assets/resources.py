@@ -175,7 +175,8 @@ class ArtifactStore(dg.ConfigurableResource):
         return self.revision_dir(revision) / "triplets"
 
     def model_dir(self, revision: str, stage: str) -> Path:
-        return self.revision_dir(revision) / "models" / check_stage_name(stage)
+        name = check_stage_name(stage)  # before revision_dir creates anything
+        return self.revision_dir(revision) / "models" / name
 
     def embeddings_path(self, revision: str) -> Path:
         return self.revision_dir(revision) / "naics_embeddings.parquet"
