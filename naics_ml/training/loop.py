@@ -228,7 +228,7 @@ def train_stage(
             )
             if _refresh_due(config, run.step, validating):  # before validation, which reads it
                 run.bank_refresh_s = _refresh_bank(model)
-            if validating:  # on every rank: the model's balance loss runs a collective
+            if validating:  # every rank validates (no collective inside); rank 0 reports it
                 metrics.update(_run_validation(model, hooks.validate))
             if metrics and run.rank == 0:
                 _report(run, metrics, bar, hooks.on_metrics)
