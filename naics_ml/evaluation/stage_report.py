@@ -171,11 +171,10 @@ def _level_metrics(points: np.ndarray, codes: pl.DataFrame, curvature: float) ->
 def _cache_key(
     codes: pl.DataFrame, entries: pl.DataFrame, base_model: str, sets: EvaluationSets
 ) -> str:
+    from naics_ml.evaluation.baselines import peer_entries
     from naics_ml.model.channels import code_texts
 
     texts, truth = held_out(entries)
-    from naics_ml.evaluation.baselines import peer_entries
-
     known = peer_entries(entries)
     digest = hashlib.sha256(f"{BASELINES_VERSION}\x00{base_model}".encode())
     for item in [*code_texts(codes), *texts, *truth, *known["text"], *known["code"]]:

@@ -357,6 +357,8 @@ class Classifier:
         temperature = float(state.get("train_config", {}).get("temperature", 0.1))
         entries = load_stage_memory(file) if memory else None
         memory_config = memory_config or load_blend(file)  # the weights the stage chose
+        # the level heads only where the blend weighs them: otherwise they are work for nothing
+        uses_levels = memory_config is not None and any(memory_config.level_weights)
         points = load_stage_points(file) if reuse_points else None
         classifier = cls(
             model,
@@ -366,7 +368,7 @@ class Classifier:
             memory_config=memory_config,
             points=points,
             calibration=load_calibration(file),
-            level_heads=load_level_heads(file),
+            level_heads=load_level_heads(file) if uses_levels else None,
         )
         if model.encoder.layer_dtype is not None:  # this model only classifies from now on
             model.encoder.store_frozen_weights(model.encoder.layer_dtype)
