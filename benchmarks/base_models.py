@@ -20,6 +20,8 @@ import os
 import time
 from pathlib import Path
 
+from naics_ml.revision_folder import RevisionFolder
+
 
 def main() -> None:
     import polars as pl
@@ -36,9 +38,11 @@ def main() -> None:
     parser.add_argument("base_models", nargs="+")
     parser.add_argument("--revision", default="2022")
     args = parser.parse_args()
-    folder = Path(os.environ["DAGSTER_HOME"]) / "storage" / "artifacts" / args.revision
-    codes = pl.read_parquet(folder / "naics_codes.parquet")
-    entries = pl.read_parquet(folder / "naics_index_entries.parquet")
+    folder = RevisionFolder.under(
+        Path(os.environ["DAGSTER_HOME"]) / "storage/artifacts", args.revision
+    )
+    codes = pl.read_parquet(folder.codes)
+    entries = pl.read_parquet(folder.entries)
     candidates = six_digit_codes(codes)
     labelled = RealTextSource(local_dir=os.environ.get("NAICS_REALTEXT_DIR")).load(
         candidates.tolist()

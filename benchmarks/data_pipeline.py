@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 from measure import run_measured
 
+from naics_ml.revision_folder import RevisionFolder
+
 STAGES = (
     "census_workbooks",
     "naics_index_entries",
@@ -46,22 +48,22 @@ def run_stage(stage: str, census_dir: Path, revision: str, work: Path) -> int:
     if stage == "naics_index_entries":
         tables = read_census(raw, revision)
         entries = split_index_entries(tables.index, build_code_table(tables))
-        write_parquet_atomic(entries, work / "naics_index_entries.parquet")
+        write_parquet_atomic(entries, RevisionFolder(work).entries)
         return entries.height
     if stage == "naics_codes":
         tables = read_census(raw, revision)
-        entries = pl.read_parquet(work / "naics_index_entries.parquet")
+        entries = pl.read_parquet(RevisionFolder(work).entries)
         codes = build_code_table(tables, entries.filter(pl.col("split") == "examples"))
-        write_parquet_atomic(codes, work / "naics_codes.parquet")
+        write_parquet_atomic(codes, RevisionFolder(work).codes)
         return codes.height
-    codes = pl.read_parquet(work / "naics_codes.parquet")
+    codes = pl.read_parquet(RevisionFolder(work).codes)
     if stage == "naics_distances":
         pairs = pair_table(codes)
-        write_parquet_atomic(pairs, work / "naics_distances.parquet")
+        write_parquet_atomic(pairs, RevisionFolder(work).distances)
         return pairs.height
-    pairs = pl.read_parquet(work / "naics_distances.parquet")
+    pairs = pl.read_parquet(RevisionFolder(work).distances)
     report = build_triplet_shards(
-        codes, work / "triplets", distance=matrix_from_pairs(pairs, codes.height)
+        codes, RevisionFolder(work).triplets, distance=matrix_from_pairs(pairs, codes.height)
     )
     return report.rows
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from classify import REALTEXT, served_stage
 
+from naics_ml.revision_folder import RevisionFolder
+
 
 def evaluation_sets(known: list[str], entries_path: Path) -> dict[str, tuple[list, list]]:
     import polars as pl
@@ -68,7 +70,7 @@ def main() -> int:
     classifier = Classifier.from_checkpoint(args.stage, precision=precision)
     if args.variant == "int8":
         quantize_int8(classifier)
-    entries = args.stage.parents[1] / "naics_index_entries.parquet"
+    entries = RevisionFolder(args.stage.parents[1]).entries
     out: dict[str, object] = {"stage": str(args.stage), "variant": args.variant}
     encode_s, encoded = 0.0, 0
     for name, (texts, truth) in evaluation_sets(

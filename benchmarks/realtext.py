@@ -21,7 +21,9 @@ import json
 import os
 from pathlib import Path
 
-STAGES = ("stage_01_easy", "stage_02_medium", "stage_03_hard")
+from naics_ml.revision_folder import RevisionFolder
+from naics_ml.stage_table import STAGE_NAMES
+
 HIERARCHY = ("recon_map", "parent_at_1", "spearman_within_sector", "spearman", "cophenetic")
 BLEND = (
     "weight",
@@ -61,9 +63,10 @@ def reevaluate(artifacts: Path, stage: str) -> dict[str, float]:
     from naics_ml.data.codes import six_digit_codes
     from naics_ml.model.config import ModelConfig
     from naics_ml.stage import StagePaths, StageRequest, reevaluate_stage, stage_model_config
+    from naics_ml.stage_table import stage_spec
     from naics_ml.training.config import TrainConfig
 
-    paths = StagePaths.in_revision(artifacts, stage)
+    paths = StagePaths.in_revision(RevisionFolder(artifacts), stage_spec(stage))
     source = RealTextSource(local_dir=os.environ.get("NAICS_REALTEXT_DIR"))
     labelled = source.load(six_digit_codes(pl.read_parquet(paths.codes)).tolist())
     request = StageRequest(
@@ -91,13 +94,15 @@ def main() -> None:
 
     report: dict[str, object] = {"revision": args.revision, "stages": {}}
     metrics = {}
-    for stage in STAGES:
-        if not (artifacts / "models" / stage / "metrics.json").is_file():
+    for stage in STAGE_NAMES:
+        if not (RevisionFolder(artifacts).stage(stage).metrics).is_file():
             continue
         if args.reevaluate:
             metrics[stage] = reevaluate(artifacts, stage)
         else:
-            metrics[stage] = json.loads((artifacts / "models" / stage / "metrics.json").read_text())
+            metrics[stage] = json.loads(
+                (RevisionFolder(artifacts).stage(stage).metrics).read_text()
+            )
         report["stages"][stage] = stage_report(metrics[stage])
         if args.without_base:
             report["stages"][stage]["without_base_vote"] = without_base(artifacts, stage)
@@ -112,7 +117,8 @@ def main() -> None:
             }
             for name in ("zero_shot", "tfidf", "peer")
         }
-        report["served_stage"] = choose_served_stage(artifacts / "models", list(metrics)).name
+        revision = RevisionFolder(artifacts)
+        report["served_stage"] = choose_served_stage(revision, list(metrics)).name
     if args.sectors and metrics:
         report["sectors"] = sector_table(artifacts, report["served_stage"])
     print(json.dumps(report, indent=1))
@@ -133,12 +139,12 @@ def without_base(artifacts: Path, stage: str) -> dict[str, object]:
     from naics_ml.inference.entry_memory import MemoryConfig
 
     classifier = Classifier.from_checkpoint(
-        artifacts / "models" / stage, memory_config=MemoryConfig()
+        RevisionFolder(artifacts).stage(stage).path, memory_config=MemoryConfig()
     )
     labelled = RealTextSource(local_dir=os.environ.get("NAICS_REALTEXT_DIR")).load(
         classifier.six_digit_codes.tolist()
     )
-    entries = pl.read_parquet(artifacts / "naics_index_entries.parquet")
+    entries = pl.read_parquet(RevisionFolder(artifacts).entries)
     sets = {}
     for name, split in (("index_val", "validation"), ("index_test", "test")):
         texts, truth = held_out(entries, split)
@@ -170,7 +176,7 @@ def sector_table(artifacts: Path, stage: str) -> dict[str, list[dict[str, object
     from naics_ml.evaluation.realtext_metrics import sector_hit_rates
     from naics_ml.inference.classifier import Classifier
 
-    classifier = Classifier.from_checkpoint(artifacts / "models" / stage)
+    classifier = Classifier.from_checkpoint(RevisionFolder(artifacts).stage(stage).path)
     source = RealTextSource(local_dir=os.environ.get("NAICS_REALTEXT_DIR"))
     frame = source.load(classifier.six_digit_codes.tolist())["eval"]
     _, probability = classifier.scores(frame["text"].to_list())

@@ -49,6 +49,7 @@ import torch
 from naics_ml.model.channels import code_channel_texts
 from naics_ml.model.loss import hyperbolic_info_nce
 from naics_ml.model.network import ModelConfig, NaicsModel
+from naics_ml.revision_folder import RevisionFolder
 from naics_ml.training.config import TrainConfig
 from naics_ml.training.objective import StageObjective
 from naics_ml.triplets.sampler import TripletBatch
@@ -56,13 +57,13 @@ from naics_ml.triplets.sampler import TripletBatch
 CENSUS = Path(__file__).resolve().parents[1] / "../shared/census/2022"
 
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "storage/artifacts/2022"
+ARTIFACTS = RevisionFolder(Path(__file__).resolve().parents[1] / "storage/artifacts/2022")
 SKIP_BATCHES = 300  # the shuffle buffer (8,192 pairs) is full after ~256 batches of 32
 
 
 def load_codes() -> pl.DataFrame:
-    if (ARTIFACTS / "naics_codes.parquet").is_file():
-        return pl.read_parquet(ARTIFACTS / "naics_codes.parquet").sort("index")
+    if ARTIFACTS.codes.is_file():
+        return pl.read_parquet(ARTIFACTS.codes).sort("index")
     from naics_ml.data.codes import load_code_table
 
     census = CENSUS if CENSUS.exists() else Path("/work/shared/census/2022")
@@ -76,7 +77,7 @@ def shard_batches(codes: pl.DataFrame, n: int, batch: int, seed: int) -> list[np
     The sampler's shuffle buffer fills gradually (its first batches hold few distinct anchors),
     so the first ``SKIP_BATCHES`` are dropped: timed batches look like those of a running stage.
     """
-    folder = ARTIFACTS / "triplets"
+    folder = ARTIFACTS.triplets
     if not folder.is_dir() or not any(folder.glob("sector=*/*.parquet")):
         return None
     from naics_ml.triplets.curriculum import load_curriculum

@@ -26,6 +26,8 @@ from measure import run_measured
 
 from naics_ml.evaluation.metrics import RETRIEVAL_KEYS
 from naics_ml.evaluation.stage_report import HEADLINE, MEMORY_PREFIX
+from naics_ml.revision_folder import RevisionFolder
+from naics_ml.stage_table import STAGE_NAMES
 
 REALTEXT_PREFIXES = (
     "realtext_",
@@ -33,8 +35,7 @@ REALTEXT_PREFIXES = (
     "baseline_zero_shot_realtext_",
     "baseline_peer_realtext_",
 )
-ASSETS = ("stage_01_easy", "stage_02_medium", "stage_03_hard", "naics_embeddings")
-CACHES = ("prefix_cache", "baselines")  # under storage/artifacts/<revision>; rebuilt on demand
+ASSETS = (*STAGE_NAMES, "naics_embeddings")
 
 
 def run(asset: str, revision: str, log: Path) -> dict[str, float]:
@@ -68,15 +69,15 @@ def main() -> None:
     if "DAGSTER_HOME" not in os.environ:
         raise SystemExit("set DAGSTER_HOME to the project root")
     args.log.parent.mkdir(parents=True, exist_ok=True)
-    artifacts = Path(os.environ["DAGSTER_HOME"]) / "storage" / "artifacts" / args.revision
-    cold = "stage_01_easy" in args.assets and not args.warm
-    if cold:
-        for cache in CACHES:
-            shutil.rmtree(artifacts / cache, ignore_errors=True)
+    root = Path(os.environ["DAGSTER_HOME"]) / "storage" / "artifacts"
+    revision = RevisionFolder.under(root, args.revision)
+    cold = STAGE_NAMES[0] in args.assets and not args.warm
+    if cold:  # the caches the stages rebuild on demand
+        for cache in (revision.prefix_cache, revision.baselines):
+            shutil.rmtree(cache, ignore_errors=True)
     stages = {asset: run(asset, args.revision, args.log) for asset in args.assets}
-    models = artifacts / "models"
-    for asset in [a for a in args.assets if a.startswith("stage_")]:
-        metrics = json.loads((models / asset / "metrics.json").read_text())
+    for asset in [a for a in args.assets if a in STAGE_NAMES]:
+        metrics = json.loads(revision.stage(asset).metrics.read_text())
         stages[asset]["metrics"] = {k: round(metrics[k], 4) for k in HEADLINE}
         stages[asset]["with_memory"] = {
             k: round(metrics[f"{MEMORY_PREFIX}test_{k}"], 4)
@@ -98,7 +99,7 @@ def main() -> None:
         }
         stages[asset]["selection_score"] = metrics.get("selection_score")
         stages[asset]["cophenetic"] = round(metrics["cophenetic"], 4)
-    serving = models / "serving.json"
+    serving = revision.serving
     result = {
         "revision": args.revision,
         "served_stage": json.loads(serving.read_text())["stage"] if serving.is_file() else None,

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 from naics_ml.data.census import validate_revision
+from naics_ml.revision_folder import safe_revision
+from naics_ml.stage_table import STAGE_NAMES
 
 
 def add_revisions(revisions: list[str]) -> list[str]:
@@ -50,15 +52,11 @@ def stage_folder(args: argparse.Namespace) -> Path:
     from naics_ml.inference.serving import newest_stage, served_stage
 
     if args.revision is not None:
-        from naics_assets.resources import safe_revision
-
         safe_revision(args.revision)
     if args.model is not None:
         return args.model
     if args.stage is not None:
-        from naics_assets.resources import check_stage_name
-
-        return newest_stage(args.artifacts, check_stage_name(args.stage), args.revision)
+        return newest_stage(args.artifacts, args.stage, args.revision)
     return served_stage(args.artifacts, args.revision)
 
 
@@ -127,7 +125,7 @@ def runs_command(args: argparse.Namespace) -> int:
         print(
             f"no finished stage run in {tracker.uri()}; materialize the stages first: "
             "dagster asset materialize -m naics_assets.definitions "
-            "--select 'stage_01_easy,stage_02_medium,stage_03_hard' --partition 2022",
+            f"--select '{','.join(STAGE_NAMES)}' --partition 2022",
             file=sys.stderr,
         )
         return 1
@@ -154,7 +152,7 @@ def parser() -> argparse.ArgumentParser:
     cls.add_argument("--output", type=Path, help="file to write (format by suffix)")
     cls.add_argument("--revision", help="NAICS revision (default: newest with a model)")
     cls.add_argument(
-        "--stage", help="a stage of the revision, e.g. stage_03_hard (default: the served one)"
+        "--stage", choices=STAGE_NAMES, help="a stage of the revision (default: the served one)"
     )
     cls.add_argument("--model", type=Path, help="a stage folder (default: the served stage)")
     cls.add_argument(

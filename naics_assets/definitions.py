@@ -8,7 +8,7 @@ from naics_assets.assets.census import census_workbooks
 from naics_assets.assets.codes import naics_codes, naics_index_entries
 from naics_assets.assets.distances import naics_distances
 from naics_assets.assets.embeddings import naics_embeddings
-from naics_assets.assets.stages import stage_01_easy, stage_02_medium, stage_03_hard
+from naics_assets.assets.stages import STAGE_ASSETS
 from naics_assets.assets.triplets import naics_triplets
 from naics_assets.resources import ArtifactStore, CensusSource, RealTextSource
 from naics_assets.schedules import census_checksum_schedule
@@ -22,9 +22,7 @@ defs = dg.Definitions(
         naics_codes,
         naics_distances,
         naics_triplets,
-        stage_01_easy,
-        stage_02_medium,
-        stage_03_hard,
+        *STAGE_ASSETS.values(),
         naics_embeddings,
     ],
     jobs=[revision_job],

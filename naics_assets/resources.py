@@ -12,27 +12,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from naics_ml.data.census import validate_revision
 from naics_ml.data.realtext import EVAL_FILE, VAL_FILE, RealTextSplit
-
-_STAGE = re.compile(r"stage_[0-9]{2}_[a-z]+")  # [0-9], not \d, which takes any script's digits
-
-
-def safe_revision(revision: str) -> str:
-    """A partition key as one path component under a root: ``validate_revision`` (four digits, no
-    separator) and ASCII, since its ``\\d`` also takes Arabic-Indic digits: a look-alike '2022'
-    would get a second folder."""
-    validate_revision(revision)
-    if not revision.isascii():
-        raise ValueError(f"NAICS revision must be a four-digit year like '2022', got {revision!r}")
-    return revision
-
-
-def check_stage_name(stage: str) -> str:
-    """A stage name as one path component: ``stage_<NN>_<word>``."""
-    if not _STAGE.fullmatch(stage):
-        raise ValueError(f"stage name must look like 'stage_01_easy', got {stage!r}")
-    return stage
+from naics_ml.revision_folder import RevisionFolder, safe_revision
 
 
 def plain_file_name(setting: str, name: str) -> str:
@@ -137,10 +118,12 @@ class ArtifactStore(dg.ConfigurableResource):
             )
         return Path(self.root) if self.root else project_root() / "storage" / "artifacts"
 
-    def revision_dir(self, revision: str) -> Path:
-        path = self.base() / safe_revision(revision)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    def revision(self, revision: str) -> RevisionFolder:
+        """The revision's folder (``naics_ml.revision_folder``), created: the key is checked
+        before anything is made."""
+        folder = RevisionFolder.under(self.base(), revision)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def lock(self, context: dg.AssetExecutionContext) -> AbstractContextManager[Path]:
         """Held while an asset writes one partition (``<root>/.locks/<revision>/<asset>.lock``):
@@ -149,7 +132,7 @@ class ArtifactStore(dg.ConfigurableResource):
         same files (``naics_ml.io.exclusive_lock``)."""
         from naics_ml.io import exclusive_lock
 
-        revision = validate_revision(context.partition_key)
+        revision = safe_revision(context.partition_key)
         name = context.asset_key.to_user_string()
         started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         holder = (
@@ -158,28 +141,6 @@ class ArtifactStore(dg.ConfigurableResource):
         )
         path = self.base() / ".locks" / revision / f"{name}.lock"
         return exclusive_lock(path, holder, lambda left: fail_abandoned_run(context, left))
-
-    def census_dir(self, revision: str) -> Path:
-        return self.revision_dir(revision) / "census"
-
-    def codes_path(self, revision: str) -> Path:
-        return self.revision_dir(revision) / "naics_codes.parquet"
-
-    def index_entries_path(self, revision: str) -> Path:
-        return self.revision_dir(revision) / "naics_index_entries.parquet"
-
-    def distances_path(self, revision: str) -> Path:
-        return self.revision_dir(revision) / "naics_distances.parquet"
-
-    def triplets_dir(self, revision: str) -> Path:
-        return self.revision_dir(revision) / "triplets"
-
-    def model_dir(self, revision: str, stage: str) -> Path:
-        name = check_stage_name(stage)  # before revision_dir creates anything
-        return self.revision_dir(revision) / "models" / name
-
-    def embeddings_path(self, revision: str) -> Path:
-        return self.revision_dir(revision) / "naics_embeddings.parquet"
 
 
 HOLDER = re.compile(r"pid (\d+) \(parent (\d+)\) on (\S+) \(Dagster run ([0-9a-f-]+),")

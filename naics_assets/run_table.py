@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-STAGES = ("stage_01_easy", "stage_02_medium", "stage_03_hard")
+from naics_ml.stage_table import STAGE_NAMES
+
 ROW_METRICS = (  # validation score (picks the served stage), hierarchy, index test, real text
     "selection_score",
     "parent_at_1",
@@ -43,9 +44,9 @@ def latest_stage_runs(client: Any, experiment: str, revision: str | None) -> dic
     latest: dict[str, Any] = {}
     for run in runs:
         stage = run.data.tags.get("stage")
-        if stage in STAGES and stage not in latest:
+        if stage in STAGE_NAMES and stage not in latest:
             latest[stage] = run
-    return {s: latest[s] for s in STAGES if s in latest}
+    return {s: latest[s] for s in STAGE_NAMES if s in latest}
 
 
 def _minutes(run: Any) -> str:

@@ -20,7 +20,9 @@ import polars as pl
 
 from naics_ml.io import atomic_write_text
 from naics_ml.model.config import ModelConfig
+from naics_ml.revision_folder import RevisionFolder
 from naics_ml.stage_folder import StageFolder
+from naics_ml.stage_table import StageSpec
 from naics_ml.training.config import TrainConfig
 from naics_ml.triplets.curriculum import packaged_curriculum_path
 
@@ -57,18 +59,18 @@ class StagePaths:
     init_from: Path | None = None  # the previous stage's folder
 
     @classmethod
-    def in_revision(cls, revision_dir: Path, stage: str, previous: str | None = None) -> StagePaths:
-        """The layout of ``storage/artifacts/<revision>/`` (what the asset store writes)."""
-        root = Path(revision_dir)
+    def in_revision(cls, revision: RevisionFolder, stage: StageSpec) -> StagePaths:
+        """Where ``stage`` of the stage table reads and writes in a revision folder."""
+        previous = revision.stage(stage.previous).path if stage.previous else None
         return cls(
-            codes=root / "naics_codes.parquet",
-            entries=root / "naics_index_entries.parquet",
-            distances=root / "naics_distances.parquet",
-            triplets=root / "triplets",
-            out_dir=root / "models" / stage,
-            prefix_cache=root / "prefix_cache",
-            baselines=root / "baselines",
-            init_from=root / "models" / previous if previous else None,
+            codes=revision.codes,
+            entries=revision.entries,
+            distances=revision.distances,
+            triplets=revision.triplets,
+            out_dir=revision.stage(stage.name).path,
+            prefix_cache=revision.prefix_cache,
+            baselines=revision.baselines,
+            init_from=previous,
         )
 
 
@@ -106,11 +108,11 @@ class StageReport:
         return {k: v for k, v in last.items() if k.startswith("expert_utilization")}
 
 
-def resolve_curriculum(setting: str, stage: str) -> Path:
+def resolve_curriculum(setting: str, stage: StageSpec) -> Path:
     """A YAML path as given, a packaged curriculum's name, or (empty) the stage's own one."""
     if setting.endswith((".yaml", ".yml")):
         return Path(setting)
-    return packaged_curriculum_path(setting or stage.split("_", 1)[1])
+    return packaged_curriculum_path(setting or stage.curriculum)
 
 
 def stage_model_config(init_from: Path | None, first: ModelConfig | None) -> ModelConfig:

@@ -20,13 +20,22 @@ The models folder next to the stages holds ``serving.json``: which stage ``predi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-__all__ = ["SERVING_FILE", "StageFolder"]
+__all__ = ["SERVING_FILE", "StageFolder", "check_stage_name"]
 
 SERVING_FILE = "serving.json"  # in the models folder: the stage that serves predict
+_STAGE_NAME = re.compile(r"stage_[0-9]{2}_[a-z]+")  # [0-9], not \d, which takes any script's digits
+
+
+def check_stage_name(stage: str) -> str:
+    """A stage name as one path component: ``stage_<NN>_<word>``."""
+    if not _STAGE_NAME.fullmatch(stage):
+        raise ValueError(f"stage name must look like 'stage_01_easy', got {stage!r}")
+    return stage
 
 
 @dataclass(frozen=True)

@@ -536,8 +536,9 @@ def test_cli_without_a_model_says_how_to_make_one(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "dagster asset materialize" in err and "stage_03_hard" in err
-    assert main(["classify", "wheat", "--stage", "../elsewhere"]) == 2
-    assert "stage name must look like 'stage_01_easy'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # only the stage table's stages
+        main(["classify", "wheat", "--stage", "../elsewhere"])
+    assert "invalid choice: '../elsewhere'" in capsys.readouterr().err
 
 
 def test_cli_serves_the_stage_validation_chose_under_naics_artifacts_dir(
@@ -549,12 +550,14 @@ def test_cli_serves_the_stage_validation_chose_under_naics_artifacts_dir(
 
     from naics_assets.cli import main
     from naics_ml.inference.serving import TunedBlend, choose_served_stage, save_blend
+    from naics_ml.revision_folder import RevisionFolder
+    from naics_ml.stage_table import STAGE_NAMES
 
     models = tmp_path / "artifacts" / "2022" / "models"
     for name, score in (("stage_01_easy", 0.3), ("stage_02_medium", 0.6), ("stage_03_hard", 0.5)):
         shutil.copytree(stage[0], models / name)
         save_blend(models / name, TunedBlend(MemoryConfig(), score, {}, score))
-    assert choose_served_stage(models, ["stage_01_easy", "stage_02_medium", "stage_03_hard"])
+    assert choose_served_stage(RevisionFolder(models.parent), STAGE_NAMES)
     monkeypatch.setenv("NAICS_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "elsewhere"))
     assert main(["classify", "wheat farm", "--format", "json"]) == 0

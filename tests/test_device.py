@@ -17,7 +17,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-import transformers
 from torch import Tensor, nn
 
 from naics_ml.inference.classifier import Classifier
@@ -27,8 +26,8 @@ from naics_ml.model.device import resolve_device
 from naics_ml.training.checkpoint import load_checkpoint, save_checkpoint
 from naics_ml.training.config import TrainConfig
 from naics_ml.training.distributed import process_group_backend, weights_fingerprint
-from naics_ml.training.loop import rank_device
 from naics_ml.training.objective import StageObjective
+from naics_ml.training.ranks import rank_device
 from naics_ml.training.validation import query_validator
 
 from .test_train import config, prepared, query_source, run, tiny_codes, triplet_source
@@ -196,16 +195,6 @@ def test_no_tensor_is_made_on_torchs_default_device(codes):
     assert with_meta_default[4].equals(on_cpu[4])
 
 
-# The trainable weights of run(config(steps=8, checkpoint_every=4, bank_refresh_every=4)) as
-# the code trained them before the device setting existed (commit fb7dd26), one thread, after a
-# warm-up training, on this environment (kernels differ between CPU kinds and library versions).
-BEFORE_DEVICES = {
-    ("2.13.0+cpu", "5.24.0", "AVX512"): (
-        "7faa8a270d1330cb8efc89e0639cba596971f72cada87e0542ccabadcdfefcc8"
-    ),
-}
-
-
 def test_cpu_training_is_bit_identical_whatever_the_device_setting(tmp_path, codes):
     torch.set_num_threads(1)
     # geoopt's Lorentz maths is TorchScript: its first calls in a process run unoptimised and
@@ -221,14 +210,6 @@ def test_cpu_training_is_bit_identical_whatever_the_device_setting(tmp_path, cod
         assert model.device == CPU and model.encoder.layer_dtype is None
         weights[name] = weights_fingerprint(model.trainable_state_dict())
     assert len(set(weights.values())) == 1, weights
-    environment = (torch.__version__, transformers.__version__, _cpu_capability())
-    if environment not in BEFORE_DEVICES:
-        pytest.skip(f"weights before the device setting recorded for {list(BEFORE_DEVICES)} only")
-    assert weights["default"] == BEFORE_DEVICES[environment]
-
-
-def _cpu_capability() -> str:
-    return torch.backends.cpu.get_cpu_capability()
 
 
 def test_a_stage_resumes_on_another_device_not_in_another_precision(tmp_path, codes):

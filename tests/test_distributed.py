@@ -18,7 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from naics_ml.model.network import ModelConfig
+from naics_ml.stage_table import stage_spec
 from naics_ml.training.checkpoint import load_checkpoint
+from naics_ml.training.config import TrainConfig
 from naics_ml.training.distributed import weights_fingerprint
 
 from .tiny import save_tiny_bert
@@ -146,8 +148,8 @@ def test_torchrun_two_ranks_train_in_lockstep(tmp_path):
         str(inputs["queries"]),
         "--triplets",
         str(inputs["triplets"]),
-        "--curriculum",
-        "01_easy",
+        "--stage",  # the table's curriculum and settings, under --train-config's
+        "stage_03_hard",
         "--out",
         str(out),
         "--no-progress",
@@ -173,6 +175,10 @@ def test_torchrun_two_ranks_train_in_lockstep(tmp_path):
     assert weights_fingerprint(state["model_state"]) == reports[0]["weights_sha256"]
     assert (out / "codes.parquet").is_file() and (out / "stage.json").is_file()
     assert "val_loss" in state["metrics"] and np.isfinite(state["metrics"]["loss"])
+    hard = stage_spec("stage_03_hard")
+    assert state["extra"]["curriculum"]["name"] == hard.curriculum
+    for name in ("hierarchy_loss_weight", "query_loss_weight"):
+        assert state["train_config"][name] == hard.setting(name) != TrainConfig().to_dict()[name]
 
 
 def _find_all(text: str, needle: str) -> list[int]:

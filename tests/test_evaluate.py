@@ -225,6 +225,24 @@ def test_retrieval_ties_are_pessimistic() -> None:
     assert m["test_group_at_1"] == 0.0
 
 
+def test_training_validation_ranks_ties_as_the_test_metrics_do() -> None:
+    """One tie rule (``pessimistic_rank``) for the numpy metrics and the torch validation."""
+    import torch
+
+    from naics_ml.model.ranking import pessimistic_rank
+
+    d = np.array([[0.2, 0.9, 0.2], [0.5, 0.5, 0.5], [0.1, 0.3, 0.2]])
+    true = np.array([0, 1, 0])
+    ranks = pessimistic_rank(d, d[np.arange(3), true])
+    assert ranks.tolist() == [2, 3, 1]
+    as_torch = torch.tensor(d)
+    assert pessimistic_rank(as_torch, as_torch[torch.arange(3), torch.tensor(true)]).tolist() == [
+        2,
+        3,
+        1,
+    ]
+
+
 def test_retrieval_rejects_unknown_true_code() -> None:
     with pytest.raises(ValueError, match="999999"):
         retrieval_metrics(np.zeros((1, 6)), CANDIDATES, np.array(["999999"]))

@@ -31,7 +31,7 @@ import yaml
 from naics_assets.assets.census import census_workbooks
 from naics_assets.assets.codes import naics_codes, naics_index_entries
 from naics_assets.assets.distances import naics_distances
-from naics_assets.assets.stages import stage_01_easy
+from naics_assets.assets.stages import STAGE_ASSETS
 from naics_assets.assets.triplets import naics_triplets
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore, CensusSource, RealTextSource
@@ -270,7 +270,8 @@ def test_killed_stage_resumes_and_a_second_run_is_turned_away(
     with pytest.MonkeyPatch.context() as env:
         env.setenv("DAGSTER_HOME", str(site["home"]))
         with dg.DagsterInstance.get() as instance:
-            records = instance.fetch_materializations(stage_01_easy.key, limit=1).records
+            key = STAGE_ASSETS["stage_01_easy"].key
+            records = instance.fetch_materializations(key, limit=1).records
             runs = {r.run_id: r.status for r in instance.get_runs()}
             failures = [
                 e.message
@@ -528,7 +529,7 @@ def test_a_bad_setting_is_rejected_before_any_work(
     tracking = tmp_path / "mlflow.db"
     before = hashes(site["artifacts"])
     result = dg.materialize(
-        [stage_01_easy],
+        [STAGE_ASSETS["stage_01_easy"]],
         partition_key="2022",
         resources={
             "store": ArtifactStore(root=str(site["artifacts"])),

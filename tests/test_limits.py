@@ -17,10 +17,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from naics_assets.assets.census import census_workbooks
-from naics_assets.assets.stages import stage_01_easy
+from naics_assets.assets.stages import STAGE_ASSETS
 from naics_assets.resources import ArtifactStore, CensusSource, RealTextSource
 from naics_assets.tracking import MlflowTracker
+from naics_ml.revision_folder import RevisionFolder
 from naics_ml.stage import resolve_curriculum
+from naics_ml.stage_table import stage_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,15 +146,6 @@ BAD_STAGES = [
     "stage_\u0660\u0661_easy",
     "stage_1_easy",
 ]
-STORE_PATHS = (
-    "revision_dir",
-    "census_dir",
-    "codes_path",
-    "index_entries_path",
-    "distances_path",
-    "triplets_dir",
-    "embeddings_path",
-)
 
 
 def tree(root: Path) -> list[str]:
@@ -162,11 +155,10 @@ def tree(root: Path) -> list[str]:
 @pytest.mark.parametrize("key", BAD_KEYS)
 def test_a_crafted_partition_key_builds_no_path(key: str, tmp_path: Path) -> None:
     store = ArtifactStore(root=str(tmp_path / "artifacts"))
-    for method in STORE_PATHS:
-        with pytest.raises(ValueError, match=re.escape(repr(key))):
-            getattr(store, method)(key)
     with pytest.raises(ValueError, match=re.escape(repr(key))):
-        store.model_dir(key, "stage_01_easy")
+        store.revision(key)
+    with pytest.raises(ValueError, match=re.escape(repr(key))):
+        RevisionFolder.under(tmp_path / "artifacts", key)
     for census in (CensusSource(local_dir=str(tmp_path / "census")), CensusSource()):
         with pytest.raises(ValueError, match=re.escape(repr(key))):
             census.revision_dir(key)
@@ -175,16 +167,16 @@ def test_a_crafted_partition_key_builds_no_path(key: str, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("stage", BAD_STAGES)
 def test_a_crafted_stage_name_builds_no_path(stage: str, tmp_path: Path) -> None:
-    store = ArtifactStore(root=str(tmp_path / "artifacts"))
+    folder = RevisionFolder.under(tmp_path / "artifacts", "2022")
     with pytest.raises(ValueError, match=re.escape(repr(stage))):
-        store.model_dir("2022", stage)
+        folder.stage(stage)
     assert tree(tmp_path) == []
 
 
 def test_valid_keys_and_stages_stay_under_the_root(tmp_path: Path) -> None:
     root = tmp_path / "artifacts"
     store = ArtifactStore(root=str(root))
-    folder = store.model_dir("2022", "stage_03_hard")
+    folder = store.revision("2022").stage("stage_03_hard").path
     assert folder == root / "2022" / "models" / "stage_03_hard"
     assert folder.resolve().is_relative_to(root.resolve()) and (root / "2022").is_dir()
     census = CensusSource(local_dir=str(tmp_path / "census")).revision_dir("2017")
@@ -197,7 +189,7 @@ def test_an_object_store_url_as_root_is_refused(
     monkeypatch.chdir(tmp_path)  # Path("s3://b/x") would be the relative folder s3:/b/x
     store = ArtifactStore(root="s3://bucket/artifacts")
     with pytest.raises(ValueError, match=r"NAICS_ARTIFACTS_DIR.*'s3://bucket/artifacts'"):
-        store.revision_dir("2022")
+        store.revision("2022")
     assert tree(tmp_path) == []
 
 
@@ -213,7 +205,7 @@ def test_real_text_file_names_cannot_leave_their_folder(name: str, tmp_path: Pat
 @pytest.mark.parametrize("setting", ["../../x", "/etc/passwd", "01_easy/../../x"])
 def test_a_curriculum_name_is_a_packaged_name_or_a_yaml_path(setting: str) -> None:
     with pytest.raises(ValueError, match=re.escape(repr(setting))):
-        resolve_curriculum(setting, "stage_01_easy")
+        resolve_curriculum(setting, stage_spec("stage_01_easy"))
 
 
 def test_a_crafted_partition_key_fails_the_asset_and_writes_nothing(tmp_path: Path) -> None:
@@ -280,7 +272,7 @@ def materialize_stage(
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("naics_revision", ["2022"])
     result = dg.materialize(
-        [stage_01_easy],
+        [STAGE_ASSETS["stage_01_easy"]],
         partition_key="2022",
         instance=instance,
         raise_on_error=False,

@@ -15,14 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from naics_assets.assets.stages import (
-    EasyStageConfig,
-    HardStageConfig,
-    MediumStageConfig,
-    ModelSettings,
-    StageConfig,
-    stage_configs,
-)
+from naics_assets.assets.stages import STAGE_CONFIGS, ModelSettings, StageConfig, stage_configs
 from naics_ml.model.base import BaseModelUnavailable
 from naics_ml.model.channels import code_channel_texts
 from naics_ml.model.config import ModelConfig
@@ -30,6 +23,7 @@ from naics_ml.model.device import resolve_device
 from naics_ml.model.lorentz import check_on_manifold
 from naics_ml.model.network import NaicsModel
 from naics_ml.model.precision import resolve_precision
+from naics_ml.stage_table import stage_spec
 from naics_ml.training.config import TrainConfig
 from naics_ml.training.presets import PRESETS, Preset, PresetName, get_preset
 
@@ -60,18 +54,23 @@ def test_cpu_is_the_defaults_and_gpu_a_larger_model_on_the_accelerator():
         Preset("bad", "a typo", train={"batch_sise": 8})
 
 
+def launchpad(stage: str, **values):
+    """``stage``'s launchpad config with ``values`` and the configs it resolves to."""
+    return stage_configs(STAGE_CONFIGS[stage](**values), stage_spec(stage))
+
+
 def test_the_launchpad_takes_the_presets_values_for_fields_left_empty():
-    first, train = stage_configs(EasyStageConfig())
+    first, train = launchpad("stage_01_easy")
     assert first == ModelConfig() and train == TrainConfig(steps=200)  # the defaults
-    first, train = stage_configs(EasyStageConfig(preset="gpu"))
+    first, train = launchpad("stage_01_easy", preset="gpu")
     assert first == GPU.model_config({}) and train == GPU.train_config({"steps": 200})
-    chosen = EasyStageConfig(preset="gpu", batch_size=16, model=ModelSettings(base_model="/m"))
-    first, train = stage_configs(chosen)
+    chosen = {"preset": "gpu", "batch_size": 16, "model": ModelSettings(base_model="/m")}
+    first, train = launchpad("stage_01_easy", **chosen)
     assert (first.base_model, first.lora_layers, train.batch_size) == ("/m", 6, 16)
-    first, train = stage_configs(HardStageConfig(preset="gpu"))
+    first, train = launchpad("stage_03_hard", preset="gpu")
     assert first is None  # a later stage inherits its checkpoint's model
     assert (train.steps, train.hierarchy_loss_weight, train.device) == (600, 60.0, "auto")
-    assert stage_configs(MediumStageConfig(device="cpu", preset="gpu"))[1].device == "cpu"
+    assert launchpad("stage_02_medium", device="cpu", preset="gpu")[1].device == "cpu"
     # every launchpad field a preset sets is empty by default (else the default would win)
     changed_model = {
         name

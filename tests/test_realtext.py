@@ -31,6 +31,7 @@ from naics_ml.inference.serving import (
     save_blend,
     served_stage_dir,
 )
+from naics_ml.revision_folder import RevisionFolder
 
 from .conftest import REALTEXT_ROOT
 
@@ -177,10 +178,11 @@ def test_blend_tuning_picks_the_weights_that_win_on_validation(tmp_path) -> None
     assert load_blend(models / "stage_02_medium").base_weight == 0.7
     assert load_blend(tmp_path) is None
     stages = ["stage_01_easy", "stage_02_medium", "stage_03_hard"]
-    assert choose_served_stage(models, stages).name == "stage_03_hard"  # tie: later stage
+    revision = RevisionFolder(models.parent)
+    assert choose_served_stage(revision, stages).name == "stage_03_hard"  # tie: later stage
     save_blend(models / "stage_01_easy", TunedBlend(MemoryConfig(), 0.9, {}, 0.5))
-    assert choose_served_stage(models, stages).name == "stage_01_easy"
-    assert served_stage_dir(models) == models / "stage_01_easy"
+    assert choose_served_stage(revision, stages).name == "stage_01_easy"
+    assert served_stage_dir(revision) == models / "stage_01_easy"
 
 
 def test_missing_real_text_folder_or_file_is_skipped_not_an_error(tmp_path) -> None:

@@ -15,8 +15,8 @@ import pytest
 
 from naics_ml.triplets.curriculum import CurriculumSpec, load_curriculum
 from naics_ml.triplets.generate import SCHEMA
+from naics_ml.triplets.query_sampler import QuerySampler
 from naics_ml.triplets.sampler import (
-    QuerySampler,
     TripletBatch,
     TripletSampler,
     count_eligible_pairs,

@@ -16,7 +16,7 @@ from naics_assets.assets.census import census_workbooks
 from naics_assets.assets.codes import naics_codes, naics_index_entries
 from naics_assets.assets.distances import naics_distances
 from naics_assets.assets.embeddings import naics_embeddings
-from naics_assets.assets.stages import stage_01_easy, stage_02_medium, stage_03_hard
+from naics_assets.assets.stages import STAGE_ASSETS
 from naics_assets.assets.triplets import naics_triplets
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore, CensusSource, RealTextSource
@@ -27,6 +27,8 @@ from naics_ml.inference.classifier import Classifier
 from naics_ml.inference.entry_memory import MemoryConfig
 from naics_ml.inference.serving import served_stage_dir
 from naics_ml.inference.stage_points import load_stage_points
+from naics_ml.revision_folder import RevisionFolder
+from naics_ml.stage_table import stage_spec
 from naics_ml.training.checkpoint import load_checkpoint
 
 from .conftest import REALTEXT_ROOT, metadata_of
@@ -38,12 +40,10 @@ ASSETS = [
     naics_codes,
     naics_distances,
     naics_triplets,
-    stage_01_easy,
-    stage_02_medium,
-    stage_03_hard,
+    *STAGE_ASSETS.values(),
     naics_embeddings,
 ]
-STAGES = ("stage_01_easy", "stage_02_medium", "stage_03_hard")
+STAGES = ("stage_01_easy", "stage_02_medium", "stage_03_hard")  # the table's, spelled out
 MACHINE = {"preset": "cpu", "device": "auto", "precision": "float32"}
 METRICS = METRIC_KEYS
 
@@ -331,7 +331,7 @@ def test_the_stage_best_on_validation_serves_predict(chain) -> None:
     }
     served = metadata_of(result, "naics_embeddings")["served_stage"]
     assert scores[served] == max(scores.values())
-    assert served_stage_dir(models) == models / served
+    assert served_stage_dir(RevisionFolder(models.parent)) == models / served
 
 
 def test_stage_checks_run_on_each_stage_metrics(chain) -> None:
@@ -402,7 +402,8 @@ def test_a_stage_can_be_evaluated_again_without_training(chain) -> None:
     from naics_ml.training.config import TrainConfig
 
     result, root, _ = chain
-    paths = StagePaths.in_revision(root / "artifacts" / "2022", "stage_02_medium")
+    revision = RevisionFolder(root / "artifacts" / "2022")
+    paths = StagePaths.in_revision(revision, stage_spec("stage_02_medium"))
     checkpoint_bytes = paths.out_dir.joinpath("checkpoint.pt").read_bytes()
     request = StageRequest(
         name="2022/stage_02_medium",

@@ -3,6 +3,7 @@ resume, init_from and the NaN guard."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -25,9 +26,9 @@ from naics_ml.training.loop import (
     StageData,
     StageHooks,
     TrainConfig,
-    lr_factor,
     train_stage,
 )
+from naics_ml.training.resume import lr_factor
 from naics_ml.training.validation import query_validator
 from naics_ml.triplets.sampler import TripletBatch
 
@@ -324,6 +325,59 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, codes, bank):
     other_cfg = config(steps=12, learning_rate=1e-3, negative_bank=bank, bank_refresh_every=4)
     _, other, _ = run(tmp_path / "other", codes, other_cfg)
     assert other.resumed_from == 0
+
+
+def test_a_stage_killed_and_resumed_through_the_runner_ends_with_uninterrupted_weights(
+    tmp_path, codes, monkeypatch
+):
+    """The real TripletSampler and QuerySampler, one thread: the resumed run continues both
+    streams where the killed one stopped, so its weights are an uninterrupted run's."""
+    from naics_ml.training.runner import StageInputs, train_from_inputs
+    from naics_ml.triplets.generate import TripletConfig
+    from naics_ml.triplets.shards import build_triplet_shards
+
+    from .tiny import save_tiny_bert
+
+    no_exclusions = pl.Series("excluded_indices", [[]] * codes.height, pl.List(pl.Int32))
+    shards = TripletConfig(cross_sector_k=8, row_group_size=16)  # small groups: many reads
+    build_triplet_shards(
+        codes.with_columns(no_exclusions), tmp_path / "triplets", shards, workers=1
+    )
+    texts, query_codes = query_table(codes)
+    half = len(texts) // 2  # the first half trains, the second validates
+    queries = pl.DataFrame(
+        {
+            "index": query_codes.astype(np.int32),
+            "text": texts,
+            "split": ["train"] * half + ["validation"] * (len(texts) - half),
+        }
+    )
+    inputs = StageInputs(codes, tmp_path / "triplets", "01_easy", queries)
+    model_config = dataclasses.replace(
+        tiny_model().config, base_model=str(save_tiny_bert(tmp_path / "bert"))
+    )
+    cfg = config(steps=12, checkpoint_every=4, bank_refresh_every=4)
+
+    monkeypatch.setattr("naics_ml.model.network.use_all_cores", lambda: None)  # one thread
+    torch.set_num_threads(1)
+
+    def train(out: str, hooks: StageHooks = QUIET):
+        return train_from_inputs(inputs, tmp_path / out, (model_config, cfg), hooks=hooks)
+
+    def kill(step, metrics):
+        if step == 7:
+            raise KeyboardInterrupt("killed after the step-4 checkpoint")
+
+    train("warm-up")  # geoopt's TorchScript functions round differently on their first calls
+    reference = train("reference")
+    with pytest.raises(KeyboardInterrupt):
+        train("stage", StageHooks(on_metrics=kill, progress=False))
+    assert load_checkpoint(tmp_path / "stage")["step"] == 4
+    resumed = train("stage")
+    assert resumed.resumed_from == 4 and resumed.steps == 12
+    expected = reference.model.trainable_state_dict()  # (re-seeded streams: ~5e-3 apart)
+    for key, value in resumed.model.trainable_state_dict().items():
+        assert torch.equal(value, expected[key]), key
 
 
 def test_init_from_loads_previous_stage_weights(tmp_path, codes):

@@ -26,6 +26,8 @@ import yaml
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
+from naics_ml.stage_table import STAGE_NAMES
+
 from .browser import chromium_executable, free_port, running_server, save_screenshot, venv_script
 from .pipeline import ASSET_NAMES
 
@@ -224,11 +226,7 @@ def test_dagster_ui_materializes_census_assets(
 
 # -- MLflow ----------------------------------------------------------------------------------
 
-STAGES = (
-    ("stage_01_easy", None),
-    ("stage_02_medium", "stage_01_easy"),
-    ("stage_03_hard", "stage_02_medium"),
-)
+STAGES = STAGE_NAMES
 # the assistant panel MLflow opens on a first visit would cover half of the page
 NO_ASSISTANT = """
 localStorage.setItem("mlflow.assistant.fab.autoOpenedOnFirstLoad_v1", "true");
@@ -236,23 +234,21 @@ localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
 """
 
 
-def stage_request(revision_dir: Path, stage: str, previous: str | None):
+def stage_request(revision_dir: Path, stage: str):
     """The request a stage asset would build with its launchpad defaults."""
     from naics_assets.assets import stages
     from naics_ml.model.config import ModelConfig
+    from naics_ml.revision_folder import RevisionFolder
     from naics_ml.stage import StagePaths, StageRequest, resolve_curriculum
+    from naics_ml.stage_table import stage_spec
 
-    config_class = {
-        "stage_01_easy": stages.EasyStageConfig,
-        "stage_02_medium": stages.MediumStageConfig,
-        "stage_03_hard": stages.HardStageConfig,
-    }[stage]
-    config = config_class()
-    _, train_config = stages.stage_configs(config)
+    spec = stage_spec(stage)
+    config = stages.STAGE_CONFIGS[stage]()
+    _, train_config = stages.stage_configs(config, spec)
     return StageRequest(
         name=f"{REVISION}/{stage}",
-        paths=StagePaths.in_revision(revision_dir, stage, previous),
-        curriculum=resolve_curriculum(config.curriculum, stage),
+        paths=StagePaths.in_revision(RevisionFolder(revision_dir), spec),
+        curriculum=resolve_curriculum(config.curriculum, spec),
         model_config=ModelConfig(),
         train_config=train_config,
         extra={"revision": REVISION, "stage": stage},
@@ -267,8 +263,8 @@ def log_stage_runs(tracking_uri: str, revision_dir: Path) -> tuple[list[str], st
     from naics_ml.evaluation.stage_report import HEADLINE
 
     tracker, run_ids, experiment = MlflowTracker(tracking_uri=tracking_uri), [], ""
-    for number, (stage, previous) in enumerate(STAGES, start=1):
-        request = stage_request(revision_dir, stage, previous)
+    for number, stage in enumerate(STAGES, start=1):
+        request = stage_request(revision_dir, stage)
         tags = {
             "dagster_run_id": f"browser-test-{number}",
             "dagster_asset_key": stage,
@@ -312,7 +308,7 @@ def test_mlflow_ui_compares_stage_runs(
     page.add_init_script(NO_ASSISTANT)
     page.goto(f'{url}/#/compare-runs?runs={json.dumps(run_ids)}&experiments=["{experiment}"]')
     expect(page.get_by_text("Comparing 3 Runs from 1 Experiment")).to_be_visible()
-    for stage, _ in STAGES:
+    for stage in STAGES:
         expect(page.get_by_text(f"{REVISION}/{stage}", exact=True).first).to_be_visible()
     for metric in ("test_top1", "spearman", "loss"):
         expect(page.get_by_text(metric, exact=True).first).to_be_attached()

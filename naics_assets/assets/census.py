@@ -18,14 +18,14 @@ def census_workbooks(
     """
     revision = context.partition_key
     with store.lock(context):
-        files = census.fetch(revision, store.census_dir(revision))
+        files = census.fetch(revision, store.revision(revision).census)
     rows = "\n".join(
         f"| {f.role} | `{f.path.name}` | {f.bytes:,} | `{f.sha256[:16]}…` |" for f in files
     )
     metadata: dict[str, object] = {
         "revision": revision,
-        "folder": dg.MetadataValue.path(str(store.census_dir(revision))),
-        "set": store.census_dir(revision).resolve().name,
+        "folder": dg.MetadataValue.path(str(store.revision(revision).census)),
+        "set": store.revision(revision).census.resolve().name,
         "files": dg.MetadataValue.md(
             "| role | file | bytes | sha256 |\n|---|---|---|---|\n" + rows
         ),

@@ -43,11 +43,11 @@ def naics_index_entries(
     """Census index entries split into examples / train / validation / test without leakage."""
     revision = context.partition_key
     with store.lock(context):
-        tables = read_census(store.census_dir(revision), revision)
+        tables = read_census(store.revision(revision).census, revision)
         bare = build_code_table(tables)
         shares = (config.examples, config.train, config.validation, config.test, config.salt)
         entries = split_index_entries(tables.index, bare, SplitConfig(*shares))
-        path = write_parquet_atomic(entries, store.index_entries_path(revision))
+        path = write_parquet_atomic(entries, store.revision(revision).entries)
     sizes = split_sizes(entries)
     unassigned = tables.index.filter(pl.col("code") == UNASSIGNED_CODE).height
     return dg.MaterializeResult(
@@ -75,10 +75,10 @@ def naics_codes(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.M
     """One row per code: level, parent, sector, title, description, examples, exclusions."""
     revision = context.partition_key
     with store.lock(context):
-        tables = read_census(store.census_dir(revision), revision)
-        entries = pl.read_parquet(store.index_entries_path(revision))
+        tables = read_census(store.revision(revision).census, revision)
+        entries = pl.read_parquet(store.revision(revision).entries)
         codes = build_code_table(tables, entries.filter(pl.col("split") == "examples"))
-        path = write_parquet_atomic(codes, store.codes_path(revision))
+        path = write_parquet_atomic(codes, store.revision(revision).codes)
     counts = level_counts(codes)
     unresolved = unresolved_references(tables)
     if unresolved:

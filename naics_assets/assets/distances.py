@@ -32,11 +32,11 @@ def naics_distances(
     """Tree distance, LCA level, relation and exclusion flag for all n(n-1)/2 pairs (as indices)."""
     revision = context.partition_key
     with store.lock(context):
-        codes = pl.read_parquet(store.codes_path(revision))
+        codes = pl.read_parquet(store.revision(revision).codes)
         tree = build_tree(codes)
         validate_tree(tree)
         pairs = pair_table(codes)
-        path = write_parquet_atomic(pairs, store.distances_path(revision))
+        path = write_parquet_atomic(pairs, store.revision(revision).distances)
     matrix = matrix_from_pairs(pairs, codes.height)
     relations = pairs.group_by("relation").len().sort("relation")
     table = "| relation | pairs |\n|---|---|\n" + "\n".join(

@@ -1,10 +1,11 @@
 """``naics_embeddings``: every code's coordinates from the final stage, and their picture; and
 the stage that serves ``predict`` (chosen on validation), registered as the MLflow model.
 
-The two may be different stages on purpose: the coordinates come from ``stage_03_hard``, the
-stage trained hardest on the tree (the hierarchy figures), while the classifier users get is the
-stage whose blend scored best on the validation sets (``models/serving.json``), which the CLI's
-default and the registered model's alias ``served-<revision>`` both load.
+The two may be different stages on purpose: the coordinates come from the stage table's last
+stage (``FINAL_STAGE``, ``stage_03_hard``), the one trained hardest on the tree (the hierarchy
+figures), while the classifier users get is the stage whose blend scored best on the
+validation sets (``models/serving.json``), which the CLI's default and the registered model's
+alias ``served-<revision>`` both load.
 """
 
 import base64
@@ -14,24 +15,25 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from naics_assets.assets.stages import stage_03_hard
+from naics_assets.assets.stages import STAGE_ASSETS
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore
 from naics_assets.tracking import MlflowTracker, served_alias
+from naics_ml.stage_table import FINAL_STAGE, STAGE_NAMES
 
 if TYPE_CHECKING:
     import polars as pl
 
     from naics_ml.embeddings import EmbeddingsReport
+    from naics_ml.revision_folder import RevisionFolder
 
-STAGES = ("stage_01_easy", "stage_02_medium", "stage_03_hard")
 PICTURE = "naics_embeddings_disk.png"  # beside naics_embeddings.parquet
 
 
 @dg.asset(
     partitions_def=revision_partitions,
     automation_condition=dg.AutomationCondition.eager(),
-    deps=[stage_03_hard],
+    deps=[STAGE_ASSETS[FINAL_STAGE]],
     group_name="training",
     kinds={"pytorch", "parquet"},
 )
@@ -48,15 +50,15 @@ def naics_embeddings(
     from naics_ml.inference.serving import choose_served_stage, selection_scores
 
     revision = context.partition_key
-    stage_dir = store.model_dir(revision, "stage_03_hard")
-    table_path = store.embeddings_path(revision)
-    models = store.revision_dir(revision) / "models"
+    folder = store.revision(revision)
+    stage = folder.stage(FINAL_STAGE)
+    table_path = folder.embeddings
     with store.lock(context):
-        report = build_embeddings(stage_dir, table_path, table_path.with_name(PICTURE))
-        served = choose_served_stage(models, STAGES)  # by validation, not by position
+        report = build_embeddings(stage.path, table_path, table_path.with_name(PICTURE))
+        served = choose_served_stage(folder, STAGE_NAMES)  # by validation, not by position
         stage_run = _log_to_stage_run(context, mlflow, report)
-        registered = _register_served(context, mlflow, served)
-    metrics = json.loads((stage_dir / "metrics.json").read_text())
+        registered = _register_served(context, mlflow, folder, served)
+    metrics = json.loads(stage.metrics.read_text())
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(report.table)),
@@ -67,10 +69,10 @@ def naics_embeddings(
             "levels": dg.MetadataValue.md(_levels_table(report.levels)),
             **level_metrics(report.levels),
             "evaluation": dg.MetadataValue.md(comparison_table(metrics)),
-            "embedding_stage": stage_dir.name,
+            "embedding_stage": stage.name,
             "served_stage": served.name,
             **registered,
-            "selection_scores": dg.MetadataValue.json(selection_scores(models, STAGES)),
+            "selection_scores": dg.MetadataValue.json(selection_scores(folder, STAGE_NAMES)),
             "mlflow_stage_run": stage_run,
         }
     )
@@ -107,12 +109,12 @@ def _stage_run_id(context: dg.AssetExecutionContext, stage: str) -> str | None:
 def _log_to_stage_run(
     context: dg.AssetExecutionContext, mlflow: MlflowTracker, report: "EmbeddingsReport"
 ) -> str:
-    """Add the picture to the MLflow run of the ``stage_03_hard`` materialization this
+    """Add the picture to the MLflow run of the final stage's materialization this
     partition was built from (whose metrics already hold the level figures); the run id, or
     why nothing was logged."""
-    run_id = _stage_run_id(context, stage_03_hard.key.to_user_string())
+    run_id = _stage_run_id(context, FINAL_STAGE)
     if run_id is None:
-        context.log.warning("no stage_03_hard MLflow run recorded; picture not logged there")
+        context.log.warning(f"no {FINAL_STAGE} MLflow run recorded; picture not logged there")
         return "none recorded"
     run = mlflow.existing_run(run_id)
     run.log_artifact(report.picture)
@@ -120,7 +122,10 @@ def _log_to_stage_run(
 
 
 def _register_served(
-    context: dg.AssetExecutionContext, mlflow: MlflowTracker, served: Path
+    context: dg.AssetExecutionContext,
+    mlflow: MlflowTracker,
+    revision_folder: "RevisionFolder",
+    served: Path,
 ) -> dict[str, str]:
     """The served stage as the registered model's ``served-<revision>`` version, logged in
     that stage's MLflow run (a new run when none is recorded); the version and the alias's URI
@@ -128,8 +133,8 @@ def _register_served(
     from naics_ml.inference.pyfunc import REGISTERED_MODEL
     from naics_ml.inference.serving import selection_scores
 
-    revision, stage = context.partition_key, served.name
-    score = selection_scores(served.parent, [stage])[stage]
+    revision, stage = revision_folder.revision, served.name
+    score = selection_scores(revision_folder, [stage])[stage]
     tags = {
         "naics_revision": revision,
         "stage": stage,

@@ -1,4 +1,5 @@
-"""The three curriculum stages: ``stage_01_easy`` -> ``stage_02_medium`` -> ``stage_03_hard``.
+"""The curriculum stages, one asset per row of ``naics_ml.stage_table`` (by default
+``stage_01_easy`` -> ``stage_02_medium`` -> ``stage_03_hard``), all made by :func:`stage_asset`.
 
 Each stage starts from the previous stage's weights, streams its curriculum's triplets, is exactly
 one MLflow run (``<revision>/<stage>``), ends with the evaluation against both baselines on the
@@ -15,7 +16,7 @@ the launchpad leaves empty; a field given a value keeps it.
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, create_model
 
 from naics_assets.assets.codes import naics_codes, naics_index_entries
 from naics_assets.assets.distances import naics_distances
@@ -26,6 +27,7 @@ from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore, RealTextSource
 from naics_assets.tracking import MlflowTracker
 from naics_ml.model.config import ModelConfig
+from naics_ml.stage_table import STAGES, StageSpec
 from naics_ml.training.config import TrainConfig
 from naics_ml.training.presets import PRESETS, PresetName, get_preset
 
@@ -128,44 +130,40 @@ class StageConfig(dg.Config):
     )
 
 
-class EasyStageConfig(StageConfig):
-    steps: int = 200  # 739 (anchor, positive) pairs: ~9 passes at batch 32
-    model: ModelSettings = Field(default_factory=ModelSettings)
+def stage_config_class(spec: StageSpec) -> type[StageConfig]:
+    """The launchpad config of one stage: ``StageConfig`` with the stage's own settings as
+    defaults (``naics_ml.stage_table``), and the model settings for the first stage."""
+    fields: dict[str, Any] = {}
+    for name, value in spec.train.items():
+        if name in StageConfig.model_fields:
+            base = StageConfig.model_fields[name]
+            fields[name] = (base.annotation, Field(default=value, description=base.description))
+    if spec.model:
+        fields["model"] = (ModelSettings, Field(default_factory=ModelSettings))
+    words = [w.title() for w in spec.name.split("_") if w.isalpha() and w != "stage"]
+    config = create_model(f"{''.join(words)}StageConfig", __base__=StageConfig, **fields)
+    config.__doc__ = f"Settings of {spec.name}. {spec.why}".strip()
+    return config
 
 
-class MediumStageConfig(StageConfig):
-    steps: int = 300
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {s.name: stage_config_class(s) for s in STAGES}
 
 
-class HardStageConfig(StageConfig):
-    steps: int = 600
-    # Its exclusion and same-sector negatives pull against the tree, so the stress weighs more,
-    # and the query loss too, to keep retrieval (chosen on validation; docs/results.md).
-    hierarchy_loss_weight: float = Field(
-        default=60.0, description="Stress loss: Lorentz distance = scale * tree distance."
-    )
-    query_loss_weight: float = Field(
-        default=2.0, description="Index-entry query InfoNCE (1 in the earlier stages)."
-    )
-
-
-def stage_configs(config: StageConfig) -> tuple[ModelConfig | None, TrainConfig]:
+def stage_configs(config: StageConfig, spec: StageSpec) -> tuple[ModelConfig | None, TrainConfig]:
     """The launchpad's values over its preset's: the model (None for a stage without model
     settings, which inherits its checkpoint's) and the training config."""
     preset = get_preset(config.preset)
     train = config.model_dump(exclude={"curriculum", "model", "preset"}, exclude_none=True)
     model = getattr(config, "model", None)
     first = None if model is None else preset.model_config(model.model_dump(exclude_none=True))
-    return first, preset.train_config(train)
+    return first, preset.train_config({**spec.train, **train})
 
 
 def stage_request(
     context: dg.AssetExecutionContext,
     config: StageConfig,
-    store: ArtifactStore,
-    realtext: RealTextSource,
-    stage: str,
-    previous: str | None,
+    resources: tuple[ArtifactStore, RealTextSource],
+    spec: StageSpec,
 ) -> "StageRequest":
     """Dagster config and resources -> the library's request (configs and paths). Every setting
     is checked here, before the stage's MLflow run, its folder or its base model is touched."""
@@ -182,48 +180,46 @@ def stage_request(
     )
     from naics_ml.triplets.curriculum import load_curriculum
 
-    first, train_config = stage_configs(config)  # the launchpad's values over the preset's
-    first = first if previous is None else None
-    curriculum = resolve_curriculum(config.curriculum, stage)
+    store, realtext = resources
+    first, train_config = stage_configs(config, spec)  # the launchpad's over the preset's
+    curriculum = resolve_curriculum(config.curriculum, spec)
     load_curriculum(curriculum)  # validates the file, naming it and the field
     revision = context.partition_key
-    paths = StagePaths.in_revision(store.revision_dir(revision), stage, previous)
+    paths = StagePaths.in_revision(store.revision(revision), spec)
     try:
         model_config = stage_model_config(paths.init_from, first)
     except StageOrderError as error:
-        raise dg.Failure(f"{stage} starts from {previous}: {error}") from error
+        raise dg.Failure(f"{spec.name} starts from {spec.previous}: {error}") from error
     check_base_model(model_config.base_model)
     labelled = realtext.load(six_digit_codes(pl.read_parquet(paths.codes)).tolist())
     for name, file in (("eval", realtext.eval_file), ("val", realtext.val_file)):
         if labelled[name] is None:
             context.log.info(f"real-text {name} set skipped: no {file} in {realtext.local_dir!r}")
     return StageRequest(
-        name=f"{revision}/{stage}",
+        name=f"{revision}/{spec.name}",
         paths=paths,
         curriculum=curriculum,
         model_config=model_config,
         train_config=train_config,
         realtext=labelled,
-        extra={"revision": revision, "stage": stage},
+        extra={"revision": revision, "stage": spec.name},
     )
 
 
 def train_stage_asset(
     context: dg.AssetExecutionContext,
     config: StageConfig,
-    store: ArtifactStore,
-    mlflow: MlflowTracker,
-    stage: str,
-    previous: str | None,
-    realtext: RealTextSource,
+    resources: tuple[ArtifactStore, MlflowTracker, RealTextSource],
+    spec: StageSpec,
 ) -> dg.MaterializeResult:
-    """Shared body of the three stage assets: one MLflow run around ``naics_ml.stage``."""
-    request = stage_request(context, config, store, realtext, stage, previous)
+    """The body of every stage asset: one MLflow run around ``naics_ml.stage``."""
+    store, mlflow, realtext = resources
+    request = stage_request(context, config, (store, realtext), spec)
     tags = {
         "dagster_run_id": context.run.run_id,
         "dagster_asset_key": context.asset_key.to_user_string(),
         "naics_revision": context.partition_key,
-        "stage": stage,
+        "stage": spec.name,
         "init_from": str(request.paths.init_from or ""),
         "preset": config.preset,
         "artifacts_dir": str(store.base().resolve()),
@@ -313,62 +309,31 @@ def stage_metadata(
 STAGE_DEPS = [naics_codes, naics_index_entries, naics_distances, naics_triplets]
 
 
-@dg.asset(
-    partitions_def=revision_partitions,
-    automation_condition=dg.AutomationCondition.eager(),
-    deps=STAGE_DEPS,
-    group_name="training",
-    kinds={"pytorch", "mlflow"},
-    check_specs=stage_checks("stage_01_easy"),
-)
-def stage_01_easy(
-    context: dg.AssetExecutionContext,
-    config: EasyStageConfig,
-    store: ArtifactStore,
-    mlflow: MlflowTracker,
-    realtext: RealTextSource,
-) -> dg.MaterializeResult:
-    """Stage 1: sibling six-digit codes against easy negatives, from the frozen base model."""
-    return train_stage_asset(context, config, store, mlflow, "stage_01_easy", None, realtext)
+def stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
+    """The asset of one row of the stage table: trains after its previous stage."""
+    config_class = STAGE_CONFIGS[spec.name]
+    previous = [dg.AssetKey(spec.previous)] if spec.previous else []
 
-
-@dg.asset(
-    partitions_def=revision_partitions,
-    automation_condition=dg.AutomationCondition.eager(),
-    deps=[*STAGE_DEPS, stage_01_easy],
-    group_name="training",
-    kinds={"pytorch", "mlflow"},
-    check_specs=stage_checks("stage_02_medium"),
-)
-def stage_02_medium(
-    context: dg.AssetExecutionContext,
-    config: MediumStageConfig,
-    store: ArtifactStore,
-    mlflow: MlflowTracker,
-    realtext: RealTextSource,
-) -> dg.MaterializeResult:
-    """Stage 2: five- and six-digit codes, closer negatives; starts from stage 1's weights."""
-    return train_stage_asset(
-        context, config, store, mlflow, "stage_02_medium", "stage_01_easy", realtext
+    @dg.asset(
+        name=spec.name,
+        description=spec.summary,
+        partitions_def=revision_partitions,
+        automation_condition=dg.AutomationCondition.eager(),
+        deps=[*STAGE_DEPS, *previous],
+        group_name="training",
+        kinds={"pytorch", "mlflow"},
+        check_specs=stage_checks(spec.name),
     )
+    def _stage(
+        context: dg.AssetExecutionContext,
+        config: config_class,  # type: ignore[valid-type]
+        store: ArtifactStore,
+        mlflow: MlflowTracker,
+        realtext: RealTextSource,
+    ) -> dg.MaterializeResult:
+        return train_stage_asset(context, config, (store, mlflow, realtext), spec)
+
+    return _stage
 
 
-@dg.asset(
-    partitions_def=revision_partitions,
-    automation_condition=dg.AutomationCondition.eager(),
-    deps=[*STAGE_DEPS, stage_02_medium],
-    group_name="training",
-    kinds={"pytorch", "mlflow"},
-    check_specs=stage_checks("stage_03_hard"),
-)
-def stage_03_hard(
-    context: dg.AssetExecutionContext,
-    config: HardStageConfig,
-    store: ArtifactStore,
-    mlflow: MlflowTracker,
-    realtext: RealTextSource,
-) -> dg.MaterializeResult:
-    """Stage 3: all levels, hardest negatives and exclusions; starts from stage 2's weights."""
-    return train_stage_asset(
-        context, config, store, mlflow, "stage_03_hard", "stage_02_medium", realtext
-    )
+STAGE_ASSETS: dict[str, dg.AssetsDefinition] = {s.name: stage_asset(s) for s in STAGES}

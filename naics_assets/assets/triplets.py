@@ -48,9 +48,9 @@ def naics_triplets(
 ) -> dg.MaterializeResult:
     """(anchor, positive, negative) index triplets with hardness 1-8, sharded by anchor sector."""
     revision = context.partition_key
-    codes = pl.read_parquet(store.codes_path(revision))
-    distance = matrix_from_pairs(pl.read_parquet(store.distances_path(revision)), codes.height)
-    out = store.triplets_dir(revision)
+    codes = pl.read_parquet(store.revision(revision).codes)
+    distance = matrix_from_pairs(pl.read_parquet(store.revision(revision).distances), codes.height)
+    out = store.revision(revision).triplets
     with store.lock(context):
         report = build_triplet_shards(
             codes,

@@ -20,6 +20,7 @@ import polars as pl
 from scipy.stats import pearsonr, spearmanr
 
 from naics_ml.data.codes import sector_of, six_digit_codes, six_digit_mask
+from naics_ml.model.ranking import pessimistic_rank
 
 HIERARCHY_KEYS = (
     "spearman",
@@ -290,7 +291,7 @@ def retrieval_metrics(
     true_pos = np.array([position[c] for c in true_codes], dtype=np.int64)
     rows = np.arange(q)
     d_true = distance[rows, true_pos]
-    rank = (distance <= d_true[:, None]).sum(axis=1)
+    rank = pessimistic_rank(distance, d_true)
     # Push the true code just behind anything it ties with, then take the first minimum.
     shifted = np.array(distance, copy=True)
     shifted[rows, true_pos] = np.nextafter(d_true, np.inf)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from naics_ml.inference.entry_memory import MemoryConfig
 from naics_ml.io import atomic_write_text
+from naics_ml.revision_folder import RevisionFolder, revisions
 from naics_ml.stage_folder import SERVING_FILE, StageFolder
 
 __all__ = [
@@ -70,52 +71,50 @@ def load_blend(path: Path | str) -> MemoryConfig | None:
     return MemoryConfig(**json.loads(file.read_text())["memory_config"])
 
 
-def selection_scores(models_dir: Path | str, stages: Sequence[str]) -> dict[str, float]:
+def selection_scores(revision: RevisionFolder, stages: Sequence[str]) -> dict[str, float]:
     """Each finished stage's validation ``selection_score`` (from its ``blend.json``)."""
     scores = {}
     for stage in stages:
-        file = StageFolder(Path(models_dir) / stage).blend
+        file = revision.stage(stage).blend
         if file.is_file():
             scores[stage] = float(json.loads(file.read_text())["selection_score"])
     return scores
 
 
-def choose_served_stage(models_dir: Path | str, stages: Sequence[str]) -> Path:
+def choose_served_stage(revision: RevisionFolder, stages: Sequence[str]) -> Path:
     """Pick the stage that serves ``predict``: the best validation ``selection_score``, ties to
-    the later stage (more hierarchy). Records the choice in ``models_dir/serving.json``."""
-    scores = selection_scores(models_dir, stages)
+    the later stage (more hierarchy). Records the choice in the revision's ``serving.json``."""
+    scores = selection_scores(revision, stages)
     if not scores:
-        raise FileNotFoundError(f"no stage under {models_dir} has a {StageFolder.BLEND}")
+        raise FileNotFoundError(f"no stage under {revision.models} has a {StageFolder.BLEND}")
     best = max(reversed([s for s in stages if s in scores]), key=scores.__getitem__)
     payload = {"stage": best, "selection_scores": scores}
-    atomic_write_text(Path(models_dir) / SERVING_FILE, json.dumps(payload, indent=1))
-    return Path(models_dir) / best
+    atomic_write_text(revision.serving, json.dumps(payload, indent=1))
+    return revision.stage(best).path
 
 
-def served_stage_dir(models_dir: Path | str) -> Path:
+def served_stage_dir(revision: RevisionFolder) -> Path:
     """The stage folder recorded by :func:`choose_served_stage` (``serving.json``)."""
-    file = Path(models_dir) / SERVING_FILE
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} does not exist: materialize naics_embeddings first")
-    return Path(models_dir) / json.loads(file.read_text())["stage"]
+    if not revision.serving.is_file():
+        raise FileNotFoundError(
+            f"{revision.serving} does not exist: materialize naics_embeddings first"
+        )
+    return revision.stage(json.loads(revision.serving.read_text())["stage"]).path
 
 
-def _revisions(artifacts: Path, revision: str | None) -> list[str]:
-    """``[revision]``, or every revision folder under ``artifacts``, newest first."""
-    if revision:
-        return [revision]
-    found = (p.name for p in artifacts.glob("[0-9][0-9][0-9][0-9]") if p.is_dir())
-    return sorted(found, reverse=True)
+def _candidates(artifacts: Path | str, revision: str | None) -> list[RevisionFolder]:
+    """The folder of ``revision``, or of every revision under ``artifacts``, newest first."""
+    names = [revision] if revision else revisions(artifacts)
+    return [RevisionFolder.under(artifacts, name) for name in names]
 
 
 def served_stage(artifacts: Path | str, revision: str | None = None) -> Path:
     """The stage folder that serves ``predict`` for ``revision`` (``<rev>/models/serving.json``),
     or for the newest revision that has one. The error says how to make one."""
-    root = Path(artifacts)
-    for rev in _revisions(root, revision):
-        if (root / rev / "models" / SERVING_FILE).is_file():
-            return served_stage_dir(root / rev / "models")
-    where = f"revision {revision}" if revision else f"any revision under {root}"
+    for folder in _candidates(artifacts, revision):
+        if folder.serving.is_file():
+            return served_stage_dir(folder)
+    where = f"revision {revision}" if revision else f"any revision under {artifacts}"
     raise FileNotFoundError(
         f"no {SERVING_FILE} for {where}: materialize naics_embeddings (it records the stage "
         "chosen on validation) with: dagster asset materialize -m naics_assets.definitions "
@@ -137,12 +136,10 @@ def newest_stage(artifacts: Path | str, stage: str, revision: str | None = None)
     or of the newest revision that has one. The error says how to materialize one."""
     from naics_ml.training.checkpoint import is_complete
 
-    root = Path(artifacts)
-    for rev in _revisions(root, revision):
-        folder = root / rev / "models" / stage
-        if is_complete(folder):
-            return folder
-    where = f"revision {revision}" if revision else f"any revision under {root}"
+    for folder in _candidates(artifacts, revision):
+        if is_complete(folder.stage(stage).path):
+            return folder.stage(stage).path
+    where = f"revision {revision}" if revision else f"any revision under {artifacts}"
     raise FileNotFoundError(
         f"no finished {stage} for {where}; materialize one with: dagster asset materialize "
         f"-m naics_assets.definitions --select '*{stage}' --partition {revision or '<YEAR>'}"

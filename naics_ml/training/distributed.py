@@ -4,14 +4,17 @@
         -m naics_ml.training.distributed \\
         --codes storage/artifacts/2022/naics_codes.parquet \\
         --queries storage/artifacts/2022/naics_index_entries.parquet \\
-        --triplets storage/artifacts/2022/triplets --curriculum 01_easy \\
-        --out storage/artifacts/2022/models/01_easy [--init-from .../models/00_prev] \\
+        --triplets storage/artifacts/2022/triplets --stage stage_02_medium \\
+        --out storage/artifacts/2022/models/stage_02_medium \\
+        --init-from storage/artifacts/2022/models/stage_01_easy \\
         [--model-config model.json] [--train-config train.json]
 
 Without torchrun (``python -m naics_ml.training.distributed ...``) it is a single-process run.
+``--stage`` takes a stage's curriculum and settings from the stage table
+(``naics_ml.stage_table``), as its Dagster asset does; ``--curriculum`` names another curriculum.
 ``--model-config``/``--train-config`` take a JSON file or inline JSON with the fields of
-``ModelConfig``/``TrainConfig`` (missing fields keep their defaults); ``--preset gpu`` starts
-from the GPU preset's settings (``naics_ml.training.presets``) instead of the defaults.
+``ModelConfig``/``TrainConfig`` (missing fields keep the stage's settings, else the defaults);
+``--preset gpu`` starts from the GPU preset's settings (``naics_ml.training.presets``).
 
 One code path for both kinds of machine: the training device (``TrainConfig.device``, resolved
 per rank by ``naics_ml.training.loop.rank_device``) picks the process group's backend, NCCL for
@@ -42,8 +45,10 @@ import torch.distributed as dist
 
 from naics_ml.model.encoder import digest_tensors
 from naics_ml.model.network import NaicsModel
-from naics_ml.training.loop import StageHooks, StageResult, rank_device
+from naics_ml.stage_table import STAGE_NAMES, stage_spec
+from naics_ml.training.loop import StageHooks, StageResult
 from naics_ml.training.presets import PRESETS, get_preset
+from naics_ml.training.ranks import rank_device
 from naics_ml.training.runner import StageInputs, train_from_inputs
 
 __all__ = ["init_distributed", "main", "process_group_backend", "weights_fingerprint"]
@@ -130,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codes", type=Path, required=True, help="code table parquet")
     parser.add_argument("--queries", type=Path, help="index entries parquet (train/validation)")
     parser.add_argument("--triplets", type=Path, required=True, help="triplet shard folder")
-    parser.add_argument("--curriculum", required=True, help="packaged name or YAML path")
+    parser.add_argument("--stage", choices=STAGE_NAMES, help="its curriculum and settings")
+    parser.add_argument("--curriculum", help="packaged name or YAML path (default: --stage's)")
     parser.add_argument("--out", type=Path, required=True, help="stage folder")
     parser.add_argument("--init-from", type=Path, help="previous stage folder or checkpoint")
     parser.add_argument("--model-config", help="ModelConfig fields: JSON file or inline JSON")
@@ -141,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    spec = stage_spec(args.stage) if args.stage else None
+    curriculum = args.curriculum or (spec.curriculum if spec else None)
+    if curriculum is None:
+        parser.error("give --stage or --curriculum")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     rank = int(os.environ.get("RANK", "0"))
@@ -152,14 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     preset = get_preset(args.preset)
     configs = (
         preset.model_config(_json_arg(args.model_config)),
-        preset.train_config(_json_arg(args.train_config)),
+        preset.train_config({**(spec.train if spec else {}), **_json_arg(args.train_config)}),
     )
     try:
         _, world = init_distributed(configs[1].device)
         inputs = StageInputs(
             pl.read_parquet(args.codes),
             args.triplets,
-            args.curriculum,
+            curriculum,
             pl.read_parquet(args.queries) if args.queries else None,
             args.prefix_cache,
         )

@@ -11,9 +11,11 @@ the stage's device before it prepares its texts, so the frozen prefix is compute
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -23,18 +25,15 @@ from naics_ml.model.channels import code_channel_texts
 from naics_ml.model.config import ModelConfig
 from naics_ml.model.network import NaicsModel
 from naics_ml.training.config import TrainConfig
-from naics_ml.training.loop import (
-    StageData,
-    StageHooks,
-    StageResult,
-    place_model,
-    rank_world,
-    seed_everything,
-    train_stage,
-)
+from naics_ml.training.loop import StageData, StageHooks, StageResult, train_stage
+from naics_ml.training.ranks import place_model, rank_world
+from naics_ml.training.resume import seed_everything
 from naics_ml.training.validation import query_validator
 from naics_ml.triplets.curriculum import load_curriculum
-from naics_ml.triplets.sampler import QuerySampler, TripletSampler
+from naics_ml.triplets.query_sampler import QuerySampler
+from naics_ml.triplets.sampler import TripletBatch, TripletSampler
+
+T = TypeVar("T")
 
 __all__ = ["StageInputs", "train_from_inputs"]
 
@@ -81,20 +80,23 @@ def train_from_inputs(
     query_codes = np.concatenate([train_codes, val_q["index"].to_numpy().astype(np.int64)])
     level = codes["level"].to_numpy()
 
-    def triplets(start: int) -> TripletSampler:
-        return TripletSampler(
+    def triplets(start: int) -> Iterator[TripletBatch]:
+        sampler = TripletSampler(
             Path(inputs.triplets_dir),
             level,
             spec,
             train_config.batch_size,
-            seed=train_config.seed + start,
+            seed=train_config.seed,
             rank=rank,
             world_size=world,
         )
+        return continued(sampler, start)
 
-    def query_batches(start: int) -> QuerySampler:
-        size, seed = train_config.query_batch_size, train_config.seed + start
-        return QuerySampler(train_codes, size, seed=seed, rank=rank, world_size=world)
+    def query_batches(start: int) -> Iterator[np.ndarray]:
+        size, seed = train_config.query_batch_size, train_config.seed
+        return continued(
+            QuerySampler(train_codes, size, seed=seed, rank=rank, world_size=world), start
+        )
 
     if val_q.height:
         six = codes["index"].to_numpy()[six_digit_mask(codes)]  # codes sorted by index
@@ -111,6 +113,12 @@ def train_from_inputs(
     extra = {"curriculum": spec.to_dict(), **(extra or {})}
     result = train_stage(model, data, train_config, Path(out_dir), init_from, hooks, extra)
     return dataclasses.replace(result, model=model)
+
+
+def continued(stream: Iterable[T], start: int) -> Iterator[T]:
+    """The stream from its batch ``start`` on: a resumed stage draws the very batches an
+    uninterrupted run would (the ``start`` before it are drawn and dropped)."""
+    return itertools.islice(stream, start, None)
 
 
 def _split(queries: pl.DataFrame | None, *splits: str) -> pl.DataFrame:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from naics_ml.model.lorentz import pairwise_distance, wide
+from naics_ml.model.ranking import pessimistic_rank
 
 if TYPE_CHECKING:
     from naics_ml.model.network import NaicsModel
@@ -54,8 +55,7 @@ def query_validator(
             dist_qc = wide(pairwise_distance(q_points, code_points, curvature))
             target = target_all[i : i + batch_size].to(dist_qc.device)
             total += float(F.cross_entropy(-dist_qc / temperature, target, reduction="sum"))
-            true_d = dist_qc.gather(1, target[:, None])
-            rank = (dist_qc < true_d).sum(1) + (dist_qc == true_d).sum(1)  # pessimistic ties
+            rank = pessimistic_rank(dist_qc, dist_qc.gather(1, target[:, None])[:, 0])
             hits += float((rank == 1).sum())
             rr += float((1.0 / rank.double()).sum())
         n = max(len(q_all), 1)

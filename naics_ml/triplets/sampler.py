@@ -1,4 +1,4 @@
-"""Streaming samplers: curriculum triplet batches from the parquet shards, and query batches.
+"""The triplet sampler: curriculum batches streamed from the parquet shards.
 
 The 2022 shards hold ~120M triplet rows (sector 31 alone tens of millions), so the triplet
 sampler never materialises them. It reads one parquet row group at a time (only the columns it
@@ -28,30 +28,17 @@ they fit in ``cache_max_rows`` (7 bytes a row), and later epochs re-draw negativ
 
 from __future__ import annotations
 
-import math
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from naics_ml.triplets.curriculum import CurriculumSpec
+from naics_ml.triplets.pair_filter import KEY_SHIFT, PairFilter, Pairs, check_schema
+from naics_ml.triplets.prefetch import prefetched
 from naics_ml.triplets.shards import shard_sectors
-
-TRIPLET_COLUMNS = ("anchor", "positive", "negative", "hardness", "distance_ap")
-_NUMPY = {
-    pa.int8(): np.dtype(np.int8),
-    pa.int16(): np.dtype(np.int16),
-    pa.int32(): np.dtype(np.int32),
-    pa.int64(): np.dtype(np.int64),
-    pa.float32(): np.dtype(np.float32),
-    pa.float64(): np.dtype(np.float64),
-}
-_KEY_SHIFT = 1 << 16  # anchor and positive are int16 code indices
 
 
 @dataclass(frozen=True)
@@ -100,14 +87,6 @@ class _Cache:
             self.units.setdefault(sector, []).append(_Unit(sector, a.size, cached=(a, p, neg, h)))
 
 
-@dataclass
-class _Pairs:
-    anchor: np.ndarray
-    positive: np.ndarray
-    negatives: np.ndarray
-    hardness: np.ndarray
-
-
 def discover_shards(
     triplets_dir: Path, sectors: Sequence[str] | None = None
 ) -> dict[str, list[Path]]:
@@ -135,127 +114,6 @@ def discover_shards(
     return found
 
 
-def _column(table: pa.Table, name: str) -> np.ndarray:
-    """Zero-copy numpy view of a null-free numeric column.
-
-    ``ChunkedArray.to_numpy`` imports pandas on first use (~0.5 s), which would dominate the
-    time to the first batch.
-    """
-    column = table.column(name)
-    dtype = _NUMPY.get(column.type)
-    if dtype is None or column.null_count:
-        return column.to_numpy()
-    arrays = [
-        np.frombuffer(c.buffers()[1], dtype=dtype, count=len(c), offset=c.offset * dtype.itemsize)
-        for c in column.chunks
-        if len(c)
-    ]
-    if not arrays:
-        return np.empty(0, dtype=dtype)
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-
-
-def _check_schema(path: Path, pf: pq.ParquetFile) -> None:
-    names = set(pf.schema_arrow.names)
-    missing = [c for c in TRIPLET_COLUMNS if c not in names]
-    if missing:
-        raise ValueError(f"{path}: triplet shard lacks column(s) {missing}")
-
-
-def _quota_table(spec: CurriculumSpec) -> np.ndarray:
-    """(2**n_buckets, n_buckets) negatives per bucket for every pattern of non-empty buckets."""
-    hardness = spec.hardness
-    n = len(hardness)
-    table = np.zeros((1 << n, n), dtype=np.int64)
-    for mask in range(1, 1 << n):
-        available = [h for i, h in enumerate(hardness) if mask >> i & 1]
-        quotas = spec.quotas(available)
-        table[mask] = [quotas[h] for h in hardness]
-    return table
-
-
-def _rank_mask(anchor: np.ndarray, positive: np.ndarray, rank: int, world_size: int) -> np.ndarray:
-    """Deterministic, well-spread assignment of pairs to data-parallel ranks."""
-    key = anchor.astype(np.uint64) * np.uint64(_KEY_SHIFT) + positive.astype(np.uint64)
-    mixed = (key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
-    return (mixed % np.uint64(world_size)) == np.uint64(rank)
-
-
-class _PairFilter:
-    """Row filter and per-pair negative drawing for one curriculum."""
-
-    def __init__(
-        self, code_level: np.ndarray, spec: CurriculumSpec, rank: int, world_size: int
-    ) -> None:
-        level = np.asarray(code_level)
-        self.level_ok = np.isin(level, spec.positive_levels)
-        self.max_distance = spec.max_positive_distance
-        self.bucket_of = np.full(256, -1, dtype=np.int64)
-        for i, h in enumerate(spec.hardness):
-            self.bucket_of[h] = i
-        self.n_buckets = len(spec.hardness)
-        self.k = spec.k_negatives
-        self.quota = _quota_table(spec)
-        self.rank, self.world_size = rank, world_size
-        self._files: dict[Path, pq.ParquetFile] = {}
-
-    def filter(self, path: Path, row_group: int) -> tuple[np.ndarray, ...]:
-        if path not in self._files:
-            self._files[path] = pq.ParquetFile(path)
-        table = self._files[path].read_row_group(row_group, columns=list(TRIPLET_COLUMNS))
-        a, p, h, d = (_column(table, c) for c in ("anchor", "positive", "hardness", "distance_ap"))
-        n_codes = self.level_ok.shape[0]
-        if a.size and (max(int(a.max()), int(p.max())) >= n_codes or min(a.min(), p.min()) < 0):
-            raise ValueError(
-                f"{path} row group {row_group}: code index outside 0..{n_codes - 1} "
-                "(code_level does not match these shards)"
-            )
-        if a.size and (h.min() < 1 or h.max() > 8):
-            raise ValueError(f"{path} row group {row_group}: hardness outside 1..8")
-        mask = (self.bucket_of[h] >= 0) & self.level_ok[a] & self.level_ok[p]
-        if not math.isinf(self.max_distance):
-            mask &= d <= self.max_distance
-        if self.world_size > 1:
-            mask &= _rank_mask(a, p, self.rank, self.world_size)
-        idx = np.flatnonzero(mask)
-        neg = _column(table, "negative")[idx]
-        return a[idx], p[idx], neg, h[idx]
-
-    def draw(
-        self,
-        a: np.ndarray,
-        p: np.ndarray,
-        neg: np.ndarray,
-        h: np.ndarray,
-        starts: np.ndarray,
-        rng: np.random.Generator,
-    ) -> _Pairs:
-        """Draw k negatives for every complete group; ``starts`` = first row of each group."""
-        n_groups = starts.size
-        nb, k = self.n_buckets, self.k
-        lengths = np.diff(np.append(starts, a.size))
-        seg = np.repeat(np.arange(n_groups), lengths) * nb + self.bucket_of[h]
-        counts = np.bincount(seg, minlength=n_groups * nb)
-        pattern = (counts.reshape(n_groups, nb) > 0) @ (1 << np.arange(nb))
-        quota = self.quota[pattern].ravel()
-        # rows sorted by segment, random order inside each segment
-        tiebreak = rng.integers(0, 1 << 20, size=a.size, dtype=np.int64)
-        order = np.argsort((seg << 20) | tiebreak, kind="stable")
-        seg_start = np.cumsum(counts) - counts
-        draw_seg = np.repeat(np.arange(quota.size), quota)
-        within = np.arange(draw_seg.size) - np.repeat(np.cumsum(quota) - quota, quota)
-        # first `count` draws without replacement, further ones cycle through the bucket again
-        rows = order[seg_start[draw_seg] + within % counts[draw_seg]]
-        keep = pattern > 0
-        first = starts[keep]
-        return _Pairs(
-            anchor=a[first],
-            positive=p[first],
-            negatives=neg[rows].reshape(-1, k),
-            hardness=h[rows].reshape(-1, k),
-        )
-
-
 class _Buffer:
     """Fixed-width pair store with O(B) random removal (swap-with-tail)."""
 
@@ -275,7 +133,7 @@ class _Buffer:
             for new_arr, old_arr in zip(self.arrays, old, strict=True):
                 new_arr[: self.n] = old_arr[: self.n]
 
-    def add(self, pairs: _Pairs) -> None:
+    def add(self, pairs: Pairs) -> None:
         m = pairs.anchor.size
         if self.n + m > self.arrays[0].shape[0]:
             self._alloc(max(2 * self.arrays[0].shape[0], self.n + m))
@@ -342,13 +200,13 @@ class TripletSampler:
         self.buffer_size = max(buffer_size, batch_size)
         self.cache_max_rows = cache_max_rows
         self.prefetch = prefetch
-        self._filter = _PairFilter(code_level, spec, rank, world_size)
+        self._filter = PairFilter(code_level, spec, rank, world_size)
         self._units: dict[str, list[_Unit]] = {}
         for sector, paths in discover_shards(Path(triplets_dir), sectors).items():
             units = []
             for path in paths:
                 pf = pq.ParquetFile(path)
-                _check_schema(path, pf)
+                check_schema(path, pf)
                 meta = pf.metadata
                 units += [
                     _Unit(sector, meta.row_group(i).num_rows, path, i)
@@ -362,7 +220,7 @@ class TripletSampler:
 
     def __iter__(self) -> Iterator[TripletBatch]:
         if self.prefetch > 0:
-            return _prefetched(self._batches(), self.prefetch)
+            return prefetched(self._batches(), self.prefetch)
         return self._batches()
 
     def _batches(self) -> Iterator[TripletBatch]:
@@ -405,7 +263,7 @@ class TripletSampler:
         units: dict[str, list[_Unit]],
         rng: np.random.Generator,
         cache: _Cache | None,
-    ) -> Iterator[_Pairs]:
+    ) -> Iterator[Pairs]:
         """One pass over all units: sectors interleaved, row groups in random order.
 
         Filtered rows read from disk are offered to ``cache`` (if given).
@@ -442,11 +300,11 @@ class TripletSampler:
         stash: dict[int, list[tuple[np.ndarray, ...]]],
         rng: np.random.Generator,
         unit: _Unit,
-    ) -> _Pairs | None:
+    ) -> Pairs | None:
         """Draw for the groups wholly inside this chunk; stash the first and last group."""
         if a.size == 0:
             return None
-        key = a.astype(np.int64) * _KEY_SHIFT + p
+        key = a.astype(np.int64) * KEY_SHIFT + p
         step = np.diff(key)
         if (step < 0).any():
             where = unit.path if unit.path is not None else f"sector {unit.sector} (cached)"
@@ -467,7 +325,7 @@ class TripletSampler:
 
     def _flush_stash(
         self, stash: dict[int, list[tuple[np.ndarray, ...]]], rng: np.random.Generator
-    ) -> _Pairs | None:
+    ) -> Pairs | None:
         """Complete the pairs that were split across row groups (end of a sector's epoch)."""
         parts = [stash[key] for key in sorted(stash)]
         stash.clear()
@@ -477,55 +335,6 @@ class TripletSampler:
         pairs = self._filter.draw(*cols, starts, rng)
         self.pairs_drawn += pairs.anchor.size
         return pairs if pairs.anchor.size else None
-
-
-@dataclass(frozen=True)
-class _Failure:
-    error: BaseException
-
-
-def _prefetched(source: Iterator[TripletBatch], depth: int) -> Iterator[TripletBatch]:
-    """Run ``source`` in a daemon thread, ``depth`` items ahead; errors re-raise here.
-
-    Closing (or dropping) the returned generator stops the thread at its next item.
-    """
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in source:
-                if not put(item):
-                    return
-            put(done)
-        except BaseException as exc:
-            put(_Failure(exc))
-
-    def consume() -> Iterator[TripletBatch]:
-        thread = threading.Thread(target=work, name="triplet-sampler-prefetch", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = items.get()
-                if item is done:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.error
-                yield item
-        finally:
-            stop.set()
-
-    return consume()
 
 
 def count_eligible_pairs(
@@ -542,60 +351,15 @@ def count_eligible_pairs(
     A full scan of the shards (one row group at a time); use it for epoch sizes and logging,
     not on the training path.
     """
-    pair_filter = _PairFilter(code_level, spec, rank, world_size)
+    pair_filter = PairFilter(code_level, spec, rank, world_size)
     counts: dict[str, int] = {}
     for sector, paths in discover_shards(Path(triplets_dir), sectors).items():
         keys = []
         for path in paths:
             pf = pq.ParquetFile(path)
-            _check_schema(path, pf)
+            check_schema(path, pf)
             for i in range(pf.metadata.num_row_groups):
                 a, p, _, _ = pair_filter.filter(path, i)
-                keys.append(np.unique(a.astype(np.int64) * _KEY_SHIFT + p))
+                keys.append(np.unique(a.astype(np.int64) * KEY_SHIFT + p))
         counts[sector] = int(np.unique(np.concatenate(keys)).size) if keys else 0
     return counts
-
-
-class QuerySampler:
-    """Shuffled epochs of training-query ids (positions into the train query list).
-
-    ``code_index[i]`` is the code of query ``i`` (its positive). Batches are always full; an
-    epoch's leftover ids start the next epoch's first batch. With ``world_size`` > 1 each rank
-    gets a disjoint slice of every batch-sized chunk.
-    """
-
-    def __init__(
-        self,
-        code_index: np.ndarray,
-        batch_size: int,
-        seed: int,
-        *,
-        n_batches: int | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.code_index = np.asarray(code_index, dtype=np.int64)
-        if self.code_index.ndim != 1 or self.code_index.size == 0:
-            raise ValueError("code_index must be a non-empty 1-d array")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(
-                f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
-            )
-        self.batch_size, self.seed, self.n_batches = batch_size, seed, n_batches
-        self.rank, self.world_size = rank, world_size
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        rng = np.random.default_rng([self.seed, 0x0E7])
-        n, chunk = self.code_index.size, self.batch_size * self.world_size
-        pending = np.empty(0, dtype=np.int64)
-        produced = 0
-        while True:
-            while pending.size < chunk:
-                pending = np.concatenate((pending, rng.permutation(n)))
-            ids, pending = pending[:chunk], pending[chunk:]
-            yield ids[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-            produced += 1
-            if self.n_batches is not None and produced >= self.n_batches:
-                return
