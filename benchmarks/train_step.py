@@ -141,7 +141,7 @@ def step(model: NaicsModel, ids: torch.Tensor, naive: bool) -> None:
     else:
         enc = model.encode_codes(ids)  # exact: every distinct code live
     pts = enc.points
-    loss = hyperbolic_info_nce(pts[:, 0], pts[:, 1], pts[:, 2:], model.config.curvature, 0.1)
+    loss = hyperbolic_info_nce(pts[:, 0], pts[:, 1], pts[:, 2:], model.manifold, 0.1)
     loss = loss + model.config.balance_weight * enc.balance_loss
     loss.backward()
 

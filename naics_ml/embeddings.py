@@ -36,13 +36,12 @@ def build_embeddings(stage_dir: Path, table_path: Path, picture_path: Path) -> E
     from naics_ml.evaluation.embedding_picture import plot_poincare_disk
     from naics_ml.evaluation.metrics import level_structure
     from naics_ml.inference.classifier import Classifier
-    from naics_ml.model.lorentz import pairwise_distance
 
     classifier = Classifier.from_checkpoint(stage_dir, memory=False)
     table = classifier.code_embeddings()  # rows in the code table's order, as .codes
     parent_index = classifier.codes["parent_index"]
     points = torch.tensor(table["coordinates"].to_list(), dtype=torch.float64)
-    distance = pairwise_distance(points, points, classifier.curvature).numpy()
+    distance = classifier.manifold.pairwise_distance(points, points).numpy()
     levels = level_structure(
         distance,
         parent_index.fill_null(-1).to_numpy(),
@@ -51,7 +50,7 @@ def build_embeddings(stage_dir: Path, table_path: Path, picture_path: Path) -> E
     )
     write_parquet_atomic(table, table_path)
     with_parents = table.with_columns(parent_index)
-    plot_poincare_disk(with_parents, levels, picture_path, classifier.curvature)
+    plot_poincare_disk(with_parents, levels, picture_path, classifier.manifold.ball_radius)
     return EmbeddingsReport(
         table=Path(table_path),
         picture=Path(picture_path),

@@ -36,6 +36,7 @@ from naics_ml.evaluation.metrics import (
     retrieval_metrics,
 )
 from naics_ml.model.channels import code_texts
+from naics_ml.model.lorentz import Lorentz
 
 
 def tree_distance(parent: np.ndarray, sector: np.ndarray) -> np.ndarray:
@@ -260,7 +261,7 @@ def test_lorentz_distance_against_hand_computation() -> None:
         x = s * np.array([[math.cosh(1.0), math.sinh(1.0), 0.0]])
         y = s * np.array([[math.cosh(2.0), 0.0, math.sinh(2.0)]])
         pts = np.concatenate([o, x, y])
-        d = lorentz_distance_matrix(pts, pts, k)
+        d = lorentz_distance_matrix(pts, pts, Lorentz(k))
         assert d[0, 1] == pytest.approx(s * 1.0)
         assert d[0, 2] == pytest.approx(s * 2.0)
         # right angle at the origin: cosh(c) = cosh(a) cosh(b)
@@ -268,7 +269,7 @@ def test_lorentz_distance_against_hand_computation() -> None:
         # the model's distance clamps arcosh's argument at 1 + 1e-12 (a bounded gradient for
         # identical points): sqrt(k) * acosh(1 + 1e-12) ~ 1.4e-6 * sqrt(k), never more
         assert np.allclose(np.diag(d), 0.0, atol=1.5e-6 * s)
-        assert lorentz_radius(pts, k) == pytest.approx([0.0, s, 2 * s])
+        assert lorentz_radius(pts, Lorentz(k)) == pytest.approx([0.0, s, 2 * s])
         manifold = geoopt.Lorentz(k=k)
         t = torch.tensor(pts)
         ref = manifold.dist(t[:, None], t[None]).numpy()
@@ -277,7 +278,7 @@ def test_lorentz_distance_against_hand_computation() -> None:
 
 def test_lorentz_distance_is_finite_for_float32_noise() -> None:
     x = np.array([[math.cosh(3.0), math.sinh(3.0), 0.0]], dtype=np.float32)
-    d = lorentz_distance_matrix(x, x, 1.0)
+    d = lorentz_distance_matrix(x, x, Lorentz(1.0))
     assert np.isfinite(d).all() and d[0, 0] < 1e-2
 
 
@@ -337,7 +338,7 @@ def test_evaluate_embeddings_returns_every_metric() -> None:
     points = np.concatenate([np.cosh(r), np.sinh(r) * v / r], axis=1)
     six = np.flatnonzero(level == 6)
     m = evaluate_embeddings(
-        points, CODES, CODES_TREE, points[six], CODES["code"].to_numpy()[six], curvature=1.0
+        points, CODES, CODES_TREE, points[six], CODES["code"].to_numpy()[six], Lorentz(1.0)
     )
     assert set(m) == set(METRIC_KEYS)
     assert all(np.isfinite(list(m.values())))

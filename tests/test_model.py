@@ -17,6 +17,7 @@ from naics_ml.model.base import load_tokenizer, resolve_base_model
 from naics_ml.model.channels import CHANNELS
 from naics_ml.model.lorentz import (
     LiftedPoints,
+    Lorentz,
     check_on_manifold,
     distance,
     expmap0,
@@ -138,7 +139,7 @@ def test_shapes_and_points_on_manifold(tokenizer):
     ids = torch.tensor([[0, 1, 2], [3, 4, 0]])
     enc = model.encode_codes(ids)
     assert enc.points.shape == (2, 3, 17)
-    check_on_manifold(enc.points, model.config.curvature)
+    model.manifold.check(enc.points)
     assert enc.balance_loss.ndim == 0
     assert enc.expert_utilization.shape == (4,)
     assert math.isclose(float(enc.expert_utilization.sum()), 1.0, rel_tol=1e-6)
@@ -346,7 +347,7 @@ def test_loss_decreases_on_toy_problem(tokenizer):
     for _ in range(25):
         enc = model.encode_codes(torch.cat([anchor[:, None], positive[:, None], negatives], 1))
         pts = enc.points
-        loss = hyperbolic_info_nce(pts[:, 0], pts[:, 1], pts[:, 2:], 1.0, 0.1)
+        loss = hyperbolic_info_nce(pts[:, 0], pts[:, 1], pts[:, 2:], Lorentz(1.0), 0.1)
         total = loss + model.config.balance_weight * enc.balance_loss
         opt.zero_grad()
         total.backward()
@@ -402,11 +403,11 @@ def test_info_nce_hand_made():
     anchor = point(0.0)[None]
     positive = point(1.0)[None]
     negatives = torch.stack([point(2.0), point(3.0)])[None]
-    loss = hyperbolic_info_nce(anchor, positive, negatives, 1.0, temperature=1.0)
+    loss = hyperbolic_info_nce(anchor, positive, negatives, Lorentz(1.0), temperature=1.0)
     expected = math.log(1 + math.exp(-1) + math.exp(-2))
     assert math.isclose(float(loss), expected, rel_tol=1e-5)
     masked = hyperbolic_info_nce(
-        anchor, positive, negatives, 1.0, 0.5, negative_mask=torch.tensor([[True, False]])
+        anchor, positive, negatives, Lorentz(1.0), 0.5, negative_mask=torch.tensor([[True, False]])
     )
     assert math.isclose(float(masked), math.log(1 + math.exp(-2)), rel_tol=1e-5)
 
@@ -628,3 +629,19 @@ def test_mpnet_layers_run_one_by_one_as_in_the_full_forward(tokenizer):
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
     free = model.encode_texts(QUERIES)  # prepared texts from the cache; the same without it
     torch.testing.assert_close(free, model.encode_queries(torch.arange(4)).points)
+
+
+def test_the_manifold_holds_k_once_over_the_pure_functions():
+    manifold = Lorentz(2.0)
+    v = torch.tensor([[0.5, -1.0], [2.0, 0.3]], dtype=torch.float64)
+    x = manifold.expmap0(v)
+    assert torch.equal(x, expmap0(v, 2.0))
+    assert torch.equal(manifold.distance(x[0], x[1]), distance(x[0], x[1], 2.0))
+    assert torch.equal(manifold.pairwise_distance(x, x), pairwise_distance(x, x, 2.0))
+    assert torch.equal(manifold.radius(x), radius(x, 2.0))
+    assert manifold.ball_radius == pytest.approx(2.0**0.5)
+    assert float(manifold.to_poincare(x).norm(dim=-1).max()) < manifold.ball_radius
+    with pytest.raises(ValueError, match="off the hyperboloid"):
+        manifold.check(x * 1.5)
+    with pytest.raises(ValueError, match="k must be > 0"):
+        Lorentz(0.0)

@@ -209,7 +209,6 @@ def test_hierarchy_loss_needs_the_code_table(tmp_path, codes):
 def test_hierarchy_loss_pulls_distances_towards_the_tree(tmp_path, codes):
     """With the stress loss dominating, Lorentz distances approach scale * tree distance."""
     from naics_ml.data.taxonomy import tree_distance_matrix
-    from naics_ml.model.lorentz import pairwise_distance
     from naics_ml.model.loss import distortion_loss
 
     model, query_codes = prepared(codes)
@@ -219,7 +218,7 @@ def test_hierarchy_loss_pulls_distances_towards_the_tree(tmp_path, codes):
     def stress() -> float:
         with torch.no_grad():
             points = model.encode_all_codes().double()
-            d = pairwise_distance(points, points, model.config.curvature)
+            d = model.manifold.pairwise_distance(points, points)
         return float(distortion_loss(d[off_diagonal], 0.5 * tree.double()[off_diagonal]))
 
     before = stress()

@@ -63,7 +63,7 @@ def disk_layout(poincare: np.ndarray, sector: np.ndarray) -> np.ndarray:
 
 
 def plot_poincare_disk(
-    embeddings: pl.DataFrame, levels: pl.DataFrame, path: Path, curvature: float = 1.0
+    embeddings: pl.DataFrame, levels: pl.DataFrame, path: Path, ball_radius: float = 1.0
 ) -> Path:
     """Draw ``embeddings`` (``poincare``, ``radius``, ``sector``, ``level``, ``parent_index``;
     any row order) in the disk with a ring at each level's mean radius (``levels``: ``level``,
@@ -75,7 +75,7 @@ def plot_poincare_disk(
     import matplotlib.pyplot as plt
 
     frame = embeddings.sort("index")
-    scale = float(curvature) ** 0.5  # the ball's radius
+    scale = float(ball_radius)
     figure, (axis, side) = plt.subplots(1, 2, figsize=(13, 9), gridspec_kw={"width_ratios": [3, 1]})
     _draw_disk(axis, frame, levels, scale)
     radius = frame["radius"].to_numpy()

@@ -14,6 +14,7 @@ therefore scores badly instead of looking perfect.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -21,6 +22,9 @@ from scipy.stats import pearsonr, spearmanr
 
 from naics_ml.data.codes import sector_of, six_digit_codes, six_digit_mask
 from naics_ml.model.ranking import pessimistic_rank
+
+if TYPE_CHECKING:
+    from naics_ml.model.lorentz import Lorentz
 
 HIERARCHY_KEYS = (
     "spearman",
@@ -40,26 +44,22 @@ _EDGE_CHUNK = 512  # directed edges per block in the reconstruction metrics (bou
 # ---------------------------------------------------------------------------------------------
 # Lorentz geometry: the model's own (naics_ml.model.lorentz), in float64, as numpy arrays
 # ---------------------------------------------------------------------------------------------
-def lorentz_distance_matrix(x: np.ndarray, y: np.ndarray, curvature: float) -> np.ndarray:
+def lorentz_distance_matrix(x: np.ndarray, y: np.ndarray, manifold: Lorentz) -> np.ndarray:
     """Pairwise geodesic distances (n, m) in float64, by the geometry training uses
     (``naics_ml.model.lorentz.pairwise_distance``), so the ``test_*`` and ``memory_test_*``
     metrics and the training loss measure one distance."""
     import torch
 
-    from naics_ml.model.lorentz import pairwise_distance
-
     x = torch.as_tensor(np.asarray(x, dtype=np.float64))
     y = torch.as_tensor(np.asarray(y, dtype=np.float64))
-    return pairwise_distance(x, y, curvature).numpy()
+    return manifold.pairwise_distance(x, y).numpy()
 
 
-def lorentz_radius(x: np.ndarray, curvature: float) -> np.ndarray:
+def lorentz_radius(x: np.ndarray, manifold: Lorentz) -> np.ndarray:
     """Distance from the origin (``naics_ml.model.lorentz.radius``), float64."""
     import torch
 
-    from naics_ml.model.lorentz import radius
-
-    return radius(torch.as_tensor(np.asarray(x, dtype=np.float64)), curvature).numpy()
+    return manifold.radius(torch.as_tensor(np.asarray(x, dtype=np.float64))).numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +350,7 @@ def evaluate_embeddings(
     tree_distance: np.ndarray,
     query_points: np.ndarray,
     query_true_codes: Sequence[str] | np.ndarray,
-    curvature: float,
+    manifold: Lorentz,
 ) -> dict[str, float]:
     """Every metric in ``METRIC_KEYS`` for hyperboloid points of all codes and of the queries.
 
@@ -359,13 +359,13 @@ def evaluate_embeddings(
     """
     points = np.asarray(points, dtype=np.float64)
     query_points = np.asarray(query_points, dtype=np.float64).reshape(-1, points.shape[1])
-    code_distance = lorentz_distance_matrix(points, points, curvature)
-    query_distance = lorentz_distance_matrix(query_points, points[six_digit_mask(codes)], curvature)
+    code_distance = lorentz_distance_matrix(points, points, manifold)
+    query_distance = lorentz_distance_matrix(query_points, points[six_digit_mask(codes)], manifold)
     return evaluate_distances(
         code_distance,
         codes,
         tree_distance,
         query_distance,
         query_true_codes,
-        radius=lorentz_radius(points, curvature),
+        radius=lorentz_radius(points, manifold),
     )

@@ -13,13 +13,16 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from naics_ml.io import atomic_write_text
 from naics_ml.stage_folder import StageFolder
+
+if TYPE_CHECKING:
+    from naics_ml.model.lorentz import Lorentz
 
 HEADLINE = ("test_top1", "test_top5", "test_mrr", "spearman", "recon_map", "parent_at_1")
 MEMORY_PREFIX = (
@@ -120,9 +123,9 @@ def model_metrics(
     queries = classifier.embed(texts) if texts else None
     query_points = queries.double().numpy() if texts else np.zeros((0, 0))
     metrics = evaluate_embeddings(
-        points, codes, tree_distance, query_points, truth, classifier.curvature
+        points, codes, tree_distance, query_points, truth, classifier.manifold
     )
-    metrics |= _level_metrics(points, codes, classifier.curvature)
+    metrics |= _level_metrics(points, codes, classifier.manifold)
     if texts:  # the Classifier's blended scores, same test entries
         parts = classifier.score_parts(queries, texts)
         distance, probability = parts.distance, parts.mix(classifier.memory_config)
@@ -148,7 +151,7 @@ def model_metrics(
     return metrics
 
 
-def _level_metrics(points: np.ndarray, codes: pl.DataFrame, curvature: float) -> dict[str, float]:
+def _level_metrics(points: np.ndarray, codes: pl.DataFrame, manifold: Lorentz) -> dict[str, float]:
     """Per level: mean radius and the share of codes whose parent is their nearest code of the
     parent level (``level_<n>_*``; the same figures ``naics_embeddings`` shows)."""
     from naics_ml.evaluation.metrics import (
@@ -160,10 +163,10 @@ def _level_metrics(points: np.ndarray, codes: pl.DataFrame, curvature: float) ->
 
     codes = codes.sort("index")
     levels = level_structure(
-        lorentz_distance_matrix(points, points, curvature),
+        lorentz_distance_matrix(points, points, manifold),
         codes["parent_index"].fill_null(-1).to_numpy(),
         codes["level"].to_numpy(),
-        lorentz_radius(points, curvature),
+        lorentz_radius(points, manifold),
     )
     return level_metrics(levels)
 

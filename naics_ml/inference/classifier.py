@@ -69,13 +69,7 @@ from naics_ml.inference.serving import load_blend
 from naics_ml.inference.stage_points import StagePoints, load_stage_points, save_stage_points
 from naics_ml.model.channels import channel_fingerprint, code_channel_texts
 from naics_ml.model.device import resolve_device
-from naics_ml.model.lorentz import (
-    LiftedPoints,
-    check_on_manifold,
-    float64_device,
-    radius,
-    to_poincare,
-)
+from naics_ml.model.lorentz import LiftedPoints, float64_device
 from naics_ml.model.network import ModelConfig, NaicsModel
 from naics_ml.model.precision import resolve_precision
 from naics_ml.training.checkpoint import load_checkpoint, load_stage_codes, resolve_checkpoint
@@ -190,14 +184,14 @@ class Classifier:
         self.points_device = float64_device(model.device)  # see the module doc
         self.codes = codes.sort("index")
         self.temperature = float(temperature)
-        self.curvature = float(model.config.curvature)
+        self.manifold = model.manifold
         self._points = self._code_points(points)
-        check_on_manifold(self._points, self.curvature)
+        self.manifold.check(self._points)
         six = six_digit_mask(self.codes)
         if not six.any():
             raise ValueError("the code table has no six-digit codes")
         self._six_index = torch.as_tensor(np.flatnonzero(six), device=self.points_device)
-        self._six_lifted = LiftedPoints(self._points[self._six_index], self.curvature)
+        self._six_lifted = self.manifold.lifted(self._points[self._six_index])
         self._six_codes = self.codes["code"].to_numpy()[six]
         self._six_titles = self.codes["title"].to_numpy()[six]
         self._titles = dict(zip(self.codes["code"], self.codes["title"], strict=True))
@@ -253,8 +247,8 @@ class Classifier:
                     self._memory_points = self.embed(memory["text"].to_list()).to(
                         self.points_device
                     )
-            check_on_manifold(self._memory_points, self.curvature)
-            self._memory_lifted = LiftedPoints(self._memory_points, self.curvature)
+            self.manifold.check(self._memory_points)
+            self._memory_lifted = self.manifold.lifted(self._memory_points)
         if self.memory_config.lexical_weight > 0:
             self._lexical = LexicalIndex(memory["text"].to_list())
         kinds = memory["kind"] if "kind" in memory.columns else None
@@ -609,9 +603,9 @@ class Classifier:
         point in the Poincare ball of radius sqrt(curvature), D coordinates) and ``radius``
         (distance from the origin, the depth signal)."""
         points = self._points.cpu().double()
-        ball = to_poincare(points, self.curvature)
+        ball = self.manifold.to_poincare(points)
         return self.codes.select("index", "code", "level", "sector", "title").with_columns(
             pl.Series("coordinates", points.numpy().tolist(), dtype=pl.List(pl.Float64)),
             pl.Series("poincare", ball.numpy().tolist(), dtype=pl.List(pl.Float64)),
-            pl.Series("radius", radius(points, self.curvature).numpy(), dtype=pl.Float64),
+            pl.Series("radius", self.manifold.radius(points).numpy(), dtype=pl.Float64),
         )

@@ -1,4 +1,5 @@
-"""Lorentz (hyperboloid) model helpers backed by geoopt.
+"""The Lorentz (hyperboloid) model: :class:`Lorentz` holds the curvature once, over the pure
+functions below (backed by geoopt), as geoopt's own ``Lorentz`` manifold does.
 
 Convention (geoopt's): a curvature parameter ``k > 0`` is the hyperboloid
 ``-x0^2 + |x_s|^2 = -k`` with sectional curvature ``-1/k``; ``k = 1`` is the standard
@@ -11,6 +12,8 @@ in float32, which would lose the accuracy ``lift`` exists for.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from geoopt.manifolds.lorentz import math as lmath
@@ -147,3 +150,49 @@ def check_on_manifold(x: Tensor, curvature: float = 1.0, atol: float = 1e-3) -> 
     worst = float(manifold_violation(x, curvature).max()) if x.numel() else 0.0
     if worst > atol:
         raise ValueError(f"points are off the hyperboloid: max relative violation {worst:.3g}")
+
+
+@dataclass(frozen=True)
+class Lorentz:
+    """The hyperboloid of curvature parameter ``k`` (``ModelConfig.curvature``). The model
+    holds one (``NaicsModel.manifold``); the loss, validation, the Classifier and the
+    evaluation take theirs from it, so ``k`` is written down once."""
+
+    k: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.k > 0:
+            raise ValueError(f"the curvature parameter k must be > 0, got {self.k}")
+        object.__setattr__(self, "k", float(self.k))
+
+    @property
+    def ball_radius(self) -> float:
+        """Radius of the Poincare ball the points map to (``sqrt(k)``)."""
+        return self.k**0.5
+
+    def expmap0(self, v: Tensor) -> Tensor:
+        return expmap0(v, self.k)
+
+    def project(self, x: Tensor) -> Tensor:
+        return project(x, self.k)
+
+    def distance(self, x: Tensor, y: Tensor) -> Tensor:
+        return distance(x, y, self.k)
+
+    def pairwise_distance(self, x: Tensor, y: Tensor) -> Tensor:
+        return pairwise_distance(x, y, self.k)
+
+    def lifted(self, points: Tensor) -> LiftedPoints:
+        return LiftedPoints(points, self.k)
+
+    def radius(self, x: Tensor) -> Tensor:
+        return radius(x, self.k)
+
+    def to_poincare(self, x: Tensor) -> Tensor:
+        return to_poincare(x, self.k)
+
+    def violation(self, x: Tensor) -> Tensor:
+        return manifold_violation(x, self.k)
+
+    def check(self, x: Tensor, atol: float = 1e-3) -> None:
+        check_on_manifold(x, self.k, atol)

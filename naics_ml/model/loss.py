@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from naics_ml.model.lorentz import distance
+from naics_ml.model.lorentz import Lorentz
 
 
 def hyperbolic_info_nce(
     anchor: Tensor,
     positive: Tensor,
     negatives: Tensor,
-    curvature: float = 1.0,
+    manifold: Lorentz,
     temperature: float = 0.1,
     negative_mask: Tensor | None = None,
 ) -> Tensor:
@@ -23,8 +23,8 @@ def hyperbolic_info_nce(
     ``-distance / temperature`` with the positive as class 0. ``negative_mask`` (B, k), True =
     a real negative, drops padded negatives (rows with fewer than k negatives).
     """
-    d_pos = distance(anchor, positive, curvature).unsqueeze(1)
-    d_neg = distance(anchor.unsqueeze(1), negatives, curvature)
+    d_pos = manifold.distance(anchor, positive).unsqueeze(1)
+    d_neg = manifold.distance(anchor.unsqueeze(1), negatives)
     logits = -torch.cat([d_pos, d_neg], dim=1) / temperature
     if negative_mask is not None:
         keep = torch.cat([torch.ones_like(negative_mask[:, :1]), negative_mask], 1).bool()

@@ -20,7 +20,7 @@ from naics_ml.model.channels import CHANNELS, QUERY_CHANNEL, channel_fingerprint
 from naics_ml.model.config import ModelConfig
 from naics_ml.model.encoder import ChannelEncoder, PrefixCache, digest_tensors
 from naics_ml.model.fusion import MoEFusion
-from naics_ml.model.lorentz import expmap0, project
+from naics_ml.model.lorentz import Lorentz
 from naics_ml.model.loss import load_balance_loss
 from naics_ml.model.negative_bank import NegativeBank
 from naics_ml.model.text_groups import TextGroups, group_mean, split_lines
@@ -73,6 +73,7 @@ class NaicsModel(nn.Module):
         if unknown:
             raise ValueError(f"line_channels {sorted(unknown)} are not channels {list(CHANNELS)}")
         self.config = config
+        self.manifold = Lorentz(config.curvature)  # the geometry, holding k once
         base = base if base is not None else load_base_model(config.base_model)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.base_model)
         self.encoder = ChannelEncoder(base.eval(), tokenizer, CHANNELS, config)
@@ -190,7 +191,7 @@ class NaicsModel(nn.Module):
         cap = self.config.max_tangent_norm
         norm = tangent.norm(dim=-1, keepdim=True)
         tangent = tangent * (cap / norm.clamp_min(cap))  # binds only beyond the generous cap
-        points = project(expmap0(tangent, self.config.curvature), self.config.curvature)
+        points = self.manifold.project(self.manifold.expmap0(tangent))
         util = out.dispatch.sum(0) / out.dispatch.sum().clamp_min(1.0)
         return Encoded(
             points=points,

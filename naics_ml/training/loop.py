@@ -57,7 +57,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from naics_ml.io import atomic_write_text
-from naics_ml.model.lorentz import check_on_manifold
 from naics_ml.stage_folder import StageFolder
 from naics_ml.training.checkpoint import (
     save_stage_bundle,
@@ -239,7 +238,7 @@ def _window_metrics(
     if math.isfinite(grad_norm):
         _accumulate(run.window, objective.step_metrics(loss, values, grad_norm))
         if run.step % run.config.log_every == 0:
-            check_on_manifold(loss.points.detach(), objective.curvature)
+            objective.manifold.check(loss.points.detach())
     if run.step % run.config.log_every and run.step != run.config.steps:
         return {}
     metrics = {k: float(np.mean(v)) for k, v in run.window.items()}

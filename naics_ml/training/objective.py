@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from naics_ml.data.codes import six_digit_mask
-from naics_ml.model.lorentz import distance, pairwise_distance, radius
+from naics_ml.model.lorentz import Lorentz
 from naics_ml.model.loss import distortion_loss, hyperbolic_info_nce
 from naics_ml.training.config import TrainConfig
 from naics_ml.training.tree_pairs import TreePairs
@@ -76,7 +76,7 @@ class StageObjective:
         query_codes: np.ndarray | None = None,
     ) -> None:
         self.config = config
-        self.curvature = float(model.config.curvature)
+        self.manifold = model.manifold
         self.balance_weight = float(model.config.balance_weight)
         self.device = next(model.parameters()).device
         self.six_digit = _six_digit_mask(codes, self.device)
@@ -117,7 +117,7 @@ class StageObjective:
         a, p = points[inverse[:b]], points[inverse[b : 2 * b]]
         n = points[inverse[2 * b : 2 * b + b * k]].view(b, k, -1)
         mask = None if bool(mask.all()) else mask.to(self.device)
-        triplet = hyperbolic_info_nce(a, p, n, self.curvature, self.config.temperature, mask)
+        triplet = hyperbolic_info_nce(a, p, n, self.manifold, self.config.temperature, mask)
         balance, utilization = encoded.balance_loss, encoded.expert_utilization
         total, query = triplet, torch.zeros((), device=self.device)
         if len(ids) > 3:
@@ -129,11 +129,11 @@ class StageObjective:
         pairs = self._hierarchy_pairs(step, rank)
         if pairs is not None:
             i, j, target = pairs
-            hierarchy = distortion_loss(distance(points[i], points[j], self.curvature), target)
+            hierarchy = distortion_loss(self.manifold.distance(points[i], points[j]), target)
             total = total + self.config.hierarchy_loss_weight * hierarchy
         parts = {"triplet": triplet, "query": query, "balance": balance, "hierarchy": hierarchy}
         parts["utilization"] = utilization
-        parts["triplet_accuracy"] = triplet_accuracy(a, p, n, mask, self.curvature)
+        parts["triplet_accuracy"] = triplet_accuracy(a, p, n, mask, self.manifold)
         total = total + self.balance_weight * balance
         return StepLoss(total, parts, points)
 
@@ -152,7 +152,7 @@ class StageObjective:
         for i, share in enumerate(loss.parts["utilization"].detach().flatten().tolist()):
             out[f"expert_utilization_{i}"] = float(share)
         with torch.no_grad():
-            r = radius(loss.points.detach(), self.curvature)
+            r = self.manifold.radius(loss.points.detach())
         out["radius_mean"] = float(r.mean())
         out["radius_max"] = float(r.max())
         return out
@@ -179,7 +179,7 @@ class StageObjective:
         cand_index = torch.nonzero(keep).squeeze(1)
         remap = torch.full((len(unique),), -1, dtype=torch.long, device=self.device)
         remap[cand_index] = torch.arange(len(cand_index), device=self.device)
-        logits = -pairwise_distance(q_enc.points, points[cand_index], self.curvature)
+        logits = -self.manifold.pairwise_distance(q_enc.points, points[cand_index])
         return F.cross_entropy(logits / self.config.temperature, remap[target_pos]), q_enc
 
     def _hierarchy_pairs(self, step: int, rank: int) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -199,11 +199,11 @@ class StageObjective:
 
 @torch.no_grad()
 def triplet_accuracy(
-    a: Tensor, p: Tensor, n: Tensor, mask: Tensor | None, curvature: float
+    a: Tensor, p: Tensor, n: Tensor, mask: Tensor | None, manifold: Lorentz
 ) -> Tensor:
     """Share of anchors whose positive is nearer than every (unmasked) negative."""
-    d_pos = distance(a, p, curvature)
-    d_neg = distance(a[:, None, :], n, curvature)
+    d_pos = manifold.distance(a, p)
+    d_neg = manifold.distance(a[:, None, :], n)
     if mask is not None:
         d_neg = d_neg.masked_fill(~mask, math.inf)
     return (d_pos[:, None] < d_neg).all(dim=1).float().mean()

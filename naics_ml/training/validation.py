@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from naics_ml.model.lorentz import pairwise_distance, wide
+from naics_ml.model.lorentz import wide
 from naics_ml.model.ranking import pessimistic_rank
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ def query_validator(
     target_all = torch.as_tensor([position[int(c)] for c in np.asarray(query_codes)], device="cpu")
 
     def validate(model: NaicsModel) -> dict[str, float]:
-        curvature = float(model.config.curvature)
         device = next(model.parameters()).device
         code_points = torch.cat(
             [
@@ -52,7 +51,7 @@ def query_validator(
         total, hits, rr = 0.0, 0.0, 0.0
         for i in range(0, len(q_all), batch_size):
             q_points = model.encode_queries(q_all[i : i + batch_size].to(device)).points
-            dist_qc = wide(pairwise_distance(q_points, code_points, curvature))
+            dist_qc = wide(model.manifold.pairwise_distance(q_points, code_points))
             target = target_all[i : i + batch_size].to(dist_qc.device)
             total += float(F.cross_entropy(-dist_qc / temperature, target, reduction="sum"))
             rank = pessimistic_rank(dist_qc, dist_qc.gather(1, target[:, None])[:, 0])
