@@ -50,6 +50,7 @@ from naics_ml.model.channels import code_channel_texts
 from naics_ml.model.loss import hyperbolic_info_nce
 from naics_ml.model.network import ModelConfig, NaicsModel
 from naics_ml.revision_folder import RevisionFolder
+from naics_ml.training.bank import refresh_bank
 from naics_ml.training.config import TrainConfig
 from naics_ml.training.objective import StageObjective
 from naics_ml.triplets.sampler import TripletBatch
@@ -202,7 +203,7 @@ def main() -> None:
     base = {"base_model": args.base_model, "lora_target_modules": tuple(args.lora_target_modules)}
     fast, fast_opt, prepare_s = make(ModelConfig(**base), channel_texts)
     t0 = time.perf_counter()
-    fast.refresh_bank()
+    refresh_bank(fast)
     bank_refresh_s = time.perf_counter() - t0
     naive_config = ModelConfig(**base, lora_layers=6, line_channels=())
     naive, naive_opt, _ = make(naive_config, naive_texts)
@@ -265,7 +266,7 @@ def main() -> None:
                 "prepare_s": round(prepare_s, 1),
                 "prepared_codes": codes.height,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                "prefix_cache_mb": round(fast.cache_nbytes() / 2**20, 1),
+                "prefix_cache_mb": round(fast.prepared.cache.nbytes() / 2**20, 1),
                 "threads": torch.get_num_threads(),
                 "load_avg_1m": round(os.getloadavg()[0], 2),
                 "base_model": args.base_model,

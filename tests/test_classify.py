@@ -368,7 +368,7 @@ def test_base_part_is_the_frozen_models_cosine_vote(stage, tmp_path):
     assert probability[0].argmax() == 2  # the exact remembered wording wins through the base
     # a prepared text starts from its cached (fp16) prefix: the same vector, to fp16 precision
     prepared = f"{six['title'][0]} company"
-    assert prepared in model._text_ids
+    assert prepared in model.prepared.text_ids
     np.testing.assert_allclose(
         model.encode_frozen([prepared]).numpy()[0],
         mean_pooled_embeddings([prepared], bare, tokenizer)[0]

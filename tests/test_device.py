@@ -23,6 +23,7 @@ from naics_ml.inference.classifier import Classifier
 from naics_ml.inference.entry_memory import MemoryConfig
 from naics_ml.model import lorentz
 from naics_ml.model.device import resolve_device
+from naics_ml.training.bank import refresh_bank
 from naics_ml.training.checkpoint import load_checkpoint, save_checkpoint
 from naics_ml.training.config import TrainConfig
 from naics_ml.training.distributed import process_group_backend, weights_fingerprint
@@ -137,12 +138,18 @@ def _naics_tensors(value: object, name: str, found: dict[str, Tensor]) -> None:
 
 def test_moving_the_model_moves_what_it_prepared(codes):
     model, _ = prepared(codes)
-    model.refresh_bank()
+    refresh_bank(model)
     model.to("meta")
     found: dict[str, Tensor] = {}
     for key, value in vars(model).items():
         _naics_tensors(value, key, found)
-    expected = {"_cache.flat", "_cache.lengths", "_groups.members", "_code_slots", "_bank.rows"}
+    expected = {
+        "prepared.cache.flat",
+        "prepared.cache.lengths",
+        "prepared.groups.members",
+        "prepared.code_slots",
+        "bank.rows",
+    }
     assert expected <= set(found)  # the walk sees the prepared state
     assert {n for n, t in found.items() if t.device.type != "meta"} == set()
     assert {p.device.type for p in model.parameters()} == {"meta"}
@@ -166,7 +173,7 @@ def test_no_tensor_is_made_on_torchs_default_device(codes):
     blend = MemoryConfig(weight=0.3, lexical_weight=0.2, base_weight=0.2)
 
     def everything() -> tuple:
-        model.refresh_bank()
+        refresh_bank(model)
         model.train()
         torch.manual_seed(0)
         loss = objective(model, batch, query_ids, step=0)

@@ -28,6 +28,8 @@ from naics_ml.model.loss import hyperbolic_info_nce, load_balance_loss
 from naics_ml.model.network import ModelConfig, NaicsModel
 from naics_ml.model.packed import split_into_packs
 from naics_ml.model.precision import resolve_precision
+from naics_ml.model.prepared import query_rows
+from naics_ml.training.bank import bank_is_current, refresh_bank
 from naics_ml.training.checkpoint import load_checkpoint, save_checkpoint
 
 from .tiny import tiny_bert, tiny_mpnet
@@ -112,12 +114,12 @@ def test_line_channel_is_the_normalised_mean_of_its_lines(tokenizer):
     model = make_model(tokenizer)
     examples = CHANNELS.index("examples")
     with torch.no_grad():
-        code = model._channel_vectors(model._code_slots[1:2])[0, examples]
+        code = model.channel_vectors(model.prepared.code_slots[1:2])[0, examples]
         # queries 3 ("canola farming", also a line of code 1) and 1 ("kibble maker")
-        queries = model._channel_vectors(model._query_rows(model._query_slots[[3, 1]]))
+        queries = model.channel_vectors(query_rows(model.prepared.query_slots[[3, 1]]))
         sunflower = model.encoder.encode_cached(
-            model._require_prepared(),
-            torch.tensor([model._texts.index("sunflower farming")]),
+            model.prepared.cache,
+            torch.tensor([model.prepared.texts.index("sunflower farming")]),
             "examples",
         )[0]
     expected = torch.nn.functional.normalize(sunflower + queries[0, examples], dim=0)
@@ -128,8 +130,8 @@ def test_line_channel_is_the_normalised_mean_of_its_lines(tokenizer):
 def test_whole_text_channels_when_no_line_channels(tokenizer):
     lines = make_model(tokenizer)
     whole = make_model(tokenizer, line_channels=())
-    assert "sunflower farming\ncanola farming" in whole._texts
-    assert "sunflower farming\ncanola farming" not in lines._texts
+    assert "sunflower farming\ncanola farming" in whole.prepared.texts
+    assert "sunflower farming\ncanola farming" not in lines.prepared.texts
     with pytest.raises(ValueError, match="line_channels"):
         make_model(tokenizer, line_channels=("nope",))
 
@@ -457,17 +459,17 @@ def test_trainable_state_dict_round_trip(tokenizer):
 
 def test_bank_rows_equal_live_encodings_after_refresh(tokenizer):
     model = make_model(tokenizer)
-    assert not model.has_bank
+    assert not model.bank.filled
     model.train()  # the refresh runs in eval mode and restores the mode
-    model.refresh_bank(batch_size=2)
+    refresh_bank(model, batch_size=2)
     assert model.training
-    bank = model.bank()
+    bank = model.bank.rows
     assert bank.shape == (5, len(CHANNELS), 32) and bank.dtype == torch.float32
     model.eval()  # the bank is the deterministic encoding: no LoRA dropout
     with torch.no_grad():
-        live = model._channel_vectors(model._code_slots)
+        live = model.channel_vectors(model.prepared.code_slots)
     torch.testing.assert_close(bank, live, atol=1e-6, rtol=1e-6)
-    missing = model._code_slots < 0
+    missing = model.prepared.code_slots < 0
     assert float(bank[missing].abs().max()) == 0.0  # masked channels are zero rows
     assert float(bank[~missing].norm(dim=-1).min()) > 0.99  # pooled vectors are unit length
 
@@ -476,7 +478,7 @@ def test_bank_with_all_codes_live_equals_exact_path(tokenizer):
     model = make_model(tokenizer)
     ids = torch.tensor([[0, 1, 2], [3, 4, 1]])
     exact = model.encode_codes(ids)
-    model.refresh_bank()
+    refresh_bank(model)
     torch.manual_seed(0)
     everything = model.encode_codes(ids, live=torch.arange(5))
     torch.testing.assert_close(everything.points, exact.points, atol=1e-6, rtol=1e-6)
@@ -487,15 +489,15 @@ def test_bank_with_all_codes_live_equals_exact_path(tokenizer):
     assert from_bank.points.requires_grad  # through the fusion
     # live=None stays exact even with a (stale) bank; without a bank live is ignored
     with torch.no_grad():
-        model.bank().add_(1.0)
+        model.bank.rows.add_(1.0)
     torch.testing.assert_close(model.encode_codes(ids).points, exact.points)
-    model.drop_bank()
+    model.bank.clear()
     torch.testing.assert_close(model.encode_codes(ids, live={0}).points, exact.points)
 
 
 def test_bank_gradients_reach_lora_only_through_live_codes(tokenizer):
     model = make_model(tokenizer)
-    model.refresh_bank()
+    refresh_bank(model)
     # code 3 has only title + excluded + examples; code 0 only title + description
     enc = model.encode_codes(torch.tensor([0, 3]), live={3})
     model.zero_grad()
@@ -512,12 +514,12 @@ def test_bank_gradients_reach_lora_only_through_live_codes(tokenizer):
     assert float(model.fusion.channel_weight.grad[desc].abs().max()) > 0
     assert all(g is not None for n, g in grads.items() if n.startswith("fusion."))
     # and the live code's bank row was updated with the (detached) fresh value
-    assert not model.bank().requires_grad
+    assert not model.bank.rows.requires_grad
 
 
 def test_bank_is_stale_for_non_live_codes_until_refresh(tokenizer):
     model = make_model(tokenizer)
-    model.refresh_bank()
+    refresh_bank(model)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B.title" in name:
@@ -529,14 +531,14 @@ def test_bank_is_stale_for_non_live_codes_until_refresh(tokenizer):
     # live codes refreshed their rows; the others follow after refresh_bank
     again = model.encode_codes(torch.arange(5), live=set()).points
     torch.testing.assert_close(again[[1, 4]], exact[[1, 4]], atol=1e-6, rtol=1e-6)
-    model.refresh_bank()
+    refresh_bank(model)
     torch.testing.assert_close(model.encode_codes(torch.arange(5), live=set()).points, exact)
     # new weights or new texts invalidate the bank
     model.load_trainable_state_dict(model.trainable_state_dict())
-    assert not model.has_bank
-    model.refresh_bank()
+    assert not model.bank.filled
+    refresh_bank(model)
     model.prepare(CODE_TEXTS)
-    assert not model.has_bank
+    assert not model.bank.filled
 
 
 def test_exact_path_reads_a_current_bank_until_a_weight_changes(tokenizer, monkeypatch):
@@ -545,12 +547,12 @@ def test_exact_path_reads_a_current_bank_until_a_weight_changes(tokenizer, monke
     ids = torch.arange(5)
     with torch.no_grad():
         exact = model.encode_codes(ids).points
-    assert not model.bank_is_current()
-    model.refresh_bank()
-    assert model.bank_is_current()
+    assert not bank_is_current(model)
+    refresh_bank(model)
+    assert bank_is_current(model)
     calls = []
-    real = model._channel_vectors
-    monkeypatch.setattr(model, "_channel_vectors", lambda slots: calls.append(1) or real(slots))
+    real = model.channel_vectors
+    monkeypatch.setattr(model, "channel_vectors", lambda slots: calls.append(1) or real(slots))
     with torch.no_grad():
         from_bank = model.encode_codes(ids).points
     assert calls == []  # no transformer pass: every code came from the bank
@@ -567,17 +569,17 @@ def test_exact_path_reads_a_current_bank_until_a_weight_changes(tokenizer, monke
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
     (model.encode_codes(ids).points[:, 1:] ** 2).sum().backward()
     optimizer.step()
-    assert not model.bank_is_current()
+    assert not bank_is_current(model)
     with torch.no_grad():
         moved = model.encode_codes(ids).points
     assert len(calls) == 4
     assert float(distance(moved, exact).max()) > 1e-4
     # a live encoding overwrites rows with training-mode values: not current either
-    model.refresh_bank()
-    assert model.bank_is_current()
+    refresh_bank(model)
+    assert bank_is_current(model)
     model.train()
     model.encode_codes(ids, live={0})
-    assert not model.bank_is_current()
+    assert not bank_is_current(model)
 
 
 def test_classifier_reuses_a_model_prepared_for_the_same_codes(tokenizer, monkeypatch):
@@ -602,7 +604,7 @@ def test_classifier_reuses_a_model_prepared_for_the_same_codes(tokenizer, monkey
     monkeypatch.setattr(model, "prepare", lambda *a, **k: calls.append(1) or original(*a, **k))
     clf = Classifier(model, codes)
     assert calls == []  # already prepared for these texts (with queries, even)
-    assert model.num_queries == len(QUERIES)
+    assert model.prepared.num_queries == len(QUERIES)
     torch.testing.assert_close(clf._points, model.encode_all_codes())
     other = codes.with_columns(pl.col("title").str.to_uppercase())
     Classifier(model, other)

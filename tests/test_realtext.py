@@ -21,7 +21,8 @@ from naics_ml.evaluation.realtext_metrics import (
     sector_hit_rates,
     sector_metrics,
 )
-from naics_ml.evaluation.stage_report import sector_table, strict_test_mask
+from naics_ml.evaluation.stage_report import strict_test_mask
+from naics_ml.evaluation.tables import sector_table
 from naics_ml.inference.classifier import ScoreParts
 from naics_ml.inference.entry_memory import MemoryConfig
 from naics_ml.inference.serving import (

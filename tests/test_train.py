@@ -15,11 +15,13 @@ import polars as pl
 import pytest
 import torch
 
+import naics_ml.training.loop as train_loop
 import naics_ml.training.objective as train_mod
 from naics_ml.io import atomic_path, atomic_save_torch
 from naics_ml.model.base import load_tokenizer
 from naics_ml.model.channels import code_channel_texts
 from naics_ml.model.network import ModelConfig, NaicsModel
+from naics_ml.training.bank import bank_is_current, load_bank, refresh_bank
 from naics_ml.training.checkpoint import load_checkpoint, save_stage_bundle
 from naics_ml.training.loop import (
     NonFiniteLossError,
@@ -439,16 +441,16 @@ def test_nan_loss_is_skipped_then_stops_the_stage(tmp_path, codes, monkeypatch):
         run(tmp_path / "c", codes, config(steps=20, max_bad_steps=3))
 
 
-def test_negative_bank_refreshes_on_schedule_and_learns(tmp_path, codes):
+def test_negative_bank_refreshes_on_schedule_and_learns(tmp_path, codes, monkeypatch):
     model, query_codes = prepared(codes)
     refreshed_at: list[int] = []
     live_sets: list[set[int]] = []
     steps_seen = {"n": 0}
-    original_refresh, original_encode = model.refresh_bank, model.encode_codes
+    original_encode = model.encode_codes
 
     def refresh_spy(*args, **kwargs):
         refreshed_at.append(steps_seen["n"])
-        original_refresh(*args, **kwargs)
+        refresh_bank(*args, **kwargs)
 
     def encode_spy(code_ids, live=None):
         if model.training:  # training steps only, not validation
@@ -456,7 +458,8 @@ def test_negative_bank_refreshes_on_schedule_and_learns(tmp_path, codes):
             live_sets.append(set(live.tolist()))
         return original_encode(code_ids, live=live)
 
-    model.refresh_bank, model.encode_codes = refresh_spy, encode_spy
+    monkeypatch.setattr(train_loop, "refresh_bank", refresh_spy)
+    model.encode_codes = encode_spy
     cfg = config(
         steps=30,
         checkpoint_every=10,
@@ -490,10 +493,10 @@ def test_negative_bank_refreshes_on_schedule_and_learns(tmp_path, codes):
     assert live_sets[0] == set(batch.anchor.tolist())
     exact, exact_codes = prepared(codes)
     run(tmp_path / "exact", codes, config(steps=3, negative_bank=False), exact, exact_codes)
-    assert not exact.has_bank
+    assert not exact.bank.filled
 
 
-def test_validation_reads_the_bank_refreshed_at_its_step(tmp_path, codes):
+def test_validation_reads_the_bank_refreshed_at_its_step(tmp_path, codes, monkeypatch):
     """A refresh due at a validated step runs first; validation then needs no transformer pass
     for the codes, and its numbers are the exact ones."""
     model, query_codes = prepared(codes)
@@ -501,11 +504,11 @@ def test_validation_reads_the_bank_refreshed_at_its_step(tmp_path, codes):
     exact_validate = query_validator(np.arange(len(query_codes)), query_codes, six, 0.1)
     events: list[tuple[str, int]] = []
     step = {"n": 0}
-    original_refresh, original_encode = model.refresh_bank, model.encode_codes
+    original_encode = model.encode_codes
 
     def refresh_spy(*args, **kwargs):
         events.append(("refresh", step["n"]))
-        original_refresh(*args, **kwargs)
+        refresh_bank(*args, **kwargs)
 
     def encode_spy(code_ids, live=None):
         if model.training:
@@ -513,7 +516,7 @@ def test_validation_reads_the_bank_refreshed_at_its_step(tmp_path, codes):
         return original_encode(code_ids, live=live)
 
     def validate(m):
-        current = m.bank_is_current()
+        current = bank_is_current(m)
         events.append(("validate", step["n"]))
         with_bank = exact_validate(m)
         with torch.enable_grad():  # gradients wanted: encode_codes runs the transformer
@@ -522,7 +525,8 @@ def test_validation_reads_the_bank_refreshed_at_its_step(tmp_path, codes):
             assert with_bank[key] == pytest.approx(value, abs=1e-5)
         return with_bank | {"bank_current": float(current)}
 
-    model.refresh_bank, model.encode_codes = refresh_spy, encode_spy
+    monkeypatch.setattr(train_loop, "refresh_bank", refresh_spy)
+    model.encode_codes = encode_spy
     cfg = config(steps=12, checkpoint_every=4, validation_every=4, bank_refresh_every=8)
     _, _, metrics = run(tmp_path, codes, cfg, model, query_codes, validate=validate)
     assert events == [
@@ -535,7 +539,7 @@ def test_validation_reads_the_bank_refreshed_at_its_step(tmp_path, codes):
     ]
     current = {s: m["bank_current"] for s, m in metrics if "bank_current" in m}
     assert current == {4: 0.0, 8: 1.0, 12: 1.0}
-    assert model.bank_is_current()  # what Classifier.encode_all_codes reads after training
+    assert bank_is_current(model)  # what Classifier.encode_all_codes reads after training
 
 
 def test_stage_bundle_written_on_request(tmp_path, codes):
@@ -579,16 +583,17 @@ def test_next_stage_loads_the_bank_saved_at_its_starting_weights(tmp_path, codes
 
     reference, _ = prepared(codes)  # the stage-1 weights, refreshed from scratch
     reference.load_trainable_state_dict(load_checkpoint(tmp_path / "a")["model_state"])
-    reference.refresh_bank()
-    assert torch.equal(saved, reference.bank())
-    assert not prepared(codes, seed=1)[0].load_bank(tmp_path / "a" / "bank.pt")  # other weights
+    refresh_bank(reference)
+    assert torch.equal(saved, reference.bank.rows)
+    assert not load_bank(prepared(codes, seed=1)[0], tmp_path / "a" / "bank.pt")  # other weights
 
     def second(out: Path) -> tuple[NaicsModel, list[int]]:
         model, _ = prepared(codes)
         refreshes: list[int] = []
-        original = model.refresh_bank
-        model.refresh_bank = lambda *a, **k: (refreshes.append(1), original(*a, **k))[1]
-        run(out, codes, config(steps=4), model, query_codes, init_from=tmp_path / "a")
+        with pytest.MonkeyPatch.context() as patch:
+            spy = lambda *a, **k: (refreshes.append(1), refresh_bank(*a, **k))[1]  # noqa: E731
+            patch.setattr(train_loop, "refresh_bank", spy)
+            run(out, codes, config(steps=4), model, query_codes, init_from=tmp_path / "a")
         return model, refreshes
 
     loaded, loaded_refreshes = second(tmp_path / "b")

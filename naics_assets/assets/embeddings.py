@@ -46,7 +46,7 @@ def naics_embeddings(
     version of ``naics-gemini-classifier`` when it changed."""
     from naics_ml.embeddings import build_embeddings
     from naics_ml.evaluation.metrics import level_metrics
-    from naics_ml.evaluation.stage_report import comparison_table
+    from naics_ml.evaluation.tables import comparison_table
     from naics_ml.inference.serving import choose_served_stage, selection_scores
 
     revision = context.partition_key

@@ -275,12 +275,8 @@ def stage_check_results(report: "StageReport") -> list[dg.AssetCheckResult]:
 def stage_metadata(
     request: "StageRequest", report: "StageReport", link: str, run_id: str
 ) -> dict[str, object]:
-    from naics_ml.evaluation.stage_report import (
-        HEADLINE,
-        comparison_table,
-        confidence_table,
-        sector_table,
-    )
+    from naics_ml.evaluation.stage_report import HEADLINE
+    from naics_ml.evaluation.tables import comparison_table, confidence_table, sector_table
 
     metrics = report.metrics
     return {

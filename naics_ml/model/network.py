@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -16,14 +14,15 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from naics_ml.model.base import load_base_model, load_tokenizer
-from naics_ml.model.channels import CHANNELS, QUERY_CHANNEL, channel_fingerprint
+from naics_ml.model.channels import CHANNELS, QUERY_CHANNEL
 from naics_ml.model.config import ModelConfig
-from naics_ml.model.encoder import ChannelEncoder, PrefixCache, digest_tensors
+from naics_ml.model.encoder import ChannelEncoder
 from naics_ml.model.fusion import MoEFusion
 from naics_ml.model.lorentz import Lorentz
 from naics_ml.model.loss import load_balance_loss
 from naics_ml.model.negative_bank import NegativeBank
-from naics_ml.model.text_groups import TextGroups, group_mean, split_lines
+from naics_ml.model.prepared import CACHE_DTYPES, PreparedTexts, query_rows
+from naics_ml.model.text_groups import group_mean
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,6 @@ log = logging.getLogger(__name__)
 # (ChannelEncoder.max_tokens / max_rows): 512 rather than 64 pads 1.30x the real tokens instead
 # of 1.46x on real firm descriptions, and encodes them ~20 % faster (docs/results.md).
 TEXT_GROUP = 512
-_CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def use_all_cores() -> None:
@@ -67,8 +65,8 @@ class NaicsModel(nn.Module):
     ) -> None:
         super().__init__()
         use_all_cores()
-        if config.cache_dtype not in _CACHE_DTYPES:
-            raise ValueError(f"cache_dtype must be one of {sorted(_CACHE_DTYPES)}")
+        if config.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache_dtype must be one of {sorted(CACHE_DTYPES)}")
         unknown = set(config.line_channels) - set(CHANNELS)
         if unknown:
             raise ValueError(f"line_channels {sorted(unknown)} are not channels {list(CHANNELS)}")
@@ -87,14 +85,10 @@ class NaicsModel(nn.Module):
             expert_hidden=config.expert_hidden,
             gate_noise=config.gate_noise,
         )
-        self._cache: PrefixCache | None = None
-        self._texts: list[str] = []
-        self._text_ids: dict[str, int] = {}  # prepared text -> its row in the cache
-        self._groups = TextGroups.build([])  # slot id -> the text ids it averages
-        self._code_slots: Tensor | None = None  # (n_codes, C) slot ids, -1 = missing
-        self._query_slots: Tensor | None = None  # (n_queries,) slot ids
-        self._bank = NegativeBank()  # every code's pooled channel vectors, for training
-        self.code_fingerprint: str | None = None  # channel_fingerprint of the prepared codes
+        self.prepared: PreparedTexts | None = None  # what prepare() made: texts, slots, prefix
+        # every code's pooled channel vectors: filled, refreshed, saved and loaded by training
+        # (naics_ml.training.bank); encode_codes reads it where it holds what it would compute
+        self.bank = NegativeBank()
 
     @property
     def device(self) -> torch.device:
@@ -103,14 +97,9 @@ class NaicsModel(nn.Module):
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> NaicsModel:
         """``to``/``cuda``/``cpu`` of the weights, then the prepared tensors follow them."""
         super()._apply(fn, recurse)
-        device = self.device
-        if self._cache is not None:
-            self._cache = self._cache.to(device)
-        self._groups = self._groups.to(device)
-        if self._code_slots is not None:
-            self._code_slots = self._code_slots.to(device)
-            self._query_slots = self._query_slots.to(device)
-        self._bank.to(device)
+        if self.prepared is not None:
+            self.prepared = self.prepared.to(self.device)
+        self.bank.to(self.device)
         return self
 
     # --- preparation ------------------------------------------------------------------------
@@ -129,60 +118,34 @@ class NaicsModel(nn.Module):
         the frozen weights and the texts, and a later call with the same ones (the next stage)
         loads it instead of recomputing it (~1 min on 2 cores for the 2022 codes and queries).
         """
-        missing = set(CHANNELS) - set(channel_texts)
-        if missing:
-            raise ValueError(f"channel_texts lacks channels {sorted(missing)}")
-        sizes = {len(channel_texts[c]) for c in CHANNELS}
-        if len(sizes) != 1:
-            raise ValueError(f"channel text lists differ in length: {sizes}")
-        n_codes = sizes.pop()
-        index: dict[str, int] = {}
-        groups: dict[tuple[int, ...], int] = {}
-
-        def slot_id(texts: list[str]) -> int:
-            if not texts:
-                return -1
-            key = tuple(index.setdefault(t, len(index)) for t in texts)
-            return groups.setdefault(key, len(groups))
-
-        def code_slot(channel: str, text: str | None) -> int:
-            if text is None:
-                return -1
-            return slot_id(split_lines(text) if channel in self.config.line_channels else [text])
-
-        code_slots = [[code_slot(c, channel_texts[c][i]) for c in CHANNELS] for i in range(n_codes)]
-        if any(not isinstance(q, str) for q in queries):
-            raise ValueError("queries must be strings")
-        query_slots = [slot_id([q]) for q in queries]
-        device = self.device
-        self._texts = list(index)
-        self._text_ids = index
-        self._groups = TextGroups.build(list(groups)).to(device)
-        self._code_slots = torch.tensor(code_slots, dtype=torch.long, device=device).reshape(
-            n_codes, len(CHANNELS)
+        self.bank.clear()
+        self.prepared = None  # a failed call leaves no half-prepared model
+        cache = (self.config.cache_dtype, cache_dir)
+        self.prepared = PreparedTexts.build(
+            channel_texts, queries, self.encoder, self.config.line_channels, cache, self.device
         )
-        self._query_slots = torch.tensor(query_slots, dtype=torch.long, device=device)
-        self._bank.clear()
-        self.code_fingerprint = None
-        dtype = _CACHE_DTYPES[self.config.cache_dtype]
-        self._cache = self.encoder.cached_prefix(self._texts, dtype, cache_dir).to(device)
-        self.code_fingerprint = channel_fingerprint(channel_texts)
 
     @property
     def num_codes(self) -> int:
-        return 0 if self._code_slots is None else len(self._code_slots)
+        return 0 if self.prepared is None else self.prepared.num_codes
 
     @property
-    def num_queries(self) -> int:
-        return 0 if self._query_slots is None else len(self._query_slots)
+    def code_fingerprint(self) -> str | None:
+        """``channel_fingerprint`` of the prepared codes (None before ``prepare``)."""
+        return None if self.prepared is None else self.prepared.code_fingerprint
 
-    def cache_nbytes(self) -> int:
-        return 0 if self._cache is None else self._cache.nbytes()
-
-    def _require_prepared(self) -> PrefixCache:
-        if self._cache is None:
+    def _require_prepared(self) -> PreparedTexts:
+        if self.prepared is None:
             raise RuntimeError("call NaicsModel.prepare(...) before encoding prepared ids")
-        return self._cache
+        return self.prepared
+
+    # --- forward ----------------------------------------------------------------------------
+    def forward(self, slots: Tensor, channels: Tensor | None = None) -> Encoded:
+        """Prepared inputs to points: (U, C) rows of slot ids (-1 = missing) -> fused points
+        (U, D+1) on the hyperboloid. ``channels`` (U, C, H), when given, are the rows' pooled
+        channel vectors (the bank's), and the transformer top is not run."""
+        channels = self.channel_vectors(slots) if channels is None else channels
+        return self._fuse(channels, slots >= 0)
 
     # --- encoding -----------------------------------------------------------------------------
     def _fuse(self, channels: Tensor, mask: Tensor) -> Encoded:
@@ -199,10 +162,10 @@ class NaicsModel(nn.Module):
             expert_utilization=util.detach(),
         )
 
-    def _channel_vectors(self, slots: Tensor) -> Tensor:
+    def channel_vectors(self, slots: Tensor) -> Tensor:
         """(U, C) rows of slot ids (-1 = missing) -> pooled channel vectors (U, C, H), zeros
         where missing; each distinct text of a channel runs through the top layers once."""
-        cache = self._require_prepared()
+        prepared = self._require_prepared()
         n, hidden = len(slots), self.encoder.hidden_size
         mask = slots >= 0
         columns = []
@@ -211,17 +174,13 @@ class NaicsModel(nn.Module):
             column = torch.zeros(n, hidden, device=slots.device)
             if len(rows):
                 distinct, inverse = torch.unique(slots[rows, c], return_inverse=True)
-                members, owner = self._groups.gather(distinct)
+                members, owner = prepared.groups.gather(distinct)
                 texts, text_inverse = torch.unique(members, return_inverse=True)
-                pooled = self.encoder.encode_cached(cache, texts, channel)
+                pooled = self.encoder.encode_cached(prepared.cache, texts, channel)
                 vectors = group_mean(pooled[text_inverse], owner, len(distinct))
                 column = column.index_put((rows,), vectors[inverse])
             columns.append(column)
         return torch.stack(columns, 1)
-
-    def _encode_slots(self, slots: Tensor) -> Encoded:
-        """(U, C) distinct rows of slot ids (-1 = missing) -> fused points (U, D+1)."""
-        return self._fuse(self._channel_vectors(slots), slots >= 0)
 
     def _expand(self, enc: Encoded, inverse: Tensor, shape: torch.Size) -> Encoded:
         points = enc.points[inverse].reshape(*shape, enc.points.shape[-1])
@@ -230,21 +189,22 @@ class NaicsModel(nn.Module):
     def encode_codes(self, code_ids: Tensor, live: Tensor | Iterable[int] | None = None) -> Encoded:
         """Points for code indices of any shape; each distinct code is encoded once.
 
-        With a bank (:meth:`refresh_bank`) and ``live`` given, only the requested codes that
-        are in ``live`` run through the transformer top (gradients reach their adapters, and
-        their bank rows are overwritten with the detached result); the other codes' channel
-        vectors come from the bank. The fusion runs on all codes either way. Without a bank
-        or with ``live=None`` every code is encoded (the exact path).
+        With a filled bank (``naics_ml.training.bank.refresh_bank``) and ``live`` given, only
+        the requested codes that are in ``live`` run through the transformer top (gradients
+        reach their adapters, and their bank rows are overwritten with the detached result);
+        the other codes' channel vectors come from the bank. The fusion runs on all codes
+        either way. Without a bank or with ``live=None`` every code is encoded (the exact
+        path), except that a current bank is read in eval mode without gradients.
 
         The balance loss and utilisation are over the distinct codes of the call.
         """
-        self._require_prepared()
+        prepared = self._require_prepared()
         distinct, inverse = torch.unique(code_ids.reshape(-1), return_inverse=True)
-        slots = self._code_slots[distinct]
+        slots = prepared.code_slots[distinct]
         if live is None and self._bank_equals_exact():  # the bank is what we would compute
-            enc = self._fuse(self._bank.rows[distinct], slots >= 0)
-        elif not self._bank.filled or live is None:
-            enc = self._encode_slots(slots)
+            enc = self(slots, self.bank.rows[distinct])
+        elif not self.bank.filled or live is None:
+            enc = self(slots)
         else:
             live_ids = torch.as_tensor(
                 live if isinstance(live, Tensor) else sorted(live),
@@ -252,74 +212,25 @@ class NaicsModel(nn.Module):
                 device=distinct.device,
             )
             is_live = torch.isin(distinct, live_ids.reshape(-1))
-            channels = self._bank.rows[distinct]  # a copy: bank rows of the non-live codes
+            channels = self.bank.rows[distinct]  # a copy: bank rows of the non-live codes
             live_rows = is_live.nonzero().squeeze(1)
             if len(live_rows):
-                fresh = self._channel_vectors(slots[live_rows])
-                self._bank.overwrite(distinct[live_rows], fresh)
+                fresh = self.channel_vectors(slots[live_rows])
+                self.bank.overwrite(distinct[live_rows], fresh)
                 channels = channels.index_put((live_rows,), fresh)
-            enc = self._fuse(channels, slots >= 0)
+            enc = self(slots, channels)
         return self._expand(enc, inverse, code_ids.shape)
 
-    # --- negative bank (naics_ml.model.negative_bank) -----------------------------------------
-    @property
-    def has_bank(self) -> bool:
-        return self._bank.filled
-
-    def bank(self) -> Tensor | None:
-        """The bank's rows (n_codes, C, H) float32 themselves (not a copy), or None."""
-        return self._bank.rows
-
-    def drop_bank(self) -> None:
-        """Forget the bank: ``encode_codes`` is exact again whatever ``live`` says."""
-        self._bank.clear()
-
-    def bank_is_current(self) -> bool:
-        """True while no trainable weight changed since the last :meth:`refresh_bank`.
-
-        Read from the weights' in-place version counters (an optimizer step, ``copy_`` or
-        ``load_state_dict`` bumps them), so a caller cannot forget to invalidate the bank. A
-        live encoding that overwrites rows (a training step) also ends it. While current, the
-        exact path of :meth:`encode_codes` in eval mode without gradients (validation, the final
-        evaluation) reads the bank instead of running the transformer again.
-        """
-        return self._bank.is_current(self._trainable_versions())
-
-    def bank_key(self) -> str:
-        """SHA-256 of everything a bank row depends on: every weight (frozen and trainable),
-        the model config and the prepared code texts."""
-        if self.code_fingerprint is None:
-            raise RuntimeError("call NaicsModel.prepare(...) before keying the bank")
-        digest = hashlib.sha256()
-        digest.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
-        digest.update(self.code_fingerprint.encode())
-        digest_tensors(digest, dict(sorted(self.state_dict().items())))
-        return digest.hexdigest()
-
-    def save_bank(self, path: Path | str) -> Path | None:
-        """Write a current bank (see :meth:`bank_is_current`) with its :meth:`bank_key`, so the
-        next stage, which starts from these weights, loads it instead of refreshing (15 to 28 s
-        on 2 cores). Returns None, writing nothing, when there is no current bank."""
-        if not self.bank_is_current():
-            return None
-        return self._bank.save(path, self.bank_key())
-
-    def load_bank(self, path: Path | str) -> bool:
-        """Adopt a bank saved by :meth:`save_bank` if its key matches this model (same weights,
-        config and code texts): it then equals what :meth:`refresh_bank` would compute. False
-        (nothing changed) for a missing, unreadable or mismatched file."""
-        shape = (self.num_codes, len(CHANNELS), self.encoder.hidden_size)
-        loaded = self._bank.load(path, self.bank_key(), shape, self._trainable_versions())
-        self._bank.to(self.device)
-        return loaded
-
-    def _trainable_versions(self) -> tuple[int, ...]:
+    def trainable_versions(self) -> tuple[int, ...]:
+        """The trainable weights' in-place version counters: an optimizer step, ``copy_`` or
+        ``load_state_dict`` bumps them, so the bank knows when it went stale."""
         return tuple(p._version for p in self.parameters() if p.requires_grad)
 
     def _bank_equals_exact(self) -> bool:
         """Whether the exact path may read the bank: a current bank, and a call that would
         compute the same thing (eval mode, as the refresh ran; no gradients wanted)."""
-        return not self.training and not torch.is_grad_enabled() and self.bank_is_current()
+        current = self.bank.is_current(self.trainable_versions())
+        return not self.training and not torch.is_grad_enabled() and current
 
     @contextmanager
     def eval_mode(self) -> Iterator[None]:
@@ -335,32 +246,11 @@ class NaicsModel(nn.Module):
             if was_training:
                 self.train()
 
-    @torch.no_grad()
-    def refresh_bank(self, batch_size: int = 512) -> None:
-        """(Re)compute every code's pooled channel vectors with the current adapters.
-
-        Runs in eval mode (no LoRA dropout), so a row equals the live encoding of the code
-        right after the refresh. ~13 MB for 2,125 codes with MiniLM.
-        """
-        self._require_prepared()
-        with self.eval_mode():
-            n, hidden = self.num_codes, self.encoder.hidden_size
-            bank = torch.zeros(n, len(CHANNELS), hidden, dtype=torch.float32, device=self.device)
-            for start in range(0, n, batch_size):
-                rows = self._code_slots[start : start + batch_size]
-                bank[start : start + len(rows)] = self._channel_vectors(rows).float()
-            self._bank.fill(bank, self._trainable_versions())
-
-    def _query_rows(self, slots: Tensor) -> Tensor:
-        rows = torch.full((len(slots), len(CHANNELS)), -1, dtype=torch.long, device=slots.device)
-        rows[:, CHANNELS.index(QUERY_CHANNEL)] = slots
-        return rows
-
     def encode_queries(self, query_ids: Tensor) -> Encoded:
         """Points for indices into the prepared ``queries`` (examples adapter, rest masked)."""
-        self._require_prepared()
+        prepared = self._require_prepared()
         distinct, inverse = torch.unique(query_ids.reshape(-1), return_inverse=True)
-        enc = self._encode_slots(self._query_rows(self._query_slots[distinct]))
+        enc = self(query_rows(prepared.query_slots[distinct]))
         return self._expand(enc, inverse, query_ids.shape)
 
     @torch.inference_mode()
@@ -418,14 +308,15 @@ class NaicsModel(nn.Module):
         with self.eval_mode():
             shape = (len(texts), self.encoder.hidden_size)
             vectors = [torch.empty(shape, device=device) for _ in routes]
-            cached = [i for i, t in enumerate(texts) if t in self._text_ids]
+            text_ids = {} if self.prepared is None else self.prepared.text_ids
+            cached = [i for i, t in enumerate(texts) if t in text_ids]
             if cached:
-                text_rows = [self._text_ids[texts[i]] for i in cached]
+                text_rows = [text_ids[texts[i]] for i in cached]
                 ids = torch.tensor(text_rows, dtype=torch.long, device=device)
                 for route, out in zip(routes, vectors, strict=True):
                     out[cached] = self._encode_cached_route(ids, route)
             fresh = sorted(
-                (i for i, t in enumerate(texts) if t not in self._text_ids),
+                (i for i, t in enumerate(texts) if t not in text_ids),
                 key=lambda i: len(texts[i]),  # similar lengths batch together
             )
             for start in range(0, len(fresh), batch_size):
@@ -439,8 +330,8 @@ class NaicsModel(nn.Module):
     def _encode_cached_route(self, ids: Tensor, route: str | None) -> Tensor:
         if route is None:
             with self.encoder.adapters_off():
-                return self.encoder.encode_cached(self._cache, ids, QUERY_CHANNEL)
-        return self.encoder.encode_cached(self._cache, ids, route)
+                return self.encoder.encode_cached(self.prepared.cache, ids, QUERY_CHANNEL)
+        return self.encoder.encode_cached(self.prepared.cache, ids, route)
 
     @torch.inference_mode()
     def encode_all_codes(self, batch_size: int = 512) -> Tensor:
@@ -463,21 +354,21 @@ class NaicsModel(nn.Module):
         pad_to_max_length=True`` it is the naive design (every slot encoded separately, padded
         to ``max_length``) used as the speed baseline; tests use it to prove the cache exact.
         """
-        self._require_prepared()
+        prepared = self._require_prepared()
         flat = code_ids.reshape(-1)
         if dedupe:
             flat, inverse = torch.unique(flat, return_inverse=True)
         else:
             inverse = torch.arange(len(flat), device=flat.device)
-        slots = self._code_slots[flat]
+        slots = prepared.code_slots[flat]
         mask = slots >= 0
         columns = []
         for c, channel in enumerate(CHANNELS):
             rows = mask[:, c].nonzero().squeeze(1)
             column = torch.zeros(len(flat), self.encoder.hidden_size, device=flat.device)
             if len(rows):
-                members, owner = self._groups.gather(slots[rows, c])
-                texts = [self._texts[i] for i in members.tolist()]
+                members, owner = prepared.groups.gather(slots[rows, c])
+                texts = [prepared.texts[i] for i in members.tolist()]
                 pooled = self.encoder.encode_full(texts, channel, pad_to_max_length)
                 column = column.index_put((rows,), group_mean(pooled, owner, len(rows)))
             columns.append(column)
@@ -499,7 +390,7 @@ class NaicsModel(nn.Module):
                 f"unexpected {sorted(got - expected)[:5]}"
             )
         self.load_state_dict(state, strict=False)
-        self._bank.clear()  # computed with the old adapters
+        self.bank.clear()  # computed with the old adapters
 
 
 def _is_trainable_key(key: str) -> bool:

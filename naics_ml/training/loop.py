@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 
 from naics_ml.io import atomic_write_text
 from naics_ml.stage_folder import StageFolder
+from naics_ml.training.bank import load_bank, refresh_bank, save_bank
 from naics_ml.training.checkpoint import (
     save_stage_bundle,
 )
@@ -257,7 +258,7 @@ def _finish(run: RunState) -> StageResult:
     """Save the final bank (when current) and the readable summary; the stage's result."""
     wall = time.perf_counter() - run.started
     if run.rank == 0 and run.config.negative_bank and run.step == run.config.steps:
-        run.model.save_bank(run.folder.bank)  # only a current one (the last step validated)
+        save_bank(run.model, run.folder.bank)  # only a current one (the last step validated)
     if run.rank == 0:
         summary = {
             "checkpoint": str(run.folder.checkpoint),
@@ -309,7 +310,8 @@ def _refresh_due(config: TrainConfig, step: int, validating: bool) -> bool:
 
     Every ``bank_refresh_every`` steps (the next steps' negatives), and after the last step when
     it is validated: validation and the final evaluation then read every code from the fresh
-    bank (:meth:`NaicsModel.bank_is_current`); this last refresh cannot change training.
+    bank (:func:`naics_ml.training.bank.bank_is_current`); this last refresh cannot change
+    training.
     """
     if not config.negative_bank:
         return False
@@ -321,11 +323,12 @@ def _refresh_due(config: TrainConfig, step: int, validating: bool) -> bool:
 
 def _start_bank(model: NaicsModel, init_from: Path | None) -> float:
     """The bank at step 0 of a fresh stage: the one ``init_from``'s stage saved at these very
-    weights when it matches (:meth:`NaicsModel.load_bank`), else a refresh. Seconds taken."""
+    weights when it matches (:func:`naics_ml.training.bank.load_bank`), else a refresh.
+    Seconds taken."""
     if init_from is not None:
         started = time.perf_counter()
         path = StageFolder.of(init_from).bank
-        if model.load_bank(path):
+        if load_bank(model, path):
             log.info("negative bank loaded from %s (same weights and codes)", path)
             return time.perf_counter() - started
     return _refresh_bank(model)
@@ -334,7 +337,7 @@ def _start_bank(model: NaicsModel, init_from: Path | None) -> float:
 def _refresh_bank(model: NaicsModel) -> float:
     """Rebuild the model's negative bank; returns the seconds it took."""
     t0 = time.perf_counter()
-    model.refresh_bank()
+    refresh_bank(model)
     seconds = time.perf_counter() - t0
     log.info("negative bank refreshed in %.1fs", seconds)
     return seconds
