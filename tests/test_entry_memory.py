@@ -9,14 +9,13 @@ import polars as pl
 import pytest
 import torch
 
+from naics_ml.inference.blend import blend_probabilities, mix_probabilities
 from naics_ml.inference.entry_memory import (
     MemoryConfig,
-    blend_probabilities,
     candidate_positions,
     load_stage_memory,
     memory_entries,
     memory_probabilities,
-    mix_probabilities,
     save_stage_memory,
 )
 from naics_ml.inference.lexical_memory import LexicalIndex

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from naics_ml.evaluation.blend_tuning import tune_blend
-from naics_ml.inference.classifier import ScoreParts
+from naics_ml.inference.blend import ScoreParts
 from naics_ml.inference.entry_memory import MemoryConfig
 from naics_ml.inference.level_heads import (
     LEVELS,

@@ -23,7 +23,7 @@ from naics_ml.evaluation.realtext_metrics import (
 )
 from naics_ml.evaluation.stage_report import strict_test_mask
 from naics_ml.evaluation.tables import sector_table
-from naics_ml.inference.classifier import ScoreParts
+from naics_ml.inference.blend import ScoreParts
 from naics_ml.inference.entry_memory import MemoryConfig
 from naics_ml.inference.serving import (
     TunedBlend,

@@ -56,15 +56,14 @@ def fit_serving_calibration(
     classifier: Any, probs: np.ndarray, truth: list[str], base_query: np.ndarray
 ) -> tuple[dict[str, float], Calibration]:
     """Fit the temperature and the warning threshold on validation rows (``probs`` as predict
-    mixes them, ``base_query`` the texts' frozen base vectors), set them on ``classifier`` and
-    return them as metrics."""
+    mixes them, ``base_query`` the texts' frozen base vectors): their metrics and the
+    ``Calibration`` that holds them (``classifier`` is only read)."""
     columns = truth_columns(classifier.six_digit_codes, truth)
     calibration = fit_temperature(probs, columns)
     top = probs.argmax(axis=1)
     scores = {t: _warning_score(classifier, top, base_query, truth, t) for t in WARNING_GRID}
     threshold = max(WARNING_GRID, key=lambda t: (scores[t], t))
     calibration = replace(calibration, exclusion_threshold=float(threshold))
-    classifier.calibration = calibration
     return {
         "calibration_temperature": calibration.temperature,
         "calibration_val_nll_raw": calibration.validation_nll_raw,

@@ -223,13 +223,13 @@ def baseline_metrics(
 
 
 def tune_stage_blend(
-    classifier: object, entries: pl.DataFrame, sets: EvaluationSets
-) -> tuple[dict[str, float], object | None]:
+    classifier: Any, entries: pl.DataFrame, sets: EvaluationSets
+) -> tuple[dict[str, float], Any, Any]:
     """Choose the classifier's blend weights on the validation sets (index ``validation`` and
     ``realtext_val_``, never test or evaluation-only data), then its confidence temperature and
-    warning threshold on the index validation rows; set them on the classifier, and return them
-    as metrics, and the ``TunedBlend``
-    (``naics_ml.evaluation.blend_tuning``; ``({}, None)`` without validation data)."""
+    warning threshold on the index validation rows. Returns them as metrics, the
+    ``TunedBlend`` (``naics_ml.evaluation.blend_tuning``) and the ``Calibration``;
+    ``({}, None, None)`` without validation data. ``classifier`` is only read."""
     from naics_ml.evaluation.blend_tuning import tune_blend
 
     texts, truth = held_out(entries, "validation")
@@ -241,7 +241,7 @@ def tune_stage_blend(
         named["realtext_val"] = (frame["text"].to_list(), frame["codes"].to_list())
     named = {name: pair for name, pair in named.items() if pair[0]}
     if not named:
-        return {}, None
+        return {}, None, None
     parts = {name: classifier.score_parts(classifier.embed(t), t) for name, (t, _) in named.items()}
     tuned = tune_blend(
         parts,
@@ -249,32 +249,39 @@ def tune_stage_blend(
         classifier.six_digit_codes,
         classifier.memory_config,
     )
-    classifier.memory_config = tuned.config
-    calibration = _fit_calibration(classifier, parts.get("index_val"), named.get("index_val"))
-    return calibration | {
-        "selection_score": tuned.score,
-        "selection_score_untuned": tuned.untuned_score,
-        "blend_weight": tuned.config.weight,
-        "blend_lexical_weight": tuned.config.lexical_weight,
-        "blend_base_weight": tuned.config.base_weight,
-        "blend_sector_weight": tuned.config.sector_weight,
-        "blend_subsector_weight": tuned.config.subsector_weight,
-        "blend_group_weight": tuned.config.group_weight,
-        **{f"val_hit1_{name}": value for name, value in tuned.per_set.items()},
-    }, tuned
+    index_val = (parts.get("index_val"), named.get("index_val"))
+    fitted, calibration = _fit_calibration(classifier, tuned.config, *index_val)
+    return (
+        fitted
+        | {
+            "selection_score": tuned.score,
+            "selection_score_untuned": tuned.untuned_score,
+            "blend_weight": tuned.config.weight,
+            "blend_lexical_weight": tuned.config.lexical_weight,
+            "blend_base_weight": tuned.config.base_weight,
+            "blend_sector_weight": tuned.config.sector_weight,
+            "blend_subsector_weight": tuned.config.subsector_weight,
+            "blend_group_weight": tuned.config.group_weight,
+            **{f"val_hit1_{name}": value for name, value in tuned.per_set.items()},
+        },
+        tuned,
+        calibration,
+    )
 
 
-def _fit_calibration(classifier: Any, parts: Any, named: Any) -> dict[str, float]:
-    """The confidence temperature and the warning threshold, on the index validation rows."""
+def _fit_calibration(
+    classifier: Any, blend: Any, parts: Any, named: Any
+) -> tuple[dict[str, float], Any]:
+    """The confidence temperature and the warning threshold, on the index validation rows
+    mixed by ``blend``: their metrics and the ``Calibration`` (None without those rows)."""
     from naics_ml.evaluation.confidence import fit_serving_calibration
 
     if parts is None:
-        return {}
+        return {}, None
     texts, truth = named
     base = parts.base_query if parts.base_query is not None else classifier.frozen_vectors(texts)
-    probs = parts.mix(classifier.memory_config)
-    metrics, _ = fit_serving_calibration(classifier, probs, [t[0] for t in truth], base)
-    return metrics
+    probs = parts.mix(blend)
+    return fit_serving_calibration(classifier, probs, [t[0] for t in truth], base)
 
 
 def evaluate_stage(
@@ -285,16 +292,19 @@ def evaluate_stage(
     sets: EvaluationSets,
     stage_dir: Path | None = None,
 ) -> dict[str, float]:
-    """A finished stage's evaluation: tune the blend on validation data (saved as the stage's
-    ``blend.json`` when ``stage_dir`` is given), then every metric of :func:`model_metrics`."""
+    """A finished stage's evaluation: tune the blend and the calibration on validation data
+    (saved as the stage's ``blend.json`` and ``calibration.json`` when ``stage_dir`` is given),
+    then every metric of :func:`model_metrics` for the classifier they make, the one served."""
     from naics_ml.inference.calibration import save_calibration
     from naics_ml.inference.serving import save_blend
 
-    blend, tuned = tune_stage_blend(classifier, entries, sets)
-    if tuned is not None and stage_dir is not None:
-        save_blend(stage_dir, tuned)
-    if classifier.calibration is not None and stage_dir is not None:
-        save_calibration(stage_dir, classifier.calibration)
+    blend, tuned, calibration = tune_stage_blend(classifier, entries, sets)
+    if tuned is not None:
+        classifier = classifier.with_serving(tuned.config, calibration)
+        if stage_dir is not None:
+            save_blend(stage_dir, tuned)
+    if calibration is not None and stage_dir is not None:
+        save_calibration(stage_dir, calibration)
     return blend | model_metrics(classifier, codes, tree_distance, entries, sets, stage_dir)
 
 

@@ -36,6 +36,7 @@ numpy arrays, frames) is on the CPU.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,13 +48,13 @@ import polars as pl
 import torch
 
 from naics_ml.data.codes import six_digit_mask
+from naics_ml.inference.blend import ScoreParts
 from naics_ml.inference.calibration import Calibration, calibrate, load_calibration
 from naics_ml.inference.entry_memory import (
     MemoryConfig,
     candidate_positions,
     load_stage_memory,
     memory_probabilities,
-    mix_probabilities,
 )
 from naics_ml.inference.evidence import (
     EVIDENCE_KINDS,
@@ -81,62 +82,6 @@ PREDICT_CHUNK = 256  # texts classified together by predict
 # under 32 MB, the largest block glibc's malloc keeps for reuse; larger ones are mapped afresh
 # and faulted in page by page at every batch, which made 256 rows a third slower.
 SCORE_ROWS = 128
-
-
-@dataclass(frozen=True)
-class ScoreParts:
-    """The blend's distributions over six-digit codes for n texts, each (n, m); None = off.
-
-    ``distance``: Lorentz distance to each code; ``code``: the query softmax over codes;
-    ``points``/``lexical``: the entry memory as points / as words (``matched``: the text shares
-    a word with some entry); ``base``: the frozen base model's vote; ``base_query``: the texts'
-    own unit vectors under the frozen base model (n, H), reused by the exclusion warnings.
-    """
-
-    distance: np.ndarray
-    code: np.ndarray
-    points: np.ndarray | None = None
-    lexical: np.ndarray | None = None
-    matched: np.ndarray | None = None
-    base: np.ndarray | None = None
-    base_query: np.ndarray | None = None
-    levels: np.ndarray | None = None  # (n, levels, m) log priors of the level heads
-    entry_distance: np.ndarray | None = None  # (n, entries), kept only when asked (predict)
-
-    @staticmethod
-    def concatenate(batches: Sequence[ScoreParts]) -> ScoreParts:
-        fields = {}
-        names = ("distance", "code", "points", "lexical", "matched", "base", "base_query")
-        for name in (*names, "levels", "entry_distance"):
-            values = [getattr(b, name) for b in batches]
-            fields[name] = None if values[0] is None else np.concatenate(values)
-        return ScoreParts(**fields)
-
-    def mix(self, config: MemoryConfig) -> np.ndarray:
-        """The probabilities ``predict`` ranks by, under ``config``'s weights."""
-
-        def part(values: np.ndarray | None, weight: float) -> torch.Tensor | None:
-            return None if values is None or weight <= 0 else torch.from_numpy(values)
-
-        lexical = part(self.lexical, config.lexical_weight)
-        probs = mix_probabilities(
-            torch.from_numpy(self.code),
-            part(self.points, config.weight),
-            lexical,
-            None if lexical is None else torch.from_numpy(self.matched),
-            config,
-        )
-        base = part(self.base, config.base_weight)
-        if base is not None:
-            probs = (1.0 - config.base_weight) * probs + config.base_weight * base
-        probs = probs.numpy()
-        exponents = np.asarray(config.level_weights)
-        if self.levels is None or not exponents.any():
-            return probs
-        log = np.log(np.maximum(probs, 1e-300)) + np.einsum("nlm,l->nm", self.levels, exponents)
-        log -= log.max(axis=1, keepdims=True)
-        mixed = np.exp(log)
-        return mixed / mixed.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -206,6 +151,15 @@ class Classifier:
         self._base_column: torch.Tensor | None = None
         if self.memory_config.base_weight > 0:
             self._init_base_part(memory, None if points is None else points.base)
+
+    def with_serving(
+        self, memory_config: MemoryConfig, calibration: Calibration | None
+    ) -> Classifier:
+        """This classifier with another blend and calibration (what a stage's evaluation
+        chose): a shallow copy sharing its points and memories; ``self`` is unchanged."""
+        served = copy.copy(self)
+        served.memory_config, served.calibration = memory_config, calibration
+        return served
 
     def _code_points(self, points: StagePoints | None) -> torch.Tensor:
         """Every code's point: the saved ones, or embedded now (preparing the model if it is

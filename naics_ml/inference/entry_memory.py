@@ -36,12 +36,10 @@ from naics_ml.stage_folder import StageFolder
 
 __all__ = [
     "MemoryConfig",
-    "blend_probabilities",
     "candidate_positions",
     "load_stage_memory",
     "memory_entries",
     "memory_probabilities",
-    "mix_probabilities",
     "save_stage_memory",
 ]
 
@@ -145,36 +143,6 @@ def memory_probabilities(
     shape = (entry_distance.shape[0], num_candidates)
     out = torch.zeros(shape, dtype=weights.dtype, device=weights.device)
     return out.index_add_(1, entry_candidate, weights)
-
-
-def blend_probabilities(code_probs: Tensor, memory_probs: Tensor, weight: float) -> Tensor:
-    """``(1 - weight) * code_probs + weight * memory_probs`` (both rows sum to 1)."""
-    return (1.0 - weight) * code_probs + weight * memory_probs
-
-
-def mix_probabilities(
-    code_probs: Tensor,
-    memory_probs: Tensor | None,
-    lexical_probs: Tensor | None,
-    matched: Tensor | None,
-    config: MemoryConfig,
-) -> Tensor:
-    """The three-way blend of the module doc; ``None`` parts are off. Rows where ``matched``
-    is False (no word shared with any entry) keep the code and point parts, renormalised."""
-    lexical_share = config.lexical_weight if lexical_probs is not None else 0.0
-    dense = code_probs
-    if memory_probs is not None:
-        dense = blend_probabilities(
-            code_probs,
-            memory_probs,
-            config.weight / (1.0 - lexical_share) if lexical_share < 1 else 0.0,
-        )
-    if lexical_probs is None:
-        return dense
-    if matched is None or matched.shape != (len(code_probs),):
-        raise ValueError("lexical probabilities need a (rows,) matched mask")
-    mixed = blend_probabilities(dense, lexical_probs, lexical_share)
-    return torch.where(matched[:, None], mixed, dense)
 
 
 def candidate_positions(codes: np.ndarray, candidates: np.ndarray) -> np.ndarray:

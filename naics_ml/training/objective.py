@@ -61,6 +61,48 @@ class StepLoss:
         return torch.stack(values).double()
 
 
+@dataclass(frozen=True)
+class StepCodes:
+    """The code indices a step encodes, by role (CPU tensors): the triplets' ``anchor`` and
+    ``positive`` (B,), ``negatives`` (B, k) with padding pointed at the anchor and masked out
+    (``mask`` False), and ``query_codes`` (Q,), the true codes of the step's queries (None:
+    no queries this step)."""
+
+    anchor: Tensor
+    positive: Tensor
+    negatives: Tensor
+    mask: Tensor
+    query_codes: Tensor | None = None
+
+    @classmethod
+    def of(cls, batch: TripletBatchLike, query_codes: Tensor | None = None) -> StepCodes:
+        def ids(values: np.ndarray) -> Tensor:
+            return torch.tensor(np.asarray(values), dtype=torch.long, device="cpu")
+
+        anchor, negatives = ids(batch.anchor), ids(batch.negatives)
+        mask = negatives >= 0
+        negatives = torch.where(mask, negatives, anchor[:, None].expand(*negatives.shape))
+        return cls(anchor, ids(batch.positive), negatives, mask, query_codes)
+
+    def roles(self) -> dict[str, Tensor]:
+        """Each role's code indices, flat, in the order :meth:`flat` concatenates them."""
+        roles = {"anchor": self.anchor, "positive": self.positive}
+        roles["negatives"] = self.negatives.reshape(-1)
+        if self.query_codes is not None:
+            roles["queries"] = self.query_codes
+        return roles
+
+    def flat(self) -> Tensor:
+        return torch.cat(list(self.roles().values()))
+
+    def split(self, rows: Tensor) -> dict[str, Tensor]:
+        """``rows`` aligned with :meth:`flat` (e.g. each code's row among the encoded ones),
+        cut back into the roles."""
+        roles = self.roles()
+        parts = torch.split(rows, [len(v) for v in roles.values()])
+        return dict(zip(roles, parts, strict=True))
+
+
 class StageObjective:
     """Triplet + query + hierarchy + balance loss of a stage, set up once from its config.
 
@@ -101,27 +143,26 @@ class StageObjective:
         step: int,
         rank: int = 0,
     ) -> StepLoss:
-        anchor, positive, negatives, mask = _triplet_ids(batch)
-        b, k = negatives.shape
-        ids = [anchor, positive, negatives.reshape(-1)]
+        q_ids = None
         if query_ids is not None and len(query_ids) > 0:
             q_ids = torch.tensor(np.asarray(query_ids), dtype=torch.long, device="cpu")
-            ids.append(self.query_codes[q_ids])
+        codes = StepCodes.of(batch, None if q_ids is None else self.query_codes[q_ids])
+        b, k = codes.negatives.shape
         if self.every_code is not None:  # all codes: inverse is the identity on code indices
-            unique, inverse = torch.arange(self.every_code, device="cpu"), torch.cat(ids)
+            unique, inverse = torch.arange(self.every_code, device="cpu"), codes.flat()
         else:
-            unique, inverse = torch.unique(torch.cat(ids), return_inverse=True)
-        inverse = inverse.to(self.device)
-        encoded = model.encode_codes(unique.to(self.device), live=self._live(ids))
+            unique, inverse = torch.unique(codes.flat(), return_inverse=True)
+        at = codes.split(inverse.to(self.device))  # each role's rows among the encoded codes
+        encoded = model.encode_codes(unique.to(self.device), live=self._live(codes))
         points = encoded.points
-        a, p = points[inverse[:b]], points[inverse[b : 2 * b]]
-        n = points[inverse[2 * b : 2 * b + b * k]].view(b, k, -1)
-        mask = None if bool(mask.all()) else mask.to(self.device)
+        a, p = points[at["anchor"]], points[at["positive"]]
+        n = points[at["negatives"]].view(b, k, -1)
+        mask = None if bool(codes.mask.all()) else codes.mask.to(self.device)
         triplet = hyperbolic_info_nce(a, p, n, self.manifold, self.config.temperature, mask)
         balance, utilization = encoded.balance_loss, encoded.expert_utilization
         total, query = triplet, torch.zeros((), device=self.device)
-        if len(ids) > 3:
-            query, q_enc = self._query_loss(model, q_ids, unique, points, inverse[2 * b + b * k :])
+        if q_ids is not None:
+            query, q_enc = self._query_loss(model, q_ids, unique, points, at["queries"])
             balance = 0.5 * (balance + q_enc.balance_loss)
             utilization = 0.5 * (utilization + q_enc.expert_utilization)
             total = triplet + self.config.query_loss_weight * query
@@ -157,13 +198,14 @@ class StageObjective:
         out["radius_max"] = float(r.max())
         return out
 
-    def _live(self, ids: list[Tensor]) -> Tensor | None:
+    def _live(self, codes: StepCodes) -> Tensor | None:
         """The codes encoded live with the negative bank (None: every code, the exact loss)."""
         if not self.config.negative_bank:
             return None
-        live = [ids[0]]
-        live += [ids[1]] if self.config.bank_live_positives else []
-        live += ids[3:] if self.config.bank_live_query_codes else []
+        live = [codes.anchor]
+        live += [codes.positive] if self.config.bank_live_positives else []
+        if self.config.bank_live_query_codes and codes.query_codes is not None:
+            live.append(codes.query_codes)
         return torch.cat(live).to(self.device)
 
     def _query_loss(
@@ -207,18 +249,6 @@ def triplet_accuracy(
     if mask is not None:
         d_neg = d_neg.masked_fill(~mask, math.inf)
     return (d_pos[:, None] < d_neg).all(dim=1).float().mean()
-
-
-def _triplet_ids(batch: TripletBatchLike) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Anchor, positive and negative code indices (on the CPU); padded negatives (< 0) point at
-    the anchor and are masked out."""
-    anchor = torch.tensor(np.asarray(batch.anchor), dtype=torch.long, device="cpu")
-    positive = torch.tensor(np.asarray(batch.positive), dtype=torch.long, device="cpu")
-    negatives = torch.tensor(np.asarray(batch.negatives), dtype=torch.long, device="cpu")
-    b, k = negatives.shape
-    mask = negatives >= 0
-    negatives = torch.where(mask, negatives, anchor[:, None].expand(b, k))
-    return anchor, positive, negatives, mask
 
 
 def _six_digit_mask(codes: pl.DataFrame | None, device: torch.device) -> Tensor | None:
