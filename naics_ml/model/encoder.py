@@ -27,7 +27,6 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from naics_ml.model.packed import (
     supports_packing,
 )
 from naics_ml.model.precision import autocast_layers
+from naics_ml.model.prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -65,48 +65,6 @@ def digest_tensors(digest: Any, state: dict[str, Tensor]) -> None:
     for name, tensor in state.items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-
-
-@dataclass
-class PrefixCache:
-    """Hidden states entering the first LoRA layer for a list of texts, real tokens only."""
-
-    flat: Tensor  # (total_tokens, H), cache dtype
-    offsets: Tensor  # (n,) start row of each text in ``flat``
-    lengths: Tensor  # (n,) tokens per text
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def gather(self, ids: Tensor) -> tuple[Tensor, Tensor]:
-        """Padded (n, L, H) float32 hidden states and (n, L) mask for texts ``ids``."""
-        lengths = self.lengths[ids]
-        width = int(lengths.max())
-        pos = torch.arange(width, device=lengths.device)
-        mask = pos.unsqueeze(0) < lengths.unsqueeze(1)
-        rows = self.offsets[ids].unsqueeze(1) + torch.minimum(
-            pos.unsqueeze(0), lengths.unsqueeze(1) - 1
-        )
-        return self.flat[rows].float(), mask.long()
-
-    def nbytes(self) -> int:
-        return self.flat.numel() * self.flat.element_size()
-
-    def to(self, device: torch.device) -> PrefixCache:
-        """The same cache on ``device`` (itself when already there)."""
-        return PrefixCache(self.flat.to(device), self.offsets.to(device), self.lengths.to(device))
-
-    def save(self, path: Path | str) -> Path:
-        """Write the cache atomically (a torch file of three tensors)."""
-        from naics_ml.io import atomic_save_torch
-
-        state = {"flat": self.flat, "offsets": self.offsets, "lengths": self.lengths}
-        return atomic_save_torch(state, path)
-
-    @classmethod
-    def load(cls, path: Path | str) -> PrefixCache:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(flat=state["flat"], offsets=state["offsets"], lengths=state["lengths"])
 
 
 class ChannelEncoder(nn.Module):

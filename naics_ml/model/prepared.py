@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from naics_ml.model.channels import CHANNELS, QUERY_CHANNEL, channel_fingerprint
-from naics_ml.model.encoder import ChannelEncoder, PrefixCache
+from naics_ml.model.encoder import ChannelEncoder
+from naics_ml.model.prefix_cache import PrefixCache
 from naics_ml.model.text_groups import TextGroups, split_lines
 
 __all__ = ["CACHE_DTYPES", "PreparedTexts", "query_rows"]

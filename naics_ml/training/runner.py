@@ -81,15 +81,8 @@ def train_from_inputs(
     level = codes["level"].to_numpy()
 
     def triplets(start: int) -> Iterator[TripletBatch]:
-        sampler = TripletSampler(
-            Path(inputs.triplets_dir),
-            level,
-            spec,
-            train_config.batch_size,
-            seed=train_config.seed,
-            rank=rank,
-            world_size=world,
-        )
+        size, seed, shards = train_config.batch_size, train_config.seed, Path(inputs.triplets_dir)
+        sampler = TripletSampler(shards, level, spec, size, seed, rank=rank, world_size=world)
         return continued(sampler, start)
 
     def query_batches(start: int) -> Iterator[np.ndarray]:
