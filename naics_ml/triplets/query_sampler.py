@@ -6,7 +6,15 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["QuerySampler"]
+__all__ = ["QuerySampler", "check_batching"]
+
+
+def check_batching(batch_size: int, rank: int, world_size: int) -> None:
+    """A sampler's batch size and data-parallel rank, checked before anything is read."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
 
 
 class QuerySampler:
@@ -30,12 +38,7 @@ class QuerySampler:
         self.code_index = np.asarray(code_index, dtype=np.int64)
         if self.code_index.ndim != 1 or self.code_index.size == 0:
             raise ValueError("code_index must be a non-empty 1-d array")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(
-                f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
-            )
+        check_batching(batch_size, rank, world_size)
         self.batch_size, self.seed, self.n_batches = batch_size, seed, n_batches
         self.rank, self.world_size = rank, world_size
 

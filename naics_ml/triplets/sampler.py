@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from naics_ml.triplets.curriculum import CurriculumSpec
 from naics_ml.triplets.pair_filter import KEY_SHIFT, PairFilter, Pairs, check_schema
 from naics_ml.triplets.prefetch import prefetched
+from naics_ml.triplets.query_sampler import check_batching
 from naics_ml.triplets.shards import shard_sectors
 
 
@@ -189,12 +190,7 @@ class TripletSampler:
         sectors: Sequence[str] | None = None,
         prefetch: int = 8,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(
-                f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
-            )
+        check_batching(batch_size, rank, world_size)
         self.spec, self.batch_size, self.seed = spec, batch_size, seed
         self.n_batches = n_batches
         self.buffer_size = max(buffer_size, batch_size)
