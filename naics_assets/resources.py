@@ -98,6 +98,26 @@ class RealTextSource(dg.ConfigurableResource):
         return out
 
 
+class RecordsSource(dg.ConfigurableResource):
+    """The users' business records (``naics_ml.records.source``): a folder of CSV, Parquet and
+    JSON-lines files with a ``records.yaml`` naming their text and id columns."""
+
+    local_dir: str | None = Field(
+        default=None, description="Folder of the records files; NAICS_RECORDS_DIR by default."
+    )
+
+    def folder(self) -> Path | None:
+        """The folder, or None when none is set (the records sensor then skips)."""
+        return Path(self.local_dir).expanduser() if self.local_dir else None
+
+    def file(self, name: str) -> Path:
+        """The records file ``name`` (a plain file name in the folder)."""
+        folder = self.folder()
+        if folder is None:
+            raise ValueError("RecordsSource.local_dir (NAICS_RECORDS_DIR) is not set")
+        return folder / plain_file_name("records file", name)
+
+
 class ArtifactStore(dg.ConfigurableResource):
     """Every file an asset writes lives under ``root/<revision>/`` (storage/artifacts)."""
 
@@ -132,8 +152,13 @@ class ArtifactStore(dg.ConfigurableResource):
         same files (``naics_ml.io.exclusive_lock``)."""
         from naics_ml.io import exclusive_lock
 
-        revision = safe_revision(context.partition_key)
+        key = context.partition_key
         name = context.asset_key.to_user_string()
+        if isinstance(key, dg.MultiPartitionKey):  # a records file of a revision
+            parts = key.keys_by_dimension
+            key = parts["revision"]
+            name = f"{name}.{plain_file_name('records file', parts['records_file'])}"
+        revision = safe_revision(key)
         started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         holder = (
             f"pid {os.getpid()} (parent {os.getppid()}) on {socket.gethostname()} "

@@ -8,7 +8,7 @@ from naics_assets.resources import CensusSource
 
 revision_job = dg.define_asset_job(
     "naics_revision_job",
-    selection=dg.AssetSelection.all(),
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("records"),
     description="Every revision-partitioned asset, census workbooks to embeddings.",
 )
 

@@ -13,6 +13,7 @@ Every file the pipeline makes for a revision lives in ``<artifacts>/<revision>/`
     models/<stage>/                a stage folder (naics_ml.stage_folder.StageFolder)
     models/serving.json            which stage serves predict
     naics_embeddings.parquet       every code's coordinates
+    business_codes/<file>.parquet  a user's records file, coded by the served stage
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class RevisionFolder:
     BASELINES: ClassVar[str] = "baselines"
     MODELS: ClassVar[str] = "models"
     EMBEDDINGS: ClassVar[str] = "naics_embeddings.parquet"
+    BUSINESS_CODES: ClassVar[str] = "business_codes"
 
     @classmethod
     def under(cls, root: Path | str, revision: str) -> RevisionFolder:
@@ -75,6 +77,12 @@ class RevisionFolder:
     models = property(lambda self: self.file(self.MODELS))
     embeddings = property(lambda self: self.file(self.EMBEDDINGS))
     serving = property(lambda self: self.models / SERVING_FILE)
+
+    def business_codes(self, records_file: str) -> Path:
+        """Where the codes of the records file ``records_file`` (a plain file name) go."""
+        if records_file in ("", ".", "..") or Path(records_file).name != records_file:
+            raise ValueError(f"a records file must be a plain file name, got {records_file!r}")
+        return self.file(self.BUSINESS_CODES) / f"{records_file}.parquet"
 
     def stage(self, name: str) -> StageFolder:
         """The folder of stage ``name`` (checked to be one path component)."""

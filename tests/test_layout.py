@@ -25,6 +25,7 @@ ALLOWED = {
     "training": {"data", "triplets", "model"},
     "inference": {"data", "model", "training.checkpoint"},
     "evaluation": {"data", "model", "inference"},
+    "records": {"data", "inference"},
 }
 
 

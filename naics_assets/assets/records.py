@@ -1,0 +1,166 @@
+"""``business_codes``: a user's records file coded by the served model of a revision.
+
+Partitioned by (revision, records file): ``records_sensor`` adds each new or changed file of
+``NAICS_RECORDS_DIR`` as a partition and requests its run for every revision that has a served
+stage; a removed file is reported in the sensor's log and its codes are kept. The file is read
+and coded in chunks (``naics_ml.records``) and written as
+``storage/artifacts/<revision>/business_codes/<file>.parquet``, atomically: the previous codes
+stay readable until the new ones are complete. Two checks: every code exists in the revision
+(an error), and the share of rows below the confidence threshold stays under a limit (a
+warning).
+"""
+
+import json
+
+import dagster as dg
+from pydantic import Field
+
+from naics_assets.partitions import revision_partitions
+from naics_assets.resources import ArtifactStore, RecordsSource
+
+records_partitions = dg.DynamicPartitionsDefinition(name="records_file")
+business_partitions = dg.MultiPartitionsDefinition(
+    {"revision": revision_partitions, "records_file": records_partitions}
+)
+CHECKS = [
+    dg.AssetCheckSpec(
+        "codes_exist",
+        asset="business_codes",
+        description="Every code is one of the revision's six-digit codes.",
+    ),
+    dg.AssetCheckSpec(
+        "low_confidence_share",
+        asset="business_codes",
+        description="The share of "
+        "rows below the confidence threshold stays under the configured limit.",
+    ),
+]
+
+
+class BusinessCodesConfig(dg.Config):
+    chunk_rows: int = Field(default=5_000, description="Rows read and coded at once.")
+    min_confidence: float = Field(
+        default=0.5, description="Below it a row needs review; also the fallback's threshold."
+    )
+    max_low_confidence_share: float = Field(
+        default=0.5, description="The low_confidence_share check warns above this share."
+    )
+
+
+@dg.asset(
+    partitions_def=business_partitions,
+    group_name="records",
+    kinds={"pytorch", "parquet"},
+    check_specs=CHECKS,
+)
+def business_codes(
+    context: dg.AssetExecutionContext,
+    config: BusinessCodesConfig,
+    store: ArtifactStore,
+    records: RecordsSource,
+) -> dg.MaterializeResult:
+    """Every row of the records file with its code, title, calibrated confidence, fallback
+    code, top-5 candidates and evidence, by the revision's served stage."""
+    import polars as pl
+
+    from naics_ml.inference.classifier import Classifier
+    from naics_ml.inference.serving import served_stage, stage_digest
+    from naics_ml.records.coding import CodingConfig, code_records
+    from naics_ml.records.source import RecordsError, RecordsSettings
+
+    keys = context.partition_key.keys_by_dimension
+    revision, name = keys["revision"], keys["records_file"]
+    folder = store.revision(revision)
+    path = records.file(name)
+    try:
+        settings = RecordsSettings.for_file(path.parent, name)
+        stage = served_stage(store.base(), revision)
+        classifier = Classifier.from_checkpoint(stage)
+        coding = CodingConfig(config.chunk_rows, config.min_confidence)
+        with store.lock(context):
+            out = folder.business_codes(name)
+            summary = code_records(classifier.predict, (path, settings), out, coding)
+    except (RecordsError, FileNotFoundError) as error:
+        raise dg.Failure(str(error)) from error
+    known = set(pl.read_parquet(folder.codes).filter(pl.col("level") == 6)["code"])
+    coded = set(pl.scan_parquet(out).select("code").drop_nulls().unique().collect()["code"])
+    unknown = sorted(coded - known)
+    share = summary.low_confidence_share
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(out)),
+            "dagster/row_count": summary.rows,
+            "low_confidence_share": share,
+            "rows_without_text": summary.errors,
+            "codes_by_sector": dg.MetadataValue.md(sector_table(summary.by_sector)),
+            "model": f"{stage.name} ({stage_digest(stage)[:12]})",
+            "text_column": settings.text_column,
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="codes_exist",
+                passed=not unknown,
+                metadata={"unknown_codes": dg.MetadataValue.json(unknown[:20])},
+            ),
+            dg.AssetCheckResult(
+                check_name="low_confidence_share",
+                passed=share <= config.max_low_confidence_share,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"share": share, "limit": config.max_low_confidence_share},
+            ),
+        ],
+    )
+
+
+def sector_table(by_sector: dict[str, int]) -> str:
+    """Markdown: rows per sector, largest first, with a bar."""
+    total = sum(by_sector.values()) or 1
+    rows = ["| sector | rows | share | |", "|---|---|---|---|"]
+    for sector, n in sorted(by_sector.items(), key=lambda item: (-item[1], item[0])):
+        rows.append(f"| {sector} | {n:,} | {n / total:.1%} | {'█' * round(20 * n / total)} |")
+    return "\n".join(rows)
+
+
+records_job = dg.define_asset_job(
+    "business_codes_job",
+    selection=[business_codes],
+    description="Code one records file with one revision's served stage.",
+)
+
+
+@dg.sensor(job=records_job, minimum_interval_seconds=60)
+def records_sensor(
+    context: dg.SensorEvaluationContext, records: RecordsSource, store: ArtifactStore
+) -> dg.SensorResult:
+    """New or changed records files become partitions and runs (one per served revision);
+    removed ones are reported, never dropped. The cursor holds each file's SHA-256."""
+    from naics_ml.records.source import discover_records
+    from naics_ml.revision_folder import RevisionFolder
+
+    folder = records.folder()
+    if folder is None or not folder.is_dir():
+        return dg.SensorResult(skip_reason=f"no records folder (NAICS_RECORDS_DIR: {folder})")
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    current = {f.name: f.digest for f in discover_records(folder)}
+    removed = sorted(set(seen) - set(current))
+    if removed:
+        context.log.warning(f"records files gone from {folder}: {removed}; their codes are kept")
+    changed = [n for n, digest in current.items() if seen.get(n) != digest]
+    known = context.instance.get_dynamic_partitions(revision_partitions.name)
+    served = [r for r in known if RevisionFolder.under(store.base(), r).serving.is_file()]
+    requests = [
+        dg.RunRequest(
+            partition_key=dg.MultiPartitionKey({"revision": r, "records_file": n}),
+            run_key=f"{n}:{current[n]}:{r}",
+        )
+        for n in changed
+        for r in served
+    ]
+    existing = set(context.instance.get_dynamic_partitions(records_partitions.name))
+    added = [n for n in current if n not in existing]
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[records_partitions.build_add_request(added)] if added else [],
+        # a changed file waits in the cursor until some revision serves a model
+        cursor=json.dumps({n: d for n, d in current.items() if n not in changed or served}),
+    )

@@ -1,0 +1,165 @@
+"""A folder of business records (``NAICS_RECORDS_DIR``): CSV, Parquet or JSON-lines files, and
+``records.yaml`` beside them naming each file's text column and id column::
+
+    text_column: description        # the folder's default
+    id_column: id
+    files:
+      vendors.csv: {text_column: business_activity, id_column: vendor_no}
+
+A file is read in chunks of rows (:func:`read_chunks`), so memory does not grow with the file.
+Every error names the file and, where one is at fault, the column or setting.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import yaml
+
+from naics_ml.inference.batch import FORMATS
+
+__all__ = [
+    "SETTINGS_FILE",
+    "RecordFile",
+    "RecordsError",
+    "RecordsSettings",
+    "discover_records",
+    "read_chunks",
+]
+
+SETTINGS_FILE = "records.yaml"
+
+
+class RecordsError(ValueError):
+    """A records file, column or setting that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class RecordsSettings:
+    """Which column of a file holds the business text, and which its id."""
+
+    text_column: str
+    id_column: str
+
+    @classmethod
+    def for_file(cls, folder: Path, name: str) -> RecordsSettings:
+        """``name``'s settings from the folder's ``records.yaml`` (its entry over the folder's)."""
+        path = Path(folder) / SETTINGS_FILE
+        if not path.is_file():
+            raise RecordsError(f"{path}: missing; it names each file's text_column and id_column")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise RecordsError(f"{path}: not valid YAML ({error})") from error
+        files = data.get("files") or {} if isinstance(data, dict) else None
+        if not isinstance(files, dict):
+            raise RecordsError(f"{path}: expected a mapping with an optional 'files' mapping")
+        merged = {**{k: v for k, v in data.items() if k != "files"}, **(files.get(name) or {})}
+        unknown = sorted(set(merged) - {"text_column", "id_column"})
+        if unknown:
+            raise RecordsError(f"{path}: unknown setting(s) {unknown} for {name}")
+        missing = [k for k in ("text_column", "id_column") if not merged.get(k)]
+        if missing:
+            raise RecordsError(f"{path}: no {' or '.join(missing)} for {name}")
+        return cls(str(merged["text_column"]), str(merged["id_column"]))
+
+
+@dataclass(frozen=True)
+class RecordFile:
+    """One records file: its name (the partition key), path and content digest."""
+
+    name: str
+    path: Path
+    digest: str
+
+
+def discover_records(folder: Path | str) -> list[RecordFile]:
+    """The records files of ``folder`` (known suffixes, not hidden), by name."""
+    found = []
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in FORMATS:
+            with path.open("rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            found.append(RecordFile(path.name, path, digest))
+    return found
+
+
+def read_chunks(
+    path: Path, settings: RecordsSettings, chunk_rows: int = 10_000
+) -> Iterator[pl.DataFrame]:
+    """The file's rows in chunks of at most ``chunk_rows``, every column as read (CSV as text);
+    the columns are checked before the first chunk, and an empty file is an error."""
+    path = Path(path)
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise RecordsError(f"{path}: unknown format; use one of {', '.join(sorted(FORMATS))}")
+    chunks = {"csv": _csv_chunks, "parquet": _parquet_chunks, "jsonl": _jsonl_chunks}[kind]
+    rows = 0
+    try:
+        for chunk in chunks(path, chunk_rows):
+            if rows == 0:
+                _check_columns(path, chunk.columns, settings)
+            rows += chunk.height
+            if chunk.height:
+                yield chunk
+    except RecordsError:
+        raise
+    except Exception as error:  # polars and pyarrow raise several kinds for a malformed file
+        raise RecordsError(f"{path}: cannot be read as {kind} ({error})") from error
+    if rows == 0:
+        raise RecordsError(f"{path}: the file has no rows")
+
+
+def _check_columns(path: Path, columns: list[str], settings: RecordsSettings) -> None:
+    for setting in ("text_column", "id_column"):
+        column = getattr(settings, setting)
+        if column not in columns:
+            raise RecordsError(
+                f"{path}: no column {column!r} ({setting} in {SETTINGS_FILE}; "
+                f"columns: {', '.join(columns)})"
+            )
+
+
+def _csv_chunks(path: Path, chunk_rows: int) -> Iterator[pl.DataFrame]:
+    """Every column as text (ids keep their leading zeros), streamed block by block."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), [])
+    strings = pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string()))
+    pending: list[pl.DataFrame] = []
+    held = 0
+    for batch in pacsv.open_csv(path, convert_options=strings):
+        pending.append(pl.from_arrow(batch))
+        held += batch.num_rows
+        while held >= chunk_rows:
+            frame = pl.concat(pending)
+            yield frame.slice(0, chunk_rows)
+            pending, held = [frame.slice(chunk_rows)], frame.height - chunk_rows
+    if held:
+        yield pl.concat(pending)
+
+
+def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[pl.DataFrame]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+        yield pl.from_arrow(batch)
+
+
+def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[pl.DataFrame]:
+    lines: list[bytes] = []
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                lines.append(line)
+            if len(lines) == chunk_rows:
+                yield pl.read_ndjson(io.BytesIO(b"".join(lines)))
+                lines = []
+    if lines:
+        yield pl.read_ndjson(io.BytesIO(b"".join(lines)))

@@ -1,0 +1,182 @@
+"""Users' records: reading a records folder in chunks, bad files named, ``business_codes``
+coding a file with a revision's served stage (a tiny trained model), and the records sensor."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from naics_assets.assets.records import business_codes, records_partitions, records_sensor
+from naics_assets.partitions import revision_partitions
+from naics_assets.resources import ArtifactStore, RecordsSource
+from naics_ml.inference.entry_memory import MemoryConfig
+from naics_ml.inference.serving import TunedBlend, choose_served_stage, save_blend
+from naics_ml.records.source import RecordsError, RecordsSettings, discover_records, read_chunks
+from naics_ml.revision_folder import RevisionFolder
+
+from .test_classify import stage  # noqa: F401  (the tiny trained stage, a fixture)
+
+TEXTS = ["wheat farm company", "gold mine company", "", None, "organic wheat growers"]
+
+
+def write_records(folder: Path, name: str = "vendors.csv", rows: int = 25) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "records.yaml").write_text(
+        "text_column: activity\nid_column: vendor\n"
+        "files:\n  other.jsonl: {text_column: description}\n"
+    )
+    frame = pl.DataFrame(
+        {
+            "vendor": [f"V{i:03d}" for i in range(rows)],
+            "activity": [TEXTS[i % len(TEXTS)] for i in range(rows)],
+        }
+    )
+    path = folder / name
+    {".csv": frame.write_csv, ".parquet": frame.write_parquet, ".jsonl": frame.write_ndjson}[
+        path.suffix
+    ](path)
+    return path
+
+
+def test_settings_come_from_records_yaml_with_per_file_overrides(tmp_path: Path) -> None:
+    write_records(tmp_path)
+    assert RecordsSettings.for_file(tmp_path, "vendors.csv") == RecordsSettings(
+        "activity", "vendor"
+    )
+    other = RecordsSettings.for_file(tmp_path, "other.jsonl")
+    assert other == RecordsSettings("description", "vendor")
+    (tmp_path / "records.yaml").write_text("text_column: a\nid_column: b\ncolour: red\n")
+    with pytest.raises(RecordsError, match=r"records.yaml: unknown setting\(s\) \['colour'\]"):
+        RecordsSettings.for_file(tmp_path, "vendors.csv")
+    (tmp_path / "records.yaml").unlink()
+    with pytest.raises(RecordsError, match=r"records\.yaml: missing"):
+        RecordsSettings.for_file(tmp_path, "vendors.csv")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
+def test_a_file_is_read_in_chunks_of_at_most_the_asked_rows(tmp_path: Path, suffix: str) -> None:
+    path = write_records(tmp_path, f"vendors{suffix}", rows=25)
+    settings = RecordsSettings("activity", "vendor")
+    chunks = list(read_chunks(path, settings, chunk_rows=10))
+    assert [c.height for c in chunks] == [10, 10, 5]
+    assert pl.concat(chunks)["vendor"].to_list() == [f"V{i:03d}" for i in range(25)]
+    assert [f.name for f in discover_records(tmp_path)] == [f"vendors{suffix}"]
+
+
+def test_bad_files_are_named_with_the_column_at_fault(tmp_path: Path) -> None:
+    path = write_records(tmp_path)
+    with pytest.raises(RecordsError, match=r"vendors.csv: no column 'text' \(text_column"):
+        next(read_chunks(path, RecordsSettings("text", "vendor")))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("vendor,activity\n")
+    with pytest.raises(RecordsError, match=r"empty\.csv: the file has no rows"):
+        list(read_chunks(empty, RecordsSettings("activity", "vendor")))
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet at all")
+    with pytest.raises(RecordsError, match=r"broken\.parquet: cannot be read as parquet"):
+        list(read_chunks(broken, RecordsSettings("activity", "vendor")))
+
+
+@pytest.fixture()
+def site(tmp_path: Path, stage) -> dict:  # noqa: F811
+    """A revision 2022 whose served stage is the tiny trained stage, and a records folder."""
+    artifacts = tmp_path / "artifacts"
+    revision = RevisionFolder.under(artifacts, "2022")
+    shutil.copytree(stage[0], revision.stage("stage_01_easy").path)
+    save_blend(revision.stage("stage_01_easy").path, TunedBlend(MemoryConfig(), 0.5, {}, 0.5))
+    choose_served_stage(revision, ["stage_01_easy"])
+    stage[1].write_parquet(revision.codes)
+    records = tmp_path / "records"
+    write_records(records)
+    return {"artifacts": artifacts, "revision": revision, "records": records}
+
+
+def materialize(site: dict, name: str, **config) -> dg.ExecuteInProcessResult:
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(revision_partitions.name, ["2022"])
+    instance.add_dynamic_partitions(records_partitions.name, [name])
+    return dg.materialize(
+        [business_codes],
+        instance=instance,
+        partition_key=dg.MultiPartitionKey({"revision": "2022", "records_file": name}),
+        resources={
+            "store": ArtifactStore(root=str(site["artifacts"])),
+            "records": RecordsSource(local_dir=str(site["records"])),
+        },
+        run_config={"ops": {"business_codes": {"config": {"chunk_rows": 7, **config}}}},
+        raise_on_error=False,
+    )
+
+
+def test_business_codes_codes_every_row_in_chunks(site: dict) -> None:
+    result = materialize(site, "vendors.csv")
+    assert result.success
+    out = pl.read_parquet(site["revision"].business_codes("vendors.csv"))
+    assert out.height == 25 and out["vendor"].to_list() == [f"V{i:03d}" for i in range(25)]
+    coded = out.filter(pl.col("error").is_null())
+    assert coded.height == 15  # 10 rows have a blank or null text
+    errors = set(out.filter(pl.col("error").is_not_null())["error"])
+    assert errors == {"text is blank"}  # in a CSV file a missing text is an empty field
+    assert coded["top5"].list.len().to_list() == [5] * 15
+    first = coded.row(0, named=True)
+    assert first["top5"][0]["code"] == first["code"] and first["confidence"] > 0
+    wheat = coded.filter(pl.col("activity") == "wheat farm company")["code"].unique()
+    assert wheat.len() == 1  # one text, one code, whichever chunk it fell in
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["codes_exist"].passed
+    materialization = result.asset_materializations_for_node("business_codes")[0]
+    meta = materialization.metadata
+    assert meta["dagster/row_count"].value == 25 and meta["rows_without_text"].value == 10
+    assert meta["model"].value.startswith("stage_01_easy")
+    assert "| sector | rows |" in meta["codes_by_sector"].value
+    share = meta["low_confidence_share"].value
+    assert checks["low_confidence_share"].passed == (share <= 0.5)
+    strict = materialize(site, "vendors.csv", max_low_confidence_share=0.0)
+    warned = {c.check_name: c for c in strict.get_asset_check_evaluations()}
+    assert strict.success and warned["low_confidence_share"].passed == (share == 0.0)
+
+
+def test_a_bad_file_fails_and_leaves_the_previous_codes(site: dict) -> None:
+    assert materialize(site, "vendors.csv").success
+    out = site["revision"].business_codes("vendors.csv")
+    before = out.read_bytes()
+    (site["records"] / "vendors.csv").write_text("vendor,text\nV1,wheat\n")
+    result = materialize(site, "vendors.csv")
+    assert not result.success
+    assert "no column 'activity'" in str(result.all_events)
+    assert out.read_bytes() == before
+
+
+def test_the_sensor_adds_new_and_changed_files_and_reports_removed_ones(site: dict) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(revision_partitions.name, ["2022", "2017"])  # 2017: no model
+    resources = {
+        "records": RecordsSource(local_dir=str(site["records"])),
+        "store": ArtifactStore(root=str(site["artifacts"])),
+    }
+
+    def tick(cursor: str | None) -> dg.SensorResult:
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+        return records_sensor(context)
+
+    first = tick(None)
+    (request,) = first.run_requests
+    assert request.partition_key == dg.MultiPartitionKey(
+        {"revision": "2022", "records_file": "vendors.csv"}
+    )
+    assert first.dynamic_partitions_requests[0].partition_keys == ["vendors.csv"]
+    instance.add_dynamic_partitions(records_partitions.name, ["vendors.csv"])
+    assert tick(first.cursor).run_requests == []  # nothing changed
+    write_records(site["records"], rows=30)
+    changed = tick(first.cursor)
+    assert [r.partition_key.keys_by_dimension["records_file"] for r in changed.run_requests] == [
+        "vendors.csv"
+    ]
+    (site["records"] / "vendors.csv").unlink()
+    gone = tick(changed.cursor)
+    assert gone.run_requests == [] and json.loads(gone.cursor) == {}
