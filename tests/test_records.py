@@ -180,3 +180,37 @@ def test_the_sensor_adds_new_and_changed_files_and_reports_removed_ones(site: di
     (site["records"] / "vendors.csv").unlink()
     gone = tick(changed.cursor)
     assert gone.run_requests == [] and json.loads(gone.cursor) == {}
+
+
+def test_low_confidence_rows_go_to_review_and_a_recoding_reports_its_changes(site: dict) -> None:
+    first = materialize(site, "vendors.csv")
+    meta = first.asset_materializations_for_node("business_codes")[0].metadata
+    assert meta["changes"].value == "first coding of this file"
+    out = site["revision"].business_codes("vendors.csv")
+    coded = pl.read_parquet(out)
+    review = pl.read_csv(meta["review_file"].value, infer_schema_length=0)
+    low = coded.filter(pl.col("confidence") < 0.5)
+    assert review["vendor"].to_list() == low["vendor"].to_list()
+    assert {"activity", "candidate_1_code", "candidate_5_confidence", "reviewed_code"} <= set(
+        review.columns
+    )
+    assert review["reviewed_code"].null_count() == review.height
+    # the file changes: two texts reworded, five rows added
+    frame = pl.read_csv(site["records"] / "vendors.csv", infer_schema_length=0)
+    frame = frame.with_columns(
+        pl.when(pl.col("vendor").is_in(["V000", "V001"]))
+        .then(pl.lit("gold mine company"))
+        .otherwise(pl.col("activity"))
+        .alias("activity")
+    )
+    extra = pl.DataFrame({"vendor": [f"N{i}" for i in range(5)], "activity": ["wheat farm"] * 5})
+    pl.concat([frame, extra]).write_csv(site["records"] / "vendors.csv")
+    second = materialize(site, "vendors.csv")
+    meta = second.asset_materializations_for_node("business_codes")[0].metadata
+    changed, unchanged, new = (meta[f"rows_{k}"].value for k in ("changed", "unchanged", "new"))
+    assert new == 5 and changed + unchanged + new == 30  # the report sums to the file's rows
+    recoded = pl.read_parquet(out)
+    before = dict(zip(coded["vendor"], coded["code"], strict=True))
+    after = dict(zip(recoded["vendor"], recoded["code"], strict=True))
+    assert changed == sum(before[v] != after[v] for v in before)
+    assert "| old code | new code |" in meta["changes"].value

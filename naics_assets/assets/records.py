@@ -11,12 +11,20 @@ warning).
 """
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
 from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore, RecordsSource
+
+if TYPE_CHECKING:
+    from naics_ml.records.changes import ChangeReport
 
 records_partitions = dg.DynamicPartitionsDefinition(name="records_file")
 business_partitions = dg.MultiPartitionsDefinition(
@@ -65,7 +73,8 @@ def business_codes(
 
     from naics_ml.inference.classifier import Classifier
     from naics_ml.inference.serving import served_stage, stage_digest
-    from naics_ml.records.coding import CodingConfig, code_records
+    from naics_ml.records.changes import change_report
+    from naics_ml.records.coding import CodingConfig, code_records, review_path
     from naics_ml.records.source import RecordsError, RecordsSettings
 
     keys = context.partition_key.keys_by_dimension
@@ -79,7 +88,9 @@ def business_codes(
         coding = CodingConfig(config.chunk_rows, config.min_confidence)
         with store.lock(context):
             out = folder.business_codes(name)
-            summary = code_records(classifier.predict, (path, settings), out, coding)
+            with previous_codes(out) as previous:
+                summary = code_records(classifier.predict, (path, settings), out, coding)
+                changes = previous and change_report(previous, out, settings.id_column)
     except (RecordsError, FileNotFoundError) as error:
         raise dg.Failure(str(error)) from error
     known = set(pl.read_parquet(folder.codes).filter(pl.col("level") == 6)["code"])
@@ -95,6 +106,8 @@ def business_codes(
             "codes_by_sector": dg.MetadataValue.md(sector_table(summary.by_sector)),
             "model": f"{stage.name} ({stage_digest(stage)[:12]})",
             "text_column": settings.text_column,
+            "review_file": dg.MetadataValue.path(str(review_path(out))),
+            **change_metadata(changes),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -110,6 +123,39 @@ def business_codes(
             ),
         ],
     )
+
+
+@contextmanager
+def previous_codes(out: Path) -> Iterator[Path | None]:
+    """The codes ``out`` held before this run, hard-linked aside for the change report (the
+    rename that installs the new codes leaves the link intact); None on a first run."""
+    if not out.is_file():
+        yield None
+        return
+    previous = out.with_name(f".{out.name}.previous")
+    previous.unlink(missing_ok=True)
+    os.link(out, previous)
+    try:
+        yield previous
+    finally:
+        previous.unlink(missing_ok=True)
+
+
+def change_metadata(changes: "ChangeReport | None") -> dict[str, object]:
+    """The change report as metadata: counts that sum to the rows, transitions, by sector."""
+    if changes is None:
+        return {"rows_changed": 0, "changes": "first coding of this file"}
+    by_sector = "\n".join(
+        ["| sector | changed rows |", "|---|---|"]
+        + [f"| {s} | {n:,} |" for s, n in changes.by_sector.iter_rows()]
+    )
+    return {
+        "rows_changed": changes.changed,
+        "rows_unchanged": changes.unchanged,
+        "rows_new": changes.new,
+        "changes": dg.MetadataValue.md(changes.markdown()),
+        "changes_by_sector": dg.MetadataValue.md(by_sector),
+    }
 
 
 def sector_table(by_sector: dict[str, int]) -> str:

@@ -69,23 +69,49 @@ def code_records(
 ) -> CodingSummary:
     """Code every row of the records file ``source`` (path, settings) with ``classify``
     (``Classifier.predict``) into ``out_path``; a null or blank text gets no code and says why
-    in ``error``."""
+    in ``error``. The rows below ``config.min_confidence`` also go to the review file beside
+    it (:func:`review_path`), both written atomically."""
     path, settings = source
     summary = CodingSummary()
     writer: pq.ParquetWriter | None = None
-    with atomic_path(out_path) as tmp:
+    with (
+        atomic_path(out_path) as tmp,
+        atomic_path(review_path(out_path)) as review,
+        review.open("w", newline="") as review_file,
+    ):
         try:
             for chunk in read_chunks(path, settings, config.chunk_rows):
-                if writer is None and (clash := sorted(set(CODE_COLUMNS) & set(chunk.columns))):
-                    raise RecordsError(f"{path}: columns {clash} would be overwritten by the codes")
+                clash = sorted(set(CODE_COLUMNS) & set(chunk.columns))
+                if clash:
+                    raise RecordsError(f"{path}: columns {clash} would be overwritten by codes")
                 table = _coded_chunk(classify, chunk, settings.text_column, config, summary)
                 arrow = table.to_arrow()
                 writer = writer or pq.ParquetWriter(tmp, arrow.schema)
                 writer.write_table(arrow.cast(writer.schema))
+                rows = review_rows(table, settings, config.min_confidence)
+                rows.write_csv(review_file, include_header=review_file.tell() == 0)
         finally:
             if writer is not None:
                 writer.close()
     return summary
+
+
+def review_path(out_path: Path) -> Path:
+    """The review file of a coded records file: ``<file>.review.csv`` beside its codes."""
+    return Path(out_path).with_name(Path(out_path).name.removesuffix(".parquet") + ".review.csv")
+
+
+def review_rows(coded: pl.DataFrame, settings: RecordsSettings, threshold: float) -> pl.DataFrame:
+    """The coded rows below ``threshold``: id, text, the top-5 candidates (code, title,
+    confidence) and an empty ``reviewed_code`` for the reviewer to fill."""
+    low = coded.filter(pl.col("confidence") < threshold)
+    columns = [pl.col(settings.id_column).cast(pl.String), pl.col(settings.text_column)]
+    for rank in range(CodingConfig.top_k):
+        candidate = pl.col("top5").list.get(rank, null_on_oob=True).struct
+        for name in ("code", "title", "confidence"):
+            columns.append(candidate.field(name).alias(f"candidate_{rank + 1}_{name}"))
+    columns.append(pl.lit(None, dtype=pl.String).alias("reviewed_code"))
+    return low.select(columns)
 
 
 def _coded_chunk(
