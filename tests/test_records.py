@@ -214,3 +214,32 @@ def test_low_confidence_rows_go_to_review_and_a_recoding_reports_its_changes(sit
     after = dict(zip(recoded["vendor"], recoded["code"], strict=True))
     assert changed == sum(before[v] != after[v] for v in before)
     assert "| old code | new code |" in meta["changes"].value
+
+
+def test_a_new_served_model_recodes_the_coded_files_of_its_revision() -> None:
+    from naics_assets.definitions import defs
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(revision_partitions.name, ["2022", "2017"])
+    instance.add_dynamic_partitions(records_partitions.name, ["vendors.csv", "never.csv"])
+
+    def key(revision: str, name: str) -> dg.MultiPartitionKey:
+        return dg.MultiPartitionKey({"revision": revision, "records_file": name})
+
+    for revision in ("2022", "2017"):
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("naics_embeddings", partition=revision)
+        )
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("business_codes", partition=key(revision, "vendors.csv"))
+        )
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert first.total_requested == 0
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("naics_embeddings", partition="2022")
+    )
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    recoded = result.get_requested_partitions(dg.AssetKey("business_codes"))
+    assert recoded == {key("2022", "vendors.csv")}  # not 2017, not the file never coded
+    again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert again.total_requested == 0

@@ -5,13 +5,16 @@ Partitioned by (revision, records file): ``records_sensor`` adds each new or cha
 stage; a removed file is reported in the sensor's log and its codes are kept. The file is read
 and coded in chunks (``naics_ml.records``) and written as
 ``storage/artifacts/<revision>/business_codes/<file>.parquet``, atomically: the previous codes
-stay readable until the new ones are complete. Two checks: every code exists in the revision
-(an error), and the share of rows below the confidence threshold stays under a limit (a
-warning).
+stay readable until the new ones are complete, and a re-coding reports what changed. A coded
+file is coded again when its revision's ``naics_embeddings`` is materialized again (which
+records the served stage; automation condition ``RECODE``). Two checks: every code exists in
+the revision (an error), and the share of rows below the confidence threshold stays under a
+limit (a warning).
 """
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,8 +58,23 @@ class BusinessCodesConfig(dg.Config):
     )
 
 
+# re-code a coded file when its revision's naics_embeddings is materialized again (it records the
+# served stage); a file never coded is left to records_sensor
+RECODE = (
+    dg.AutomationCondition.any_deps_updated()
+    & ~dg.AutomationCondition.missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("re-code when the revision's served model changes")
+with warnings.catch_warnings():  # beta in Dagster 1.13; the mapping is what we need
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    BY_REVISION = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="revision")
+
+
 @dg.asset(
     partitions_def=business_partitions,
+    deps=[dg.AssetDep("naics_embeddings", partition_mapping=BY_REVISION)],
+    automation_condition=RECODE,
     group_name="records",
     kinds={"pytorch", "parquet"},
     check_specs=CHECKS,
