@@ -96,14 +96,16 @@ def site(tmp_path: Path, stage) -> dict:  # noqa: F811
     return {"artifacts": artifacts, "revision": revision, "records": records}
 
 
-def materialize(site: dict, name: str, **config) -> dg.ExecuteInProcessResult:
+def materialize(
+    site: dict, name: str, _revision: str = "2022", **config
+) -> dg.ExecuteInProcessResult:
     instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(revision_partitions.name, ["2022"])
+    instance.add_dynamic_partitions(revision_partitions.name, [_revision])
     instance.add_dynamic_partitions(records_partitions.name, [name])
     return dg.materialize(
         [business_codes],
         instance=instance,
-        partition_key=dg.MultiPartitionKey({"revision": "2022", "records_file": name}),
+        partition_key=dg.MultiPartitionKey({"revision": _revision, "records_file": name}),
         resources={
             "store": ArtifactStore(root=str(site["artifacts"])),
             "records": RecordsSource(local_dir=str(site["records"])),
@@ -243,3 +245,44 @@ def test_a_new_served_model_recodes_the_coded_files_of_its_revision() -> None:
     assert recoded == {key("2022", "vendors.csv")}  # not 2017, not the file never coded
     again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
     assert again.total_requested == 0
+
+
+def test_two_revisions_agree_on_the_codes_they_share(tmp_path: Path) -> None:
+    from naics_ml.records.revisions import revision_agreement, stable_codes
+
+    def codes(titles: dict[str, str]) -> pl.DataFrame:
+        return pl.DataFrame({"code": list(titles), "title": list(titles.values()), "level": 6})
+
+    old = codes({"111110": "Soybean Farming", "222220": "Mining", "333330": "Old Title"})
+    new = codes({"111110": "Soybean Farming", "222220": "Mining ", "333330": "New Title"})
+    stable = stable_codes(old, new)
+    assert sorted(stable["code"]) == ["111110", "222220"]  # renamed 333330 is left out
+
+    def coded(name: str, values: list[str]) -> Path:
+        path = tmp_path / name
+        frame = pl.DataFrame({"id": ["a", "b", "c", "d"], "code": values})
+        frame.with_columns(pl.lit(0.9).alias("confidence")).write_parquet(path)
+        return path
+
+    here = coded("2022.parquet", ["111110", "111110", "222220", "333330"])
+    there = coded("2017.parquet", ["111110", "999990", "222220", "333330"])
+    result = revision_agreement(here, there, stable, "id")
+    assert result == {"rows": 3, "agree": 2, "share": 2 / 3}
+
+
+def test_a_file_coded_in_two_revisions_reports_their_agreement(site: dict) -> None:
+    other = RevisionFolder.under(site["artifacts"], "2017")
+    shutil.copytree(site["revision"].models, other.models)
+    codes = pl.read_parquet(site["revision"].codes)
+    renamed = codes.filter(pl.col("level") == 6)["code"][0]
+    codes.with_columns(
+        pl.when(pl.col("code") == renamed).then(pl.lit("Renamed")).otherwise("title").alias("title")
+    ).write_parquet(other.codes)
+    assert materialize(site, "vendors.csv").success
+    second = materialize(site, "vendors.csv", _revision="2017")
+    assert second.success
+    meta = second.asset_materializations_for_node("business_codes")[0].metadata
+    agreement = meta["agreement_with_2022"].value
+    coded = pl.read_parquet(site["revision"].business_codes("vendors.csv"))
+    comparable = coded.filter(pl.col("code").is_not_null() & (pl.col("code") != renamed))
+    assert agreement["rows"] == comparable.height and agreement["share"] == 1.0  # same model

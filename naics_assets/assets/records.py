@@ -28,6 +28,7 @@ from naics_assets.resources import ArtifactStore, RecordsSource
 
 if TYPE_CHECKING:
     from naics_ml.records.changes import ChangeReport
+    from naics_ml.revision_folder import RevisionFolder
 
 records_partitions = dg.DynamicPartitionsDefinition(name="records_file")
 business_partitions = dg.MultiPartitionsDefinition(
@@ -126,6 +127,7 @@ def business_codes(
             "text_column": settings.text_column,
             "review_file": dg.MetadataValue.path(str(review_path(out))),
             **change_metadata(changes),
+            **agreement_metadata(store, folder, name, settings.id_column),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -174,6 +176,30 @@ def change_metadata(changes: "ChangeReport | None") -> dict[str, object]:
         "changes": dg.MetadataValue.md(changes.markdown()),
         "changes_by_sector": dg.MetadataValue.md(by_sector),
     }
+
+
+def agreement_metadata(
+    store: ArtifactStore, folder: "RevisionFolder", name: str, id_column: str
+) -> dict[str, object]:
+    """For each other revision that coded this file too: over the records coded here with a
+    code that is the same (code and title) in both revisions, how often the two codes agree."""
+    import polars as pl
+
+    from naics_ml.records.revisions import revision_agreement, stable_codes
+    from naics_ml.revision_folder import RevisionFolder, revisions
+
+    out: dict[str, object] = {}
+    for revision in revisions(store.base()):
+        other = RevisionFolder.under(store.base(), revision)
+        if revision == folder.revision or not other.business_codes(name).is_file():
+            continue
+        stable = stable_codes(pl.read_parquet(folder.codes), pl.read_parquet(other.codes))
+        coded = folder.business_codes(name), other.business_codes(name)
+        agreement = revision_agreement(*coded, stable, id_column)
+        out[f"agreement_with_{revision}"] = dg.MetadataValue.json(
+            {**agreement, "stable_codes": stable.height}
+        )
+    return out
 
 
 def sector_table(by_sector: dict[str, int]) -> str:

@@ -11,7 +11,7 @@ import polars as pl
 
 from naics_ml.data.codes import sector_of
 
-__all__ = ["ChangeReport", "change_report"]
+__all__ = ["ChangeReport", "change_report", "keyed_codes"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class ChangeReport:
         return "\n".join(lines)
 
 
-def _keyed(path: Path, id_column: str) -> pl.LazyFrame:
+def keyed_codes(path: Path, id_column: str) -> pl.LazyFrame:
+    """A coded file's id (as text), occurrence of that id, code and confidence."""
     return (
         pl.scan_parquet(path)
         .select(pl.col(id_column).cast(pl.String).alias("id"), "code", "confidence")
@@ -52,8 +53,12 @@ def _keyed(path: Path, id_column: str) -> pl.LazyFrame:
 
 def change_report(previous: Path, current: Path, id_column: str) -> ChangeReport:
     """Compare the coding ``previous`` with ``current`` (both written by ``code_records``)."""
-    old = _keyed(previous, id_column).rename({"code": "old_code", "confidence": "old_confidence"})
-    new = _keyed(current, id_column).rename({"code": "new_code", "confidence": "new_confidence"})
+    old = keyed_codes(previous, id_column).rename(
+        {"code": "old_code", "confidence": "old_confidence"}
+    )
+    new = keyed_codes(current, id_column).rename(
+        {"code": "new_code", "confidence": "new_confidence"}
+    )
     old = old.with_columns(pl.lit(True).alias("was_coded"))
     known = (
         new.join(old, on=["id", "occurrence"], how="left")
