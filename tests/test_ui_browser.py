@@ -194,7 +194,7 @@ def wait_for_run(page: Page, url: str, run_id: str, timeout_s: float) -> str:
 def test_dagster_ui_materializes_census_assets(
     new_page: Callable[[int, int], Page], dagster_ui: DagsterUI, tmp_path: Path
 ) -> None:
-    page = new_page(2400, 1300)  # wide enough for full asset nodes, names untruncated
+    page = new_page(3000, 1300)  # wide enough for full asset nodes (four groups), names untruncated
     open_asset_graph(page, dagster_ui.url)
     for asset in ASSETS:
         expect(graph_node(page, asset)).to_be_visible()
@@ -217,7 +217,7 @@ def test_dagster_ui_materializes_census_assets(
     expect(row_count).to_contain_text(f"{rows:,}")
     save_screenshot(page, tmp_path, "naics_codes_asset.png")
 
-    page = new_page(2400, 1300)
+    page = new_page(3000, 1300)
     open_asset_graph(page, dagster_ui.url)  # now with the census group materialized
     for asset in CENSUS_ASSETS:
         expect(graph_node(page, asset)).to_be_visible()
