@@ -13,14 +13,7 @@ import dagster as dg
 from pydantic import Field
 
 from naics_ml.data.realtext import EVAL_FILE, VAL_FILE, RealTextSplit
-from naics_ml.revision_folder import RevisionFolder, safe_revision
-
-
-def plain_file_name(setting: str, name: str) -> str:
-    """A file name configured for a folder must stay in it: no separator, '.', '..' or NUL."""
-    if name in ("", ".", "..") or "\x00" in name or Path(name).name != name:
-        raise ValueError(f"{setting} must be a plain file name, got {name!r}")
-    return name
+from naics_ml.revision_folder import RevisionFolder, plain_file_name, safe_revision
 
 
 def project_root() -> Path:

@@ -25,7 +25,7 @@ from typing import ClassVar
 from naics_ml.data.census import validate_revision
 from naics_ml.stage_folder import SERVING_FILE, StageFolder, check_stage_name
 
-__all__ = ["RevisionFolder", "revisions", "safe_revision"]
+__all__ = ["RevisionFolder", "plain_file_name", "revisions", "safe_revision"]
 
 
 def safe_revision(revision: str) -> str:
@@ -36,6 +36,13 @@ def safe_revision(revision: str) -> str:
     if not revision.isascii():
         raise ValueError(f"NAICS revision must be a four-digit year like '2022', got {revision!r}")
     return revision
+
+
+def plain_file_name(setting: str, name: str) -> str:
+    """A file name configured for a folder must stay in it: no separator, '.', '..' or NUL."""
+    if name in ("", ".", "..") or "\x00" in name or Path(name).name != name:
+        raise ValueError(f"{setting} must be a plain file name, got {name!r}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -80,9 +87,8 @@ class RevisionFolder:
 
     def business_codes(self, records_file: str) -> Path:
         """Where the codes of the records file ``records_file`` (a plain file name) go."""
-        if records_file in ("", ".", "..") or Path(records_file).name != records_file:
-            raise ValueError(f"a records file must be a plain file name, got {records_file!r}")
-        return self.file(self.BUSINESS_CODES) / f"{records_file}.parquet"
+        name = plain_file_name("records file", records_file)
+        return self.file(self.BUSINESS_CODES) / f"{name}.parquet"
 
     def stage(self, name: str) -> StageFolder:
         """The folder of stage ``name`` (checked to be one path component)."""

@@ -47,10 +47,6 @@ class StageSpec:
     def model(self) -> bool:
         return self.previous is None
 
-    def setting(self, name: str) -> Any:
-        """This stage's value of the ``TrainConfig`` field ``name`` (its own, else the default)."""
-        return self.train.get(name, getattr(TrainConfig(), name))
-
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec(

@@ -178,7 +178,7 @@ def test_torchrun_two_ranks_train_in_lockstep(tmp_path):
     hard = stage_spec("stage_03_hard")
     assert state["extra"]["curriculum"]["name"] == hard.curriculum
     for name in ("hierarchy_loss_weight", "query_loss_weight"):
-        assert state["train_config"][name] == hard.setting(name) != TrainConfig().to_dict()[name]
+        assert state["train_config"][name] == hard.train[name] != TrainConfig().to_dict()[name]
 
 
 def _find_all(text: str, needle: str) -> list[int]:

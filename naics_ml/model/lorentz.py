@@ -191,8 +191,5 @@ class Lorentz:
     def to_poincare(self, x: Tensor) -> Tensor:
         return to_poincare(x, self.k)
 
-    def violation(self, x: Tensor) -> Tensor:
-        return manifold_violation(x, self.k)
-
     def check(self, x: Tensor, atol: float = 1e-3) -> None:
         check_on_manifold(x, self.k, atol)
