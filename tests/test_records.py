@@ -286,3 +286,16 @@ def test_a_file_coded_in_two_revisions_reports_their_agreement(site: dict) -> No
     coded = pl.read_parquet(site["revision"].business_codes("vendors.csv"))
     comparable = coded.filter(pl.col("code").is_not_null() & (pl.col("code") != renamed))
     assert agreement["rows"] == comparable.height and agreement["share"] == 1.0  # same model
+
+
+def test_an_unchanged_file_is_not_read_again(tmp_path: Path) -> None:
+    import dataclasses
+
+    write_records(tmp_path)
+    (first,) = discover_records(tmp_path)
+    stale = dataclasses.replace(first, digest="kept")  # same size and modification time
+    (again,) = discover_records(tmp_path, {first.name: stale})
+    assert again.digest == "kept"  # taken from what the caller knew, the file unread
+    write_records(tmp_path, rows=30)
+    (changed,) = discover_records(tmp_path, {first.name: stale})
+    assert changed.digest not in ("kept", first.digest)

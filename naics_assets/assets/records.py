@@ -223,34 +223,44 @@ def records_sensor(
     context: dg.SensorEvaluationContext, records: RecordsSource, store: ArtifactStore
 ) -> dg.SensorResult:
     """New or changed records files become partitions and runs (one per served revision);
-    removed ones are reported, never dropped. The cursor holds each file's SHA-256."""
-    from naics_ml.records.source import discover_records
+    removed ones are reported, never dropped. The cursor holds each file's SHA-256, with the size
+    and modification time it was read at: an unchanged file is not read again."""
+    from naics_ml.records.source import RecordFile, discover_records
     from naics_ml.revision_folder import RevisionFolder
 
     folder = records.folder()
     if folder is None or not folder.is_dir():
         return dg.SensorResult(skip_reason=f"no records folder (NAICS_RECORDS_DIR: {folder})")
-    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    current = {f.name: f.digest for f in discover_records(folder)}
-    removed = sorted(set(seen) - set(current))
+    seen = {  # name -> [digest, size, mtime_ns] when it was last read
+        name: RecordFile(name, folder / name, *entry)
+        for name, entry in (json.loads(context.cursor) if context.cursor else {}).items()
+    }
+    files = {f.name: f for f in discover_records(folder, seen)}
+    removed = sorted(set(seen) - set(files))
     if removed:
         context.log.warning(f"records files gone from {folder}: {removed}; their codes are kept")
-    changed = [n for n, digest in current.items() if seen.get(n) != digest]
+    changed = [n for n, f in files.items() if n not in seen or seen[n].digest != f.digest]
     known = context.instance.get_dynamic_partitions(revision_partitions.name)
     served = [r for r in known if RevisionFolder.under(store.base(), r).serving.is_file()]
     requests = [
         dg.RunRequest(
             partition_key=dg.MultiPartitionKey({"revision": r, "records_file": n}),
-            run_key=f"{n}:{current[n]}:{r}",
+            run_key=f"{n}:{files[n].digest}:{r}",
         )
         for n in changed
         for r in served
     ]
     existing = set(context.instance.get_dynamic_partitions(records_partitions.name))
-    added = [n for n in current if n not in existing]
+    added = [n for n in files if n not in existing]
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[records_partitions.build_add_request(added)] if added else [],
         # a changed file waits in the cursor until some revision serves a model
-        cursor=json.dumps({n: d for n, d in current.items() if n not in changed or served}),
+        cursor=json.dumps(
+            {
+                n: [f.digest, f.size, f.mtime_ns]
+                for n, f in files.items()
+                if n not in changed or served
+            }
+        ),
     )

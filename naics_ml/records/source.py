@@ -75,21 +75,33 @@ class RecordsSettings:
 
 @dataclass(frozen=True)
 class RecordFile:
-    """One records file: its name (the partition key), path and content digest."""
+    """One records file: its name (the partition key), path, content digest, and the size and
+    modification time the digest was taken at."""
 
     name: str
     path: Path
     digest: str
+    size: int
+    mtime_ns: int
 
 
-def discover_records(folder: Path | str) -> list[RecordFile]:
-    """The records files of ``folder`` (known suffixes, not hidden), by name."""
+def discover_records(
+    folder: Path | str, known: dict[str, RecordFile] | None = None
+) -> list[RecordFile]:
+    """The records files of ``folder`` (known suffixes, not hidden), by name. A file whose size
+    and modification time equal its entry in ``known`` keeps that digest unread (a sensor
+    lists the folder every minute)."""
     found = []
     for path in sorted(Path(folder).iterdir()):
         if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in FORMATS:
-            with path.open("rb") as handle:
-                digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            found.append(RecordFile(path.name, path, digest))
+            stat = path.stat()
+            seen = (known or {}).get(path.name)
+            if seen is not None and (seen.size, seen.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+                digest = seen.digest
+            else:
+                with path.open("rb") as handle:
+                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            found.append(RecordFile(path.name, path, digest, stat.st_size, stat.st_mtime_ns))
     return found
 
 
