@@ -88,7 +88,7 @@ def code_records(
                 arrow = table.to_arrow()
                 writer = writer or pq.ParquetWriter(tmp, arrow.schema)
                 writer.write_table(arrow.cast(writer.schema))
-                rows = review_rows(table, settings, config.min_confidence)
+                rows = review_rows(table, settings, config)
                 rows.write_csv(review_file, include_header=review_file.tell() == 0)
         finally:
             if writer is not None:
@@ -101,12 +101,14 @@ def review_path(out_path: Path) -> Path:
     return Path(out_path).with_name(Path(out_path).name.removesuffix(".parquet") + ".review.csv")
 
 
-def review_rows(coded: pl.DataFrame, settings: RecordsSettings, threshold: float) -> pl.DataFrame:
-    """The coded rows below ``threshold``: id, text, the top-5 candidates (code, title,
-    confidence) and an empty ``reviewed_code`` for the reviewer to fill."""
-    low = coded.filter(pl.col("confidence") < threshold)
+def review_rows(
+    coded: pl.DataFrame, settings: RecordsSettings, config: CodingConfig
+) -> pl.DataFrame:
+    """The coded rows below ``config.min_confidence``: id, text, the ``top_k`` candidates
+    (code, title, confidence) and an empty ``reviewed_code`` for the reviewer to fill."""
+    low = coded.filter(pl.col("confidence") < config.min_confidence)
     columns = [pl.col(settings.id_column).cast(pl.String), pl.col(settings.text_column)]
-    for rank in range(CodingConfig.top_k):
+    for rank in range(config.top_k):
         candidate = pl.col("top5").list.get(rank, null_on_oob=True).struct
         for name in ("code", "title", "confidence"):
             columns.append(candidate.field(name).alias(f"candidate_{rank + 1}_{name}"))
