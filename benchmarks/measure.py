@@ -15,17 +15,28 @@ def run_measured(
     command: list[str], stdout: IO | int = subprocess.PIPE, interval_s: float = 0.02
 ) -> tuple[float, float, psutil.Popen]:
     """(wall seconds, peak RSS in MiB of the process and all its children, finished process)."""
+    wall, peak, _, process = run_sampled(command, stdout, interval_s)
+    return wall, peak, process
+
+
+def run_sampled(
+    command: list[str], stdout: IO | int = subprocess.PIPE, interval_s: float = 0.02
+) -> tuple[float, float, dict[int, float], psutil.Popen]:
+    """(wall seconds, peak summed RSS of the process tree in MiB, each process's own peak RSS in
+    MiB by pid (the command's first), finished process)."""
     start = time.perf_counter()
     process = psutil.Popen(command, stdout=stdout, stderr=subprocess.STDOUT, text=True)
-    peak = 0
+    peak, each = 0, {process.pid: 0.0}
     while process.poll() is None:
         try:
-            tree = [process, *process.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            rss = {p.pid: p.memory_info().rss for p in [process, *process.children(recursive=True)]}
         except psutil.Error:
-            pass
+            rss = {}
+        peak = max(peak, sum(rss.values()))
+        for pid, value in rss.items():
+            each[pid] = max(each.get(pid, 0.0), value / 2**20)
         time.sleep(interval_s)
-    return time.perf_counter() - start, peak / 2**20, process
+    return time.perf_counter() - start, peak / 2**20, each, process
 
 
 class StealMeter:

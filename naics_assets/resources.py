@@ -64,6 +64,11 @@ class RealTextSource(dg.ConfigurableResource):
     val_share: float = Field(
         default=RealTextSplit().validation, description="Share of val_file held out."
     )
+    train_on_val_file: bool = Field(
+        default=True,
+        description="Train the query path on val_file's training part; off to measure what "
+        "reviewed labels alone bring (benchmarks/labels_loop.py).",
+    )
 
     def path(self, name: str) -> Path | None:
         """The file, or None when no folder is set or the file is absent (then skipped)."""
@@ -88,6 +93,8 @@ class RealTextSource(dg.ConfigurableResource):
             out["train"], out["val"] = split_labelled_texts(
                 load_labelled_texts(val_path, six_digit_codes), split
             )
+            if not self.train_on_val_file:
+                out["train"] = None
         return out
 
 
@@ -98,6 +105,18 @@ class RecordsSource(dg.ConfigurableResource):
     local_dir: str | None = Field(
         default=None, description="Folder of the records files; NAICS_RECORDS_DIR by default."
     )
+    labels_dir: str | None = Field(
+        default=None,
+        description="Folder of reviewed files (review files with reviewed_code filled in) that "
+        "the stages train on; NAICS_LABELS_DIR by default.",
+    )
+    labels_validation: float = Field(
+        default=0.2, description="Share of the reviewed labels held out to validate."
+    )
+
+    def labels_folder(self) -> Path | None:
+        """The labels folder, or None when none is set (no reviewed labels then)."""
+        return Path(self.labels_dir).expanduser() if self.labels_dir else None
 
     def folder(self) -> Path | None:
         """The folder, or None when none is set (the records sensor then skips)."""

@@ -14,6 +14,7 @@ Every file the pipeline makes for a revision lives in ``<artifacts>/<revision>/`
     models/serving.json            which stage serves predict
     naics_embeddings.parquet       every code's coordinates
     business_codes/<file>.parquet  a user's records file, coded by the served stage
+    reviewed_labels.parquet        reviewed records, checked and split, that the stages train on
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class RevisionFolder:
     MODELS: ClassVar[str] = "models"
     EMBEDDINGS: ClassVar[str] = "naics_embeddings.parquet"
     BUSINESS_CODES: ClassVar[str] = "business_codes"
+    REVIEWED_LABELS: ClassVar[str] = "reviewed_labels.parquet"
 
     @classmethod
     def under(cls, root: Path | str, revision: str) -> RevisionFolder:
@@ -84,6 +86,7 @@ class RevisionFolder:
     models = property(lambda self: self.file(self.MODELS))
     embeddings = property(lambda self: self.file(self.EMBEDDINGS))
     serving = property(lambda self: self.models / SERVING_FILE)
+    reviewed_labels = property(lambda self: self.file(self.REVIEWED_LABELS))
 
     def business_codes(self, records_file: str) -> Path:
         """Where the codes of the records file ``records_file`` (a plain file name) go."""

@@ -181,9 +181,13 @@ def test_the_step_executor_config_fits_the_executor_and_the_job(
     )
     job = deployed.resolve_job_def("naics_revision_job")
     assert job.executor_def.name == "k8s"
-    steps = {node.name for node in job.graph.node_defs}
+    steps = {
+        op.name
+        for name in ("naics_revision_job", "business_codes_job")
+        for op in deployed.resolve_job_def(name).graph.iterate_op_defs()
+    }
     assert set(config["per_step_k8s_config"]) <= steps, "a step named in executor.yaml is gone"
-    assert {"naics_triplets", "stage_01_easy", "stage_03_hard"} <= set(
+    assert {"naics_triplets", "stage_01_easy", "stage_03_hard", "code_part"} <= set(
         config["per_step_k8s_config"]
     )
 

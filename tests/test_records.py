@@ -16,7 +16,14 @@ from naics_assets.partitions import revision_partitions
 from naics_assets.resources import ArtifactStore, RecordsSource
 from naics_ml.inference.entry_memory import MemoryConfig
 from naics_ml.inference.serving import TunedBlend, choose_served_stage, save_blend
-from naics_ml.records.source import RecordsError, RecordsSettings, discover_records, read_chunks
+from naics_ml.records.coding import review_path
+from naics_ml.records.source import (
+    RecordsError,
+    RecordsSettings,
+    discover_records,
+    plan_parts,
+    read_chunks,
+)
 from naics_ml.revision_folder import RevisionFolder
 
 from .test_classify import stage  # noqa: F401  (the tiny trained stage, a fixture)
@@ -110,7 +117,9 @@ def materialize(
             "store": ArtifactStore(root=str(site["artifacts"])),
             "records": RecordsSource(local_dir=str(site["records"])),
         },
-        run_config={"ops": {"business_codes": {"config": {"chunk_rows": 7, **config}}}},
+        run_config={
+            "ops": {"business_codes": {"config": {"chunk_rows": 7, "part_rows": 70, **config}}}
+        },
         raise_on_error=False,
     )
 
@@ -141,6 +150,36 @@ def test_business_codes_codes_every_row_in_chunks(site: dict) -> None:
     strict = materialize(site, "vendors.csv", max_low_confidence_share=0.0)
     warned = {c.check_name: c for c in strict.get_asset_check_evaluations()}
     assert strict.success and warned["low_confidence_share"].passed == (share == 0.0)
+
+
+def test_a_file_cut_into_parts_is_read_back_whole_and_in_order(tmp_path: Path) -> None:
+    path = write_records(tmp_path, "vendors.parquet", rows=25)
+    settings = RecordsSettings("activity", "vendor")
+    parts = plan_parts(path, settings, part_rows=10, chunk_rows=5)
+    assert [(p.start, p.stop) for p in parts] == [(0, 10), (10, 20), (20, 25)]
+    rows = [v for part in parts for chunk in part.chunks(3) for v in chunk["vendor"]]
+    assert rows == [f"V{i:03d}" for i in range(25)]  # chunk and part edges do not meet
+    with pytest.raises(RecordsError, match=r"part_rows \(10\) must be a positive multiple of"):
+        plan_parts(path, settings, part_rows=10, chunk_rows=7)
+
+
+def test_a_large_file_is_coded_in_parts_as_separate_steps_with_the_same_codes(site: dict) -> None:
+    whole = materialize(site, "vendors.csv")
+    out = site["revision"].business_codes("vendors.csv")
+    one, one_review = pl.read_parquet(out), review_path(out).read_text()
+    parted = materialize(site, "vendors.csv", part_rows=7)  # as many parts as chunks
+    assert parted.success
+    steps = {e.step_key for e in parted.all_events if e.event_type_value == "STEP_SUCCESS"}
+    coding = sorted(s for s in steps if s.startswith("business_codes.code_part"))
+    assert coding == sorted(f"business_codes.code_part[rows_{n}]" for n in (0, 7, 14, 21))
+    assert pl.read_parquet(out).equals(one) and review_path(out).read_text() == one_review
+    meta = parted.asset_materializations_for_node("business_codes")[0].metadata
+    first = whole.asset_materializations_for_node("business_codes")[0].metadata
+    assert meta["parts"].value == 4 and first["parts"].value == 1
+    for key in ("dagster/row_count", "low_confidence_share", "rows_without_text"):
+        assert meta[key].value == first[key].value
+    assert meta["rows_changed"].value == 0 and meta["rows_unchanged"].value == 25
+    assert not any(out.parent.glob(".*.parts"))  # the parts are gone once joined
 
 
 def test_a_bad_file_fails_and_leaves_the_previous_codes(site: dict) -> None:
@@ -192,10 +231,9 @@ def test_low_confidence_rows_go_to_review_and_a_recoding_reports_its_changes(sit
     coded = pl.read_parquet(out)
     review = pl.read_csv(meta["review_file"].value, infer_schema_length=0)
     low = coded.filter(pl.col("confidence") < 0.5)
-    assert review["vendor"].to_list() == low["vendor"].to_list()
-    assert {"activity", "candidate_1_code", "candidate_5_confidence", "reviewed_code"} <= set(
-        review.columns
-    )
+    assert review["id"].to_list() == low["vendor"].to_list()
+    assert review["text"].to_list() == low["activity"].to_list()
+    assert {"candidate_1_code", "candidate_5_confidence", "reviewed_code"} <= set(review.columns)
     assert review["reviewed_code"].null_count() == review.height
     # the file changes: two texts reworded, five rows added
     frame = pl.read_csv(site["records"] / "vendors.csv", infer_schema_length=0)

@@ -66,6 +66,10 @@ def stage_config(steps: int, model: dict | None = None) -> dict:
     return {"config": config | ({"model": model} if model else {})}
 
 
+def chain_model(tiny_base: Path) -> dict:
+    return {"base_model": str(tiny_base), "embedding_dim": 8, "lora_layers": 1, "lora_r": 4}
+
+
 @pytest.fixture(scope="module")
 def chain_instance():
     """The Dagster instance the chain materialized in (its events name each stage's run)."""
@@ -89,7 +93,7 @@ def chain(
 ):
     root = tmp_path_factory.mktemp("chain")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    model = {"base_model": str(tiny_base), "embedding_dim": 8, "lora_layers": 1, "lora_r": 4}
+    model = chain_model(tiny_base)
     run_config = {
         "ops": {
             "naics_triplets": {"config": {"cross_sector_k": 4, "workers": 1}},
@@ -564,3 +568,87 @@ def test_a_non_final_stage_chosen_on_validation_serves_the_cli_and_the_registere
         assert materialize_embeddings()["registered_model"] == "naics-gemini-classifier/2"
     finally:
         blend_file.write_text(saved)
+
+
+def test_a_reviewed_file_trains_the_next_stage_and_recodes(
+    chain, slice_root, tiny_base, tmp_path
+) -> None:
+    """The feedback loop on a copy of the chain: a records file dropped in and coded, its review
+    file filled in and saved as labels, the labels sensor, the next stage trained on them, the
+    records coded again with a change report."""
+    import shutil
+
+    from naics_assets.assets.labels import labels_sensor, reviewed_labels
+    from naics_assets.assets.records import business_codes, records_partitions
+    from naics_assets.resources import RecordsSource
+    root = tmp_path
+    shutil.copytree(chain[1] / "artifacts", root / "artifacts")
+    records, labels = root / "records", root / "labels"
+    records.mkdir()
+    (records / "records.yaml").write_text("text_column: activity\nid_column: vendor\n")
+    activities = ["we run an electric power plant", "holding company of two banks"] * 3
+    activities += ["natural gas distribution to homes", "corporate head office", ""]
+    frame = pl.DataFrame({"vendor": [f"V{i}" for i in range(9)], "activity": activities})
+    frame.write_csv(records / "vendors.csv")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(revision_partitions.name, ["2022"])
+    instance.add_dynamic_partitions(records_partitions.name, ["vendors.csv"])
+    resources = chain_resources(slice_root, root) | {
+        "records": RecordsSource(local_dir=str(records), labels_dir=str(labels))
+    }
+    key = dg.MultiPartitionKey({"revision": "2022", "records_file": "vendors.csv"})
+
+    def code() -> dict:
+        config = {"min_confidence": 1.0, "max_low_confidence_share": 1.0}  # every row reviewed
+        coded = dg.materialize(
+            [business_codes],
+            partition_key=key,
+            resources=resources,
+            instance=instance,
+            run_config={"ops": {"business_codes": {"config": config}}},
+        )
+        return metadata_of(coded, "business_codes")
+
+    first = code()
+    review = pl.read_csv(first["review_file"], infer_schema=False)
+    assert review.height == 8  # every row with a text
+    reviewed = review.with_columns(
+        pl.when(pl.col("id") == "V0")
+        .then(pl.lit("999999"))  # a slip of the reviewer: not a code
+        .otherwise(pl.col("candidate_1_code"))
+        .alias("reviewed_code")
+    )
+    labels.mkdir()
+    saved = Path(first["review_file"]).name  # vendors.csv.review.csv
+    reviewed.write_csv(labels / saved)
+
+    context = dg.build_sensor_context(instance=instance, resources=resources)
+    (request,) = labels_sensor(context).run_requests
+    assert request.partition_key == "2022"
+    checked = dg.materialize(
+        [reviewed_labels], partition_key="2022", resources=resources, instance=instance
+    )
+    meta = metadata_of(checked, "reviewed_labels")
+    assert "unknown code 999999 (line 2)" in meta["files"]
+    # four distinct reviewed texts (V0 skipped; equal texts once), split between train and val
+    assert meta["train_rows"] + meta["validation_rows"] == 4
+    assert meta["train_rows"] > 0
+
+    trained = dg.materialize(
+        [STAGE_ASSETS["stage_01_easy"]],
+        partition_key="2022",
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"stage_01_easy": stage_config(4, chain_model(tiny_base))}},
+    )
+    stage_meta = metadata_of(trained, "stage_01_easy")
+    assert stage_meta["reviewed_labels"] == {saved: meta["train_rows"]}
+    before = metadata_of(chain[0], "stage_01_easy")["training_queries"]
+    assert stage_meta["training_queries"]["realtext"] == (before["realtext"] + meta["train_rows"])
+
+    second = code()
+    changes = [second[f"rows_{k}"] for k in ("changed", "unchanged", "new")]
+    assert sum(changes) == 9 and changes[2] == 0
+    assert second["model"].startswith(
+        json.loads((root / "artifacts/2022/models/serving.json").read_text())["stage"]
+    )

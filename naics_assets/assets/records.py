@@ -2,8 +2,11 @@
 
 Partitioned by (revision, records file): ``records_sensor`` adds each new or changed file of
 ``NAICS_RECORDS_DIR`` as a partition and requests its run for every revision that has a served
-stage; a removed file is reported in the sensor's log and its codes are kept. The file is read
-and coded in chunks (``naics_ml.records``) and written as
+stage; a removed file is reported in the sensor's log and its codes are kept. The asset is a
+graph of steps: ``cut_file`` reads the file through once and cuts it into parts of
+``part_rows`` rows, one ``code_part`` step per part codes it in chunks (``naics_ml.records``;
+the executor runs the parts side by side: processes here, pods with ``k8s_job_executor``), and
+``join`` writes them, in file order, as
 ``storage/artifacts/<revision>/business_codes/<file>.parquet``, atomically: the previous codes
 stay readable until the new ones are complete, and a re-coding reports what changed. A coded
 file is coded again when its revision's ``naics_embeddings`` is materialized again (which
@@ -14,9 +17,11 @@ limit (a warning).
 
 import json
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +33,7 @@ from naics_assets.resources import ArtifactStore, RecordsSource
 
 if TYPE_CHECKING:
     from naics_ml.records.changes import ChangeReport
+    from naics_ml.records.source import RecordsPart
     from naics_ml.revision_folder import RevisionFolder
 
 records_partitions = dg.DynamicPartitionsDefinition(name="records_file")
@@ -51,12 +57,29 @@ CHECKS = [
 
 class BusinessCodesConfig(dg.Config):
     chunk_rows: int = Field(default=5_000, description="Rows read and coded at once.")
+    part_rows: int = Field(
+        default=50_000,
+        description="A file with more rows is coded in parts of this many rows (a multiple of "
+        "chunk_rows), each its own step: the executor runs them side by side (processes here, "
+        "pods on Kubernetes).",
+    )
+    torch_threads: int = Field(
+        default=0,
+        description="CPU threads of each coding step; 0: all cores. With several steps at once, "
+        "cores / steps.",
+    )
     min_confidence: float = Field(
         default=0.5, description="Below it a row needs review; also the fallback's threshold."
     )
     max_low_confidence_share: float = Field(
         default=0.5, description="The low_confidence_share check warns above this share."
     )
+
+
+@dg.config_mapping
+def every_step(config: BusinessCodesConfig) -> dict[str, object]:
+    """One config for the asset, handed to each of its steps."""
+    return {op: {"config": config.model_dump()} for op in ("cut_file", "code_part", "join")}
 
 
 # re-code a coded file when its revision's naics_embeddings is materialized again (it records the
@@ -72,55 +95,107 @@ with warnings.catch_warnings():  # beta in Dagster 1.13; the mapping is what we 
     BY_REVISION = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="revision")
 
 
-@dg.asset(
-    partitions_def=business_partitions,
-    deps=[dg.AssetDep("naics_embeddings", partition_mapping=BY_REVISION)],
-    automation_condition=RECODE,
-    group_name="records",
-    kinds={"pytorch", "parquet"},
-    check_specs=CHECKS,
-)
-def business_codes(
-    context: dg.AssetExecutionContext,
+@dataclass(frozen=True)
+class CodingStep:
+    """One part of a records file and where its codes go, with the served stage fixed when the
+    run began (every part is coded by the same model)."""
+
+    part: "RecordsPart"
+    stage: Path
+    out: Path
+
+
+@dg.op(ins={"naics_embeddings": dg.In(dg.Nothing)}, out=dg.DynamicOut(CodingStep))
+def cut_file(
+    context: dg.OpExecutionContext,
     config: BusinessCodesConfig,
     store: ArtifactStore,
     records: RecordsSource,
-) -> dg.MaterializeResult:
-    """Every row of the records file with its code, title, calibrated confidence, fallback
-    code, top-5 candidates and evidence, by the revision's served stage."""
-    import polars as pl
+) -> Iterator[dg.DynamicOutput[CodingStep]]:
+    """Read the file through once (its columns checked) and cut it into parts of
+    ``part_rows``; each becomes a ``code_part`` step."""
+    from naics_ml.inference.serving import served_stage
+    from naics_ml.records.source import RecordsError, RecordsSettings, plan_parts
 
-    from naics_ml.inference.classifier import Classifier
-    from naics_ml.inference.serving import served_stage, stage_digest
-    from naics_ml.records.changes import change_report
-    from naics_ml.records.coding import CodingConfig, code_records, review_path
-    from naics_ml.records.source import RecordsError, RecordsSettings
-
-    keys = context.partition_key.keys_by_dimension
-    revision, name = keys["revision"], keys["records_file"]
-    folder = store.revision(revision)
+    revision, name = file_of(context)
     path = records.file(name)
     try:
-        settings = RecordsSettings.for_file(path.parent, name)
         stage = served_stage(store.base(), revision)
-        classifier = Classifier.from_checkpoint(stage)
-        coding = CodingConfig(config.chunk_rows, config.min_confidence)
-        with store.lock(context):
-            out = folder.business_codes(name)
-            with previous_codes(out) as previous:
-                summary = code_records(classifier.predict, (path, settings), out, coding)
-                changes = previous and change_report(previous, out, settings.id_column)
+        settings = RecordsSettings.for_file(path.parent, name)
+        parts = plan_parts(path, settings, config.part_rows, config.chunk_rows)
     except (RecordsError, FileNotFoundError) as error:
         raise dg.Failure(str(error)) from error
+    work = store.revision(revision).business_codes(name).parent / f".{name}.parts"
+    context.log.info(f"{name}: {parts[-1].stop:,} rows in {len(parts)} part(s), by {stage.name}")
+    for part in parts:
+        out = work / context.run.run_id / f"{part.start:012d}.parquet"
+        yield dg.DynamicOutput(CodingStep(part, stage, out), mapping_key=f"rows_{part.start}")
+
+
+@dg.op
+def code_part(config: BusinessCodesConfig, step: CodingStep) -> Path:
+    """Code one part of the file into its own Parquet file (and review file)."""
+    import torch
+
+    from naics_ml.inference.classifier import Classifier
+    from naics_ml.records.coding import CodingConfig, code_records
+    from naics_ml.records.source import RecordsError
+
+    classifier = Classifier.from_checkpoint(step.stage)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    coding = CodingConfig(config.chunk_rows, config.min_confidence)
+    try:
+        code_records(classifier.predict, step.part, step.out, coding)
+    except RecordsError as error:
+        raise dg.Failure(str(error)) from error
+    return step.out
+
+
+@dg.op(
+    out={"result": dg.Out(dg.Nothing)}
+    | {c.get_python_identifier(): dg.Out(dg.Nothing) for c in CHECKS}
+)
+def join(
+    context: dg.OpExecutionContext,
+    config: BusinessCodesConfig,
+    store: ArtifactStore,
+    records: RecordsSource,
+    parts: list[Path],
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    """Put the parts together in file order as the file's codes (atomically; the previous codes
+    stay readable until then), report what changed and check the codes."""
+    import polars as pl
+
+    from naics_ml.inference.serving import served_stage, stage_digest
+    from naics_ml.records.changes import change_report
+    from naics_ml.records.coding import join_parts, review_path, summarize
+    from naics_ml.records.source import RecordsSettings
+
+    revision, name = file_of(context)
+    folder = store.revision(revision)
+    settings = RecordsSettings.for_file(records.file(name).parent, name)
+    parts = sorted(parts, key=lambda path: path.name)  # named by their first row
+    with store.lock(context):
+        out = folder.business_codes(name)
+        with previous_codes(out) as previous:
+            join_parts(parts, out)
+            changes = previous and change_report(previous, out, settings.id_column)
+    shutil.rmtree(parts[0].parent, ignore_errors=True)  # this run's parts
+    with suppress(OSError):  # kept while another run's parts are there
+        parts[0].parent.parent.rmdir()
+    summary = summarize(out, config.min_confidence)
+    stage = served_stage(store.base(), revision)
     known = set(pl.read_parquet(folder.codes).filter(pl.col("level") == 6)["code"])
-    coded = set(pl.scan_parquet(out).select("code").drop_nulls().unique().collect()["code"])
-    unknown = sorted(coded - known)
-    share = summary.low_confidence_share
-    return dg.MaterializeResult(
+    found = set(pl.scan_parquet(out).select("code").drop_nulls().unique().collect()["code"])
+    yield dg.Output(
+        None,
+        "result",
         metadata={
             "path": dg.MetadataValue.path(str(out)),
             "dagster/row_count": summary.rows,
-            "low_confidence_share": share,
+            "parts": len(parts),
+            "low_confidence_share": summary.low_confidence_share,
             "rows_without_text": summary.errors,
             "codes_by_sector": dg.MetadataValue.md(sector_table(summary.by_sector)),
             "model": f"{stage.name} ({stage_digest(stage)[:12]})",
@@ -129,20 +204,52 @@ def business_codes(
             **change_metadata(changes),
             **agreement_metadata(store, folder, name, settings.id_column),
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="codes_exist",
-                passed=not unknown,
-                metadata={"unknown_codes": dg.MetadataValue.json(unknown[:20])},
-            ),
-            dg.AssetCheckResult(
-                check_name="low_confidence_share",
-                passed=share <= config.max_low_confidence_share,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"share": share, "limit": config.max_low_confidence_share},
-            ),
-        ],
     )
+    yield from check_results(sorted(found - known), summary.low_confidence_share, config)
+
+
+def check_results(
+    unknown: list[str], share: float, config: BusinessCodesConfig
+) -> Iterator[dg.AssetCheckResult]:
+    """``codes_exist`` (an error) and ``low_confidence_share`` (a warning)."""
+    yield dg.AssetCheckResult(
+        check_name="codes_exist",
+        passed=not unknown,
+        metadata={"unknown_codes": dg.MetadataValue.json(unknown[:20])},
+    )
+    yield dg.AssetCheckResult(
+        check_name="low_confidence_share",
+        passed=share <= config.max_low_confidence_share,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"share": share, "limit": config.max_low_confidence_share},
+    )
+
+
+@dg.graph_asset(
+    partitions_def=business_partitions,
+    ins={
+        "naics_embeddings": dg.AssetIn(
+            "naics_embeddings", partition_mapping=BY_REVISION, dagster_type=dg.Nothing
+        )
+    },
+    automation_condition=RECODE,
+    group_name="records",
+    kinds={"pytorch", "parquet"},
+    check_specs=CHECKS,
+    config=every_step,
+)
+def business_codes(naics_embeddings: None) -> dict[str, object]:
+    """Every row of the records file with its code, title, calibrated confidence, fallback
+    code, top-5 candidates and evidence, by the revision's served stage; a file of more than
+    ``part_rows`` rows is coded in parts, side by side."""
+    coded = cut_file(naics_embeddings).map(code_part).collect()
+    return join(coded)
+
+
+def file_of(context: dg.OpExecutionContext) -> tuple[str, str]:
+    """(revision, records file) of the partition being coded."""
+    keys = context.partition_key.keys_by_dimension
+    return keys["revision"], keys["records_file"]
 
 
 @contextmanager

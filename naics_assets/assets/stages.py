@@ -20,6 +20,7 @@ from pydantic import Field, create_model
 
 from naics_assets.assets.codes import naics_codes, naics_index_entries
 from naics_assets.assets.distances import naics_distances
+from naics_assets.assets.labels import reviewed_labels
 from naics_assets.assets.triplets import naics_triplets
 from naics_assets.checks import result as check_result
 from naics_assets.checks import stage_checks
@@ -171,6 +172,7 @@ def stage_request(
 
     from naics_ml.data.codes import six_digit_codes
     from naics_ml.model.config import check_base_model
+    from naics_ml.records.labels import with_reviewed_labels
     from naics_ml.stage import (
         StageOrderError,
         StagePaths,
@@ -195,6 +197,8 @@ def stage_request(
     for name, file in (("eval", realtext.eval_file), ("val", realtext.val_file)):
         if labelled[name] is None:
             context.log.info(f"real-text {name} set skipped: no {file} in {realtext.local_dir!r}")
+    labels = store.revision(revision).reviewed_labels
+    labelled, trained_on = with_reviewed_labels(labelled, labels)
     return StageRequest(
         name=f"{revision}/{spec.name}",
         paths=paths,
@@ -202,7 +206,7 @@ def stage_request(
         model_config=model_config,
         train_config=train_config,
         realtext=labelled,
-        extra={"revision": revision, "stage": spec.name},
+        extra={"revision": revision, "stage": spec.name, "reviewed_labels": trained_on},
     )
 
 
@@ -257,7 +261,9 @@ def stage_params(request: "StageRequest") -> dict:
     params = {f"model.{k}": v for k, v in request.model_config.to_dict().items()}
     params |= {f"train.{k}": v for k, v in request.train_config.to_dict().items()}
     spec = load_curriculum(request.curriculum)
-    return params | {f"curriculum.{k}": v for k, v in spec.to_dict().items()}
+    params |= {f"curriculum.{k}": v for k, v in spec.to_dict().items()}
+    labels = request.extra.get("reviewed_labels", {})
+    return params | {"reviewed_labels": ", ".join(f"{f}: {n}" for f, n in labels.items()) or "none"}
 
 
 def stage_check_results(report: "StageReport") -> list[dg.AssetCheckResult]:
@@ -299,10 +305,13 @@ def stage_metadata(
             {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         ),
         "model_config": dg.MetadataValue.json(request.model_config.to_dict()),
+        "reviewed_labels": dg.MetadataValue.json(request.extra.get("reviewed_labels", {})),
     }
 
 
-STAGE_DEPS = [naics_codes, naics_index_entries, naics_distances, naics_triplets]
+STAGE_DEPS = [naics_codes, naics_index_entries, naics_distances, naics_triplets, reviewed_labels]
+# new reviewed labels wait for the next stage run; they do not retrain the chain on their own
+TRAIN_WHEN = dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(reviewed_labels))
 
 
 def stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
@@ -314,7 +323,7 @@ def stage_asset(spec: StageSpec) -> dg.AssetsDefinition:
         name=spec.name,
         description=spec.summary,
         partitions_def=revision_partitions,
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=TRAIN_WHEN,
         deps=[*STAGE_DEPS, *previous],
         group_name="training",
         kinds={"pytorch", "mlflow"},

@@ -1,13 +1,16 @@
 """A records file coded by a served stage: every input row with its rank-1 code and title,
 calibrated confidence, fallback code, top-5 candidates and evidence, written as Parquet in
 chunks (memory does not grow with the file) to a temporary file that is renamed at the end,
-so the codes of an earlier run stay readable until the new ones are complete."""
+so the codes of an earlier run stay readable until the new ones are complete. A large file is
+coded as parts (:class:`~naics_ml.records.source.RecordsPart`), each into its own file, that
+:func:`join_parts` puts together in file order."""
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +19,16 @@ import pyarrow.parquet as pq
 
 from naics_ml.data.codes import sector_of
 from naics_ml.io import atomic_path
-from naics_ml.records.source import RecordsError, RecordsSettings, read_chunks
+from naics_ml.records.source import RecordsError, RecordsPart, RecordsSettings
 
-__all__ = ["CODE_COLUMNS", "CodingConfig", "CodingSummary", "code_records"]
+__all__ = [
+    "CODE_COLUMNS",
+    "CodingConfig",
+    "CodingSummary",
+    "code_records",
+    "join_parts",
+    "summarize",
+]
 
 CANDIDATE = pl.Struct({"code": pl.String, "title": pl.String, "confidence": pl.Float64})
 CODE_COLUMNS = {  # added after the input columns
@@ -44,18 +54,34 @@ class CodingConfig:
     top_k: int = 5
 
 
-@dataclass
+@dataclass(frozen=True)
 class CodingSummary:
-    """What a coded file holds: rows, rows below the threshold, codes by sector."""
+    """What a coded file holds: rows, rows below the threshold, rows without text, codes by
+    sector."""
 
-    rows: int = 0
-    low_confidence: int = 0
-    errors: int = 0
-    by_sector: Counter[str] = field(default_factory=Counter)
+    rows: int
+    low_confidence: int
+    errors: int
+    by_sector: dict[str, int]
 
     @property
     def low_confidence_share(self) -> float:
         return self.low_confidence / self.rows if self.rows else 0.0
+
+
+def summarize(coded: Path, min_confidence: float) -> CodingSummary:
+    """Count what the coded file ``coded`` holds, reading only its code columns."""
+    frame = pl.scan_parquet(coded).select("code", "confidence", "error")
+    counts = frame.select(
+        pl.len().alias("rows"),
+        (pl.col("confidence") < min_confidence).sum().alias("low"),
+        pl.col("error").is_not_null().sum().alias("errors"),
+    ).collect()
+    by_sector: Counter[str] = Counter()
+    for code, n in frame.drop_nulls("code").group_by("code").len().collect().iter_rows():
+        by_sector[sector_of(code)] += n
+    rows, low, errors = counts.row(0)
+    return CodingSummary(rows, low, errors, dict(by_sector))
 
 
 Classify = Callable[[list[str], int, float], list[list[Any]]]  # Classifier.predict
@@ -63,16 +89,16 @@ Classify = Callable[[list[str], int, float], list[list[Any]]]  # Classifier.pred
 
 def code_records(
     classify: Classify,
-    source: tuple[Path, RecordsSettings],
+    part: RecordsPart,
     out_path: Path,
     config: CodingConfig = CodingConfig(),
-) -> CodingSummary:
-    """Code every row of the records file ``source`` (path, settings) with ``classify``
+) -> int:
+    """Code every row of ``part`` (a whole file by default) with ``classify``
     (``Classifier.predict``) into ``out_path``; a null or blank text gets no code and says why
     in ``error``. The rows below ``config.min_confidence`` also go to the review file beside
-    it (:func:`review_path`), both written atomically."""
-    path, settings = source
-    summary = CodingSummary()
+    it (:func:`review_path`), both written atomically. Returns the rows coded."""
+    path, settings = part.path, part.settings
+    rows = 0
     writer: pq.ParquetWriter | None = None
     with (
         atomic_path(out_path) as tmp,
@@ -80,11 +106,12 @@ def code_records(
         review.open("w", newline="") as review_file,
     ):
         try:
-            for chunk in read_chunks(path, settings, config.chunk_rows):
+            for chunk in part.chunks(config.chunk_rows):
                 clash = sorted(set(CODE_COLUMNS) & set(chunk.columns))
                 if clash:
                     raise RecordsError(f"{path}: columns {clash} would be overwritten by codes")
-                table = _coded_chunk(classify, chunk, settings.text_column, config, summary)
+                table = _coded_chunk(classify, chunk, settings.text_column, config)
+                rows += table.height
                 arrow = table.to_arrow()
                 writer = writer or pq.ParquetWriter(tmp, arrow.schema)
                 writer.write_table(arrow.cast(writer.schema))
@@ -93,7 +120,28 @@ def code_records(
         finally:
             if writer is not None:
                 writer.close()
-    return summary
+    return rows
+
+
+def join_parts(parts: list[Path], out_path: Path) -> None:
+    """Put the coded parts (each written by :func:`code_records`) together into ``out_path``
+    and their review files into its review file, in the order given, row group by row group
+    (memory holds one group), both written atomically. A column that a part typed differently
+    (a JSON-lines number, say) takes the first part's type."""
+    if not parts:
+        raise ValueError(f"{out_path}: no coded parts to join")
+    schema = pq.read_schema(parts[0])
+    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for part in parts:
+            coded = pq.ParquetFile(part)
+            for group in range(coded.num_row_groups):
+                writer.write_table(coded.read_row_group(group).cast(schema))
+    with atomic_path(review_path(out_path)) as tmp, tmp.open("wb") as review:
+        for index, part in enumerate(parts):
+            with review_path(part).open("rb") as lines:
+                if index:
+                    lines.readline()  # the header, written once
+                shutil.copyfileobj(lines, review)
 
 
 def review_path(out_path: Path) -> Path:
@@ -104,10 +152,15 @@ def review_path(out_path: Path) -> Path:
 def review_rows(
     coded: pl.DataFrame, settings: RecordsSettings, config: CodingConfig
 ) -> pl.DataFrame:
-    """The coded rows below ``config.min_confidence``: id, text, the ``top_k`` candidates
-    (code, title, confidence) and an empty ``reviewed_code`` for the reviewer to fill."""
+    """The coded rows below ``config.min_confidence``: ``id``, ``text``, the ``top_k``
+    candidates (code, title, confidence) and an empty ``reviewed_code`` for the reviewer to
+    fill. Whatever the records file calls its columns, a review file is a labels file
+    (:mod:`naics_ml.records.labels`) once ``reviewed_code`` is filled in."""
     low = coded.filter(pl.col("confidence") < config.min_confidence)
-    columns = [pl.col(settings.id_column).cast(pl.String), pl.col(settings.text_column)]
+    columns = [
+        pl.col(settings.id_column).cast(pl.String).alias("id"),
+        pl.col(settings.text_column).cast(pl.String).alias("text"),
+    ]
     for rank in range(config.top_k):
         candidate = pl.col("top5").list.get(rank, null_on_oob=True).struct
         for name in ("code", "title", "confidence"):
@@ -121,7 +174,6 @@ def _coded_chunk(
     chunk: pl.DataFrame,
     text_column: str,
     config: CodingConfig,
-    summary: CodingSummary,
 ) -> pl.DataFrame:
     texts = chunk[text_column].cast(pl.String).to_list()
     valid = [i for i, t in enumerate(texts) if t is not None and t.strip()]
@@ -132,12 +184,8 @@ def _coded_chunk(
         predictions = by_row.get(i)
         if not predictions:
             rows.append({"error": "text is null" if text is None else "text is blank"})
-            summary.errors += 1
             continue
         rows.append(_row(predictions))
-        summary.by_sector[sector_of(predictions[0].code)] += 1
-        summary.low_confidence += predictions[0].confidence < config.min_confidence
-    summary.rows += len(texts)
     codes = pl.DataFrame(rows, schema=CODE_COLUMNS)
     # a column that is null throughout a chunk has no type: text, as in the other chunks
     untyped = [pl.col(c).cast(pl.String) for c, kind in chunk.schema.items() if kind == pl.Null]

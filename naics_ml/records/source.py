@@ -31,8 +31,10 @@ __all__ = [
     "SETTINGS_FILE",
     "RecordFile",
     "RecordsError",
+    "RecordsPart",
     "RecordsSettings",
     "discover_records",
+    "plan_parts",
     "read_chunks",
 ]
 
@@ -129,6 +131,46 @@ def read_chunks(
         raise RecordsError(f"{path}: cannot be read as {kind} ({error})") from error
     if rows == 0:
         raise RecordsError(f"{path}: the file has no rows")
+
+
+@dataclass(frozen=True)
+class RecordsPart:
+    """Rows ``start`` up to ``stop`` (the end when None) of a records file: what one step codes."""
+
+    path: Path
+    settings: RecordsSettings
+    start: int = 0
+    stop: int | None = None
+
+    def chunks(self, chunk_rows: int) -> Iterator[pl.DataFrame]:
+        """This part's rows in chunks of at most ``chunk_rows``, in file order."""
+        offset = 0
+        for chunk in read_chunks(self.path, self.settings, chunk_rows):
+            low = max(self.start - offset, 0)
+            high = chunk.height if self.stop is None else min(self.stop - offset, chunk.height)
+            offset += chunk.height
+            if high > low:
+                yield chunk.slice(low, high - low)
+            if self.stop is not None and offset >= self.stop:
+                return
+
+
+def plan_parts(
+    path: Path, settings: RecordsSettings, part_rows: int, chunk_rows: int
+) -> list[RecordsPart]:
+    """The file cut into parts of ``part_rows`` rows (the last one shorter), after reading it
+    through once: its columns are checked and an empty file is an error before any coding.
+    ``part_rows`` must be a multiple of ``chunk_rows``: then the parts are coded in the very
+    chunks a whole file is, and one thread gives the same bits either way."""
+    if chunk_rows < 1 or part_rows < 1 or part_rows % chunk_rows:
+        raise RecordsError(
+            f"part_rows ({part_rows}) must be a positive multiple of chunk_rows ({chunk_rows})"
+        )
+    rows = sum(chunk.height for chunk in read_chunks(path, settings, chunk_rows))
+    return [
+        RecordsPart(Path(path), settings, start, min(start + part_rows, rows))
+        for start in range(0, rows, part_rows)
+    ]
 
 
 def _check_columns(path: Path, columns: list[str], settings: RecordsSettings) -> None:
