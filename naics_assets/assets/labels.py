@@ -8,8 +8,6 @@ picks it up (a new labels file does not retrain on its own: the stages ignore th
 in their automation condition).
 """
 
-import json
-
 import dagster as dg
 
 from naics_assets.assets.codes import naics_codes, naics_index_entries
@@ -96,17 +94,13 @@ def labels_sensor(
 ) -> dg.SensorResult:
     """A labels file added, changed or removed in ``NAICS_LABELS_DIR``: ``reviewed_labels`` of
     every revision again. The cursor holds each file's digest, size and modification time."""
-    from naics_ml.records.source import RecordFile, discover_records
+    from naics_ml.records.source import files_cursor, watched_files
     from naics_ml.revision_folder import RevisionFolder
 
     folder = records.labels_folder()
     if folder is None or not folder.is_dir():
         return dg.SensorResult(skip_reason=f"no labels folder (NAICS_LABELS_DIR: {folder})")
-    seen = {
-        name: RecordFile(name, folder / name, *entry)
-        for name, entry in (json.loads(context.cursor) if context.cursor else {}).items()
-    }
-    files = {f.name: f for f in discover_records(folder, seen)}
+    files, seen = watched_files(folder, context.cursor)
     if {n: f.digest for n, f in files.items()} == {n: f.digest for n, f in seen.items()}:
         return dg.SensorResult(skip_reason=f"no labels file added, changed or removed in {folder}")
     removed = sorted(set(seen) - set(files))
@@ -120,7 +114,7 @@ def labels_sensor(
             dg.RunRequest(partition_key=r, run_key=f"labels:{r}:{hash_of(state)}")
             for r in revisions
         ],
-        cursor=json.dumps({n: [f.digest, f.size, f.mtime_ns] for n, f in files.items()}),
+        cursor=files_cursor(files.values()),
     )
 
 

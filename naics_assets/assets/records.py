@@ -15,7 +15,6 @@ the revision (an error), and the share of rows below the confidence threshold st
 limit (a warning).
 """
 
-import json
 import os
 import shutil
 import warnings
@@ -332,17 +331,13 @@ def records_sensor(
     """New or changed records files become partitions and runs (one per served revision);
     removed ones are reported, never dropped. The cursor holds each file's SHA-256, with the size
     and modification time it was read at: an unchanged file is not read again."""
-    from naics_ml.records.source import RecordFile, discover_records
+    from naics_ml.records.source import files_cursor, watched_files
     from naics_ml.revision_folder import RevisionFolder
 
     folder = records.folder()
     if folder is None or not folder.is_dir():
         return dg.SensorResult(skip_reason=f"no records folder (NAICS_RECORDS_DIR: {folder})")
-    seen = {  # name -> [digest, size, mtime_ns] when it was last read
-        name: RecordFile(name, folder / name, *entry)
-        for name, entry in (json.loads(context.cursor) if context.cursor else {}).items()
-    }
-    files = {f.name: f for f in discover_records(folder, seen)}
+    files, seen = watched_files(folder, context.cursor)
     removed = sorted(set(seen) - set(files))
     if removed:
         context.log.warning(f"records files gone from {folder}: {removed}; their codes are kept")
@@ -363,11 +358,5 @@ def records_sensor(
         run_requests=requests,
         dynamic_partitions_requests=[records_partitions.build_add_request(added)] if added else [],
         # a changed file waits in the cursor until some revision serves a model
-        cursor=json.dumps(
-            {
-                n: [f.digest, f.size, f.mtime_ns]
-                for n, f in files.items()
-                if n not in changed or served
-            }
-        ),
+        cursor=files_cursor(f for n, f in files.items() if n not in changed or served),
     )

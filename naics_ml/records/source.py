@@ -15,7 +15,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Iterator
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,10 @@ __all__ = [
     "RecordsPart",
     "RecordsSettings",
     "discover_records",
+    "files_cursor",
     "plan_parts",
     "read_chunks",
+    "watched_files",
 ]
 
 SETTINGS_FILE = "records.yaml"
@@ -105,6 +108,23 @@ def discover_records(
                     digest = hashlib.file_digest(handle, "sha256").hexdigest()
             found.append(RecordFile(path.name, path, digest, stat.st_size, stat.st_mtime_ns))
     return found
+
+
+def watched_files(
+    folder: Path, cursor: str | None
+) -> tuple[dict[str, RecordFile], dict[str, RecordFile]]:
+    """(the files of ``folder`` now, the files a sensor's ``cursor`` remembers), by name; a file
+    unchanged since the cursor is not read again (:func:`discover_records`)."""
+    seen = {  # name -> [digest, size, mtime_ns] when it was last read
+        name: RecordFile(name, Path(folder) / name, *entry)
+        for name, entry in (json.loads(cursor) if cursor else {}).items()
+    }
+    return {f.name: f for f in discover_records(folder, seen)}, seen
+
+
+def files_cursor(files: Iterable[RecordFile]) -> str:
+    """The sensor cursor that remembers ``files`` (read back by :func:`watched_files`)."""
+    return json.dumps({f.name: [f.digest, f.size, f.mtime_ns] for f in files})
 
 
 def read_chunks(
