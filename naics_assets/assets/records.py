@@ -62,6 +62,11 @@ class BusinessCodesConfig(dg.Config):
         "chunk_rows), each its own step: the executor runs them side by side (processes here, "
         "pods on Kubernetes).",
     )
+    precision: str = Field(
+        default="auto",
+        description="As naics-gemini classify: auto (bfloat16 where the CPU has it natively), "
+        "float32 (the stage's own evaluation) or bfloat16.",
+    )
     torch_threads: int = Field(
         default=0,
         description="CPU threads of each coding step; 0: all cores. With several steps at once, "
@@ -140,7 +145,7 @@ def code_part(config: BusinessCodesConfig, step: CodingStep) -> Path:
     from naics_ml.records.coding import CodingConfig, code_records
     from naics_ml.records.source import RecordsError
 
-    classifier = Classifier.from_checkpoint(step.stage)
+    classifier = Classifier.from_checkpoint(step.stage, precision=config.precision)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     coding = CodingConfig(config.chunk_rows, config.min_confidence)

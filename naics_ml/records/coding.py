@@ -46,12 +46,14 @@ CODE_COLUMNS = {  # added after the input columns
 
 @dataclass(frozen=True)
 class CodingConfig:
-    """Rows read and classified at once, and the confidence below which a row needs review
-    (also the fallback's threshold)."""
+    """Rows read at once, texts classified at once (as ``naics-gemini classify --input``
+    does), and the confidence below which a row needs review (also the fallback's
+    threshold)."""
 
     chunk_rows: int = 5_000
     min_confidence: float = 0.5
     top_k: int = 5
+    batch_size: int = 256
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,15 @@ def _coded_chunk(
 ) -> pl.DataFrame:
     texts = chunk[text_column].cast(pl.String).to_list()
     valid = [i for i, t in enumerate(texts) if t is not None and t.strip()]
-    ranked = classify([texts[i] for i in valid], config.top_k, config.min_confidence)
+    ranked = [
+        predictions
+        for start in range(0, len(valid), config.batch_size)
+        for predictions in classify(
+            [texts[i] for i in valid[start : start + config.batch_size]],
+            config.top_k,
+            config.min_confidence,
+        )
+    ]
     by_row = dict(zip(valid, ranked, strict=True))
     rows = []
     for i, text in enumerate(texts):
