@@ -137,7 +137,7 @@ def cut_file(
 
 
 @dg.op
-def code_part(config: BusinessCodesConfig, step: CodingStep) -> Path:
+def code_part(config: BusinessCodesConfig, step: CodingStep) -> CodingStep:
     """Code one part of the file into its own Parquet file (and review file)."""
     import torch
 
@@ -153,7 +153,7 @@ def code_part(config: BusinessCodesConfig, step: CodingStep) -> Path:
         code_records(classifier.predict, step.part, step.out, coding)
     except RecordsError as error:
         raise dg.Failure(str(error)) from error
-    return step.out
+    return step
 
 
 @dg.op(
@@ -164,22 +164,20 @@ def join(
     context: dg.OpExecutionContext,
     config: BusinessCodesConfig,
     store: ArtifactStore,
-    records: RecordsSource,
-    parts: list[Path],
+    steps: list[CodingStep],
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Put the parts together in file order as the file's codes (atomically; the previous codes
     stay readable until then), report what changed and check the codes."""
     import polars as pl
 
-    from naics_ml.inference.serving import served_stage, stage_digest
+    from naics_ml.inference.serving import stage_digest
     from naics_ml.records.changes import change_report
     from naics_ml.records.coding import join_parts, review_path, summarize
-    from naics_ml.records.source import RecordsSettings
 
     revision, name = file_of(context)
     folder = store.revision(revision)
-    settings = RecordsSettings.for_file(records.file(name).parent, name)
-    parts = sorted(parts, key=lambda path: path.name)  # named by their first row
+    steps = sorted(steps, key=lambda step: step.part.start)
+    parts, settings, stage = [s.out for s in steps], steps[0].part.settings, steps[0].stage
     with store.lock(context):
         out = folder.business_codes(name)
         with previous_codes(out) as previous:
@@ -189,7 +187,6 @@ def join(
     with suppress(OSError):  # kept while another run's parts are there
         parts[0].parent.parent.rmdir()
     summary = summarize(out, config.min_confidence)
-    stage = served_stage(store.base(), revision)
     known = set(pl.read_parquet(folder.codes).filter(pl.col("level") == 6)["code"])
     found = set(pl.scan_parquet(out).select("code").drop_nulls().unique().collect()["code"])
     yield dg.Output(
