@@ -581,6 +581,7 @@ def test_a_reviewed_file_trains_the_next_stage_and_recodes(
     from naics_assets.assets.labels import labels_sensor, reviewed_labels
     from naics_assets.assets.records import business_codes, records_partitions
     from naics_assets.resources import RecordsSource
+
     root = tmp_path
     shutil.copytree(chain[1] / "artifacts", root / "artifacts")
     records, labels = root / "records", root / "labels"
