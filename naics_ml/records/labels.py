@@ -100,7 +100,8 @@ def read_label_file(
         else:
             kept.append((text, code, line))
     report = LabelFileReport(path.name, rows.height, reviewed.height, 0, 0, unknown, empty, held)
-    usable = pl.DataFrame(kept, schema={"text": pl.String, "code": pl.String, "line": pl.Int64})
+    schema = {"text": pl.String, "code": pl.String, "line": pl.Int64}
+    usable = pl.DataFrame(kept, schema=schema, orient="row")
     return usable, report
 
 
