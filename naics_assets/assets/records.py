@@ -188,7 +188,6 @@ def join(
         parts[0].parent.parent.rmdir()
     summary = summarize(out, config.min_confidence)
     known = set(pl.read_parquet(folder.codes).filter(pl.col("level") == 6)["code"])
-    found = set(pl.scan_parquet(out).select("code").drop_nulls().unique().collect()["code"])
     yield dg.Output(
         None,
         "result",
@@ -206,7 +205,7 @@ def join(
             **agreement_metadata(store, folder, name, settings.id_column),
         },
     )
-    yield from check_results(sorted(found - known), summary.low_confidence_share, config)
+    yield from check_results(sorted(summary.codes - known), summary.low_confidence_share, config)
 
 
 def check_results(

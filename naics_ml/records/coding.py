@@ -59,12 +59,13 @@ class CodingConfig:
 @dataclass(frozen=True)
 class CodingSummary:
     """What a coded file holds: rows, rows below the threshold, rows without text, codes by
-    sector."""
+    sector, and the distinct codes."""
 
     rows: int
     low_confidence: int
     errors: int
     by_sector: dict[str, int]
+    codes: frozenset[str]
 
     @property
     def low_confidence_share(self) -> float:
@@ -79,11 +80,12 @@ def summarize(coded: Path, min_confidence: float) -> CodingSummary:
         (pl.col("confidence") < min_confidence).sum().alias("low"),
         pl.col("error").is_not_null().sum().alias("errors"),
     ).collect()
+    per_code = dict(frame.drop_nulls("code").group_by("code").len().collect().iter_rows())
     by_sector: Counter[str] = Counter()
-    for code, n in frame.drop_nulls("code").group_by("code").len().collect().iter_rows():
+    for code, n in per_code.items():
         by_sector[sector_of(code)] += n
     rows, low, errors = counts.row(0)
-    return CodingSummary(rows, low, errors, dict(by_sector))
+    return CodingSummary(rows, low, errors, dict(by_sector), frozenset(per_code))
 
 
 Classify = Callable[[list[str], int, float], list[list[Any]]]  # Classifier.predict
@@ -94,13 +96,12 @@ def code_records(
     part: RecordsPart,
     out_path: Path,
     config: CodingConfig = CodingConfig(),
-) -> int:
+) -> None:
     """Code every row of ``part`` (a whole file by default) with ``classify``
     (``Classifier.predict``) into ``out_path``; a null or blank text gets no code and says why
     in ``error``. The rows below ``config.min_confidence`` also go to the review file beside
-    it (:func:`review_path`), both written atomically. Returns the rows coded."""
+    it (:func:`review_path`), both written atomically."""
     path, settings = part.path, part.settings
-    rows = 0
     writer: pq.ParquetWriter | None = None
     with (
         atomic_path(out_path) as tmp,
@@ -113,16 +114,14 @@ def code_records(
                 if clash:
                     raise RecordsError(f"{path}: columns {clash} would be overwritten by codes")
                 table = _coded_chunk(classify, chunk, settings.text_column, config)
-                rows += table.height
                 arrow = table.to_arrow()
                 writer = writer or pq.ParquetWriter(tmp, arrow.schema)
                 writer.write_table(arrow.cast(writer.schema))
-                rows = review_rows(table, settings, config)
-                rows.write_csv(review_file, include_header=review_file.tell() == 0)
+                low = review_rows(table, settings, config)
+                low.write_csv(review_file, include_header=review_file.tell() == 0)
         finally:
             if writer is not None:
                 writer.close()
-    return rows
 
 
 def join_parts(parts: list[Path], out_path: Path) -> None:
