@@ -28,8 +28,15 @@ import polars as pl
 
 from naics_ml.revision_folder import RevisionFolder
 
-DATA = ("census", "naics_index_entries.parquet", "naics_codes.parquet")
-DATA += ("naics_distances.parquet", "triplets", "prefix_cache", "baselines")
+DATA = (  # what a stage reads of its revision, and the caches it reuses
+    RevisionFolder.CENSUS,
+    RevisionFolder.ENTRIES,
+    RevisionFolder.CODES,
+    RevisionFolder.DISTANCES,
+    RevisionFolder.TRIPLETS,
+    RevisionFolder.PREFIX_CACHE,
+    RevisionFolder.BASELINES,
+)
 KEYS = {
     "maryland_val_hit1": "realtext_val_hit1",
     "boston_hit1": "realtext_hit1",
