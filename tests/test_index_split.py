@@ -9,6 +9,7 @@ from naics_ml.data.codes import build_code_table
 from naics_ml.data.index_split import (
     SPLITS,
     SplitConfig,
+    held_out_keys,
     normalize_text,
     split_index_entries,
     split_sizes,
@@ -49,6 +50,15 @@ def test_sizes_reported_and_every_split_used(tables_2022, entries_2022) -> None:
     assert sizes["validation"] > 1_000 and sizes["test"] > 2_000
     assert entries_2022.columns == ["code", "index", "text", "key", "split"]
     assert entries_2022.schema["index"] == pl.Int32
+
+
+def test_held_out_keys_are_the_validation_and_test_keys(entries_2022) -> None:
+    keys = held_out_keys(entries_2022)
+    by_split = {s: set(entries_2022.filter(pl.col("split") == s)["key"]) for s in SPLITS}
+    assert keys == by_split["validation"] | by_split["test"]
+    assert not keys & (by_split["train"] | by_split["examples"])  # a key lands in one split
+    some_test = entries_2022.filter(pl.col("split") == "test")["text"][0]
+    assert normalize_text(some_test.upper()) in keys  # a user's spelling of it is caught
 
 
 def test_unassigned_rows_are_dropped(tables_2022, bare_2022, entries_2022) -> None:

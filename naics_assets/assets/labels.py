@@ -32,7 +32,7 @@ def reviewed_labels(
     import polars as pl
 
     from naics_ml.data.codes import six_digit_codes
-    from naics_ml.data.index_split import HELD_OUT_SPLITS, normalize_text
+    from naics_ml.data.index_split import held_out_keys, normalize_text
     from naics_ml.data.realtext import RealTextSplit, load_labelled_texts
     from naics_ml.io import atomic_path
     from naics_ml.records.labels import LABELS_SCHEMA, LABELS_SPLIT, reviewed_labels
@@ -41,7 +41,7 @@ def reviewed_labels(
     folder = store.revision(context.partition_key)
     codes = six_digit_codes(pl.read_parquet(folder.codes)).tolist()
     entries = pl.read_parquet(folder.entries)
-    evaluation = set(entries.filter(pl.col("split").is_in(list(HELD_OUT_SPLITS)))["key"])
+    evaluation = held_out_keys(entries)
     boston = realtext.path(realtext.eval_file)
     if boston is not None:
         evaluation |= {normalize_text(t) for t in load_labelled_texts(boston)["text"]}

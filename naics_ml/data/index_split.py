@@ -50,6 +50,12 @@ def normalize_text(text: str) -> str:
     return " ".join(sorted(words))
 
 
+def held_out_keys(entries: pl.DataFrame) -> set[str]:
+    """The keys (:func:`normalize_text`) of the held-out entries: a text with one of them is
+    evaluation text, never a training text, query or memory entry."""
+    return set(entries.filter(pl.col("split").is_in(sorted(HELD_OUT_SPLITS)))["key"])
+
+
 def _bucket(key: str, salt: str) -> float:
     digest = hashlib.blake2b(f"{salt}\x00{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64

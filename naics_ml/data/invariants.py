@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from naics_ml.data.codes import level_counts
-from naics_ml.data.index_split import HELD_OUT_SPLITS, SPLITS, normalize_text
+from naics_ml.data.index_split import SPLITS, held_out_keys, normalize_text
 
 # Published sizes of each revision by level; a revision not listed is checked for shape only.
 REFERENCE_LEVEL_COUNTS = {
@@ -45,7 +45,7 @@ def check_parents(codes: pl.DataFrame) -> Result:
 
 def check_split_leakage(entries: pl.DataFrame, codes: pl.DataFrame) -> Result:
     """No validation/test entry (by normalized text) appears in any training text."""
-    held_out = set(entries.filter(pl.col("split").is_in(sorted(HELD_OUT_SPLITS)))["key"])
+    held_out = held_out_keys(entries)
     training = set(entries.filter(pl.col("split").is_in(["examples", "train"]))["key"])
     for column in ("title", "examples", "excluded"):
         for text in codes[column].drop_nulls():

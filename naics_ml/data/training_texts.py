@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from naics_ml.data.codes import referenced_codes, six_digit_codes, six_digit_mask
-from naics_ml.data.index_split import HELD_OUT_SPLITS, normalize_text
+from naics_ml.data.index_split import held_out_keys, normalize_text
 
 EXTRA_SPLITS = ("crossref", "description", "composite", "realtext")
 QUERY_SPLITS = ("train", "examples", *EXTRA_SPLITS)  # what trains the query path by default
@@ -111,7 +111,7 @@ def training_queries(
         if realtext_train is None
         else [(t, c[0]) for t, c in realtext_train.select("text", "codes").iter_rows()],
     }
-    held_out = set(entries.filter(pl.col("split").is_in(list(HELD_OUT_SPLITS)))["key"])
+    held_out = held_out_keys(entries)
     position = dict(zip(codes["code"], codes["index"], strict=True))
     rows = [
         (code, position[code], text, normalize_text(text), split)
