@@ -48,9 +48,8 @@ def labelled_sets(folder: RevisionFolder, codes: list[str], train_entries: int) 
     maryland = labelled["train"].filter(
         ~pl.col("text").map_elements(normalize_text, return_dtype=pl.String).is_in(evaluation)
     )
-    train = entries.filter(pl.col("split") == "train").sample(
-        min(train_entries, entries.height), seed=0
-    )
+    train = entries.filter(pl.col("split") == "train")
+    train = train.sample(min(train_entries, train.height), seed=0)
     validation = entries.filter(pl.col("split") == "validation")
 
     def frame(f: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -149,7 +148,7 @@ class Ranked:
 
     def __init__(self, texts: list[str], truth: list[list[str]], probability, codes) -> None:
         position = {c: i for i, c in enumerate(codes)}
-        self.texts = texts
+        self.texts, self.true_codes = texts, truth
         self.truth = [[position[c] for c in row if c in position] for row in truth]
         self.probability = probability
         self.order = np.argsort(-probability, axis=1, kind="stable")
@@ -181,13 +180,11 @@ def reranked_metrics(ranked: Ranked, cross: np.ndarray, beta: float, codes) -> d
     score = np.full(ranked.probability.shape, -np.inf)
     logp = np.log(np.take_along_axis(ranked.probability, top, axis=1) + 1e-300)
     np.put_along_axis(score, top, logp + beta * cross, axis=1)
-    truth = [[codes[c] for c in row] for row in ranked.truth]
-    found = realtext_metrics(score, codes, truth, "")
+    found = realtext_metrics(score, codes, ranked.true_codes, "")
     return {k: round(found[k], 4) for k in ("hit1", "hit5", "sector_at_1")}
 
 
 def main() -> None:
-    from naics_ml.data.codes import six_digit_codes
     from naics_ml.inference.classifier import Classifier
     from naics_ml.inference.serving import served_stage
 
@@ -205,7 +202,6 @@ def main() -> None:
     parser.add_argument("--train-entries", type=int, default=4000)
     parser.add_argument("--maryland-share", type=float, default=0.3)
     args = parser.parse_args()
-    import polars as pl
     import torch
 
     torch.manual_seed(0)
@@ -213,8 +209,7 @@ def main() -> None:
     stage = args.stage or served_stage(artifacts, args.revision)
     folder = RevisionFolder.under(artifacts, args.revision)
     classifier = Classifier.from_checkpoint(stage)
-    codes = six_digit_codes(pl.read_parquet(folder.codes)).tolist()
-    assert codes == classifier.six_digit_codes.tolist()
+    codes = classifier.six_digit_codes.tolist()
     sets = labelled_sets(folder, codes, args.train_entries)
     ranked = {
         name: Ranked(texts, truth, classifier.scores(texts)[1], codes)
