@@ -75,14 +75,16 @@ def evaluate(probs: dict, sets: dict, codes: list[str]) -> dict:
     return row
 
 
-def evaluation_sets(folder: RevisionFolder, codes: list[str]) -> dict:
+def scored_sets(folder: RevisionFolder, codes: list[str]) -> dict:
     """name -> (texts, true codes): the validation sets, then the information-only ones."""
     import polars as pl
 
+    from naics_ml.evaluation.stage_report import held_out
+
     named = labelled_sets(folder, codes, 0)
-    test = pl.read_parquet(folder.entries).filter(pl.col("split") == "test")
     sets = {name: named[name] for name in (*CHOOSING, "boston_info_only")}
-    sets["index_test"] = (test["text"].to_list(), [[c] for c in test["code"]])
+    texts, test_codes = held_out(pl.read_parquet(folder.entries), "test")
+    sets["index_test"] = (texts, [[c] for c in test_codes])
     return sets
 
 
@@ -90,6 +92,7 @@ def main() -> None:
     import polars as pl
 
     from naics_ml.data.codes import six_digit_codes
+    from naics_ml.inference.serving import selection_scores
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--revision", default="2022")
@@ -97,11 +100,11 @@ def main() -> None:
     args = parser.parse_args()
     artifacts = Path(os.environ["DAGSTER_HOME"]) / "storage" / "artifacts"
     folder = RevisionFolder.under(artifacts, args.revision)
-    stages = [s for s in STAGE_NAMES if (folder.stage(s).path / "blend.json").exists()]
+    stages = list(selection_scores(folder, STAGE_NAMES))  # the finished ones, in order
     if not stages:
         raise SystemExit(f"no finished stage under {folder.path}")
     codes = six_digit_codes(pl.read_parquet(folder.codes)).tolist()
-    sets = evaluation_sets(folder, codes)
+    sets = scored_sets(folder, codes)
     per_stage, seconds = {}, {}
     for stage in stages:
         per_stage[stage], seconds[stage], candidates = stage_probabilities(

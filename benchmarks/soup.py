@@ -5,8 +5,8 @@
 
 Averages the trainable weights (LoRA adapters, fusion, projection) of ``--stages`` with
 ``--weights`` into a copy of the last stage's folder, in a scratch revision folder under
-``storage/soup/`` whose data files are links to the revision's own (nothing of the revision is
-written). The copy is then evaluated from scratch as ``realtext.py --reevaluate`` does
+``storage/soup/`` whose data files and caches are links to the revision's own (the stages'
+folders are only read). The copy is then evaluated from scratch as ``realtext.py --reevaluate`` does
 (``naics_ml.stage.reevaluate_stage``: entry memory, blend and level exponents chosen on
 validation, calibration, every metric). The stages must share one model configuration; later
 stages continue earlier ones, so their weights lie close. Prints JSON: the soup's figures
@@ -74,7 +74,7 @@ def main() -> None:
     scratch = scratch_revision(folder, storage / "soup")
     last = stages[-1]
     soup = scratch.stage(last.name)
-    shutil.copytree(last.path, soup.path, ignore=shutil.ignore_patterns("points.pt"))
+    shutil.copytree(last.path, soup.path, ignore=shutil.ignore_patterns(last.points.name))
     state = average_weights([s.checkpoint for s in stages], args.weights)
     save_checkpoint(state, soup.checkpoint)
     metrics = reevaluate(scratch.path, last.name)
